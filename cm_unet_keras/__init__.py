@@ -1,0 +1,15 @@
+"""cm-unet-keras: coronary artery segmentation in X-ray angiograms with few labels.
+
+`CMUNet` is the U-Net; `cm_unet_keras.data`, `.training`, `.inference` and
+`.evaluation` hold the stages of the pipeline, and `cm-unet` the commands.
+"""
+
+import os
+
+# Keras 3 picks its backend at import; this package is written for TensorFlow.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from cm_unet_keras.models.unet import CMUNet, SIZES  # noqa: E402
+from cm_unet_keras.version import __version__  # noqa: E402
+
+__all__ = ["CMUNet", "SIZES", "__version__"]

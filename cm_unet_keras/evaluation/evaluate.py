@@ -1,0 +1,62 @@
+"""Scoring a model on labelled angiograms, at native resolution."""
+
+import json
+import math
+from pathlib import Path
+
+from cm_unet_keras.data.layouts import read_pair
+from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
+from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram
+
+
+def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False):
+    """Per-image and summary metrics of `model` on labelled `records`.
+
+    Each angiogram is segmented whole, at its own size, and thresholded at
+    `threshold`; metrics follow `cm_unet_keras.evaluation.metrics`.
+
+    Returns:
+        `{"n_images", "mean", "std", "per_image": [{"name", <metrics>}]}`.
+    """
+    per_image = []
+    for record in records:
+        angiogram, vessel_mask = read_pair(record)
+        probability = segment_angiogram(model, angiogram, clahe)
+        metrics = segmentation_metrics(probability >= threshold, vessel_mask)
+        per_image.append({"name": record.name, **metrics})
+    report = summarize(per_image)
+    report["per_image"] = per_image
+    return report
+
+
+def _json_safe(value):
+    """NaN and infinity become null: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_report(report, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(_json_safe(report), indent=2))
+
+
+def format_table(report):
+    """A plain-text table of mean +- std per metric."""
+    lines = [f"{'metric':<12} {'mean':>8} {'std':>8}   (n = {report['n_images']})"]
+    for key in METRIC_KEYS:
+        mean, std = report["mean"][key], report["std"][key]
+        lines.append(f"{key:<12} {mean:>8.4f} {std:>8.4f}")
+    return "\n".join(lines)
+
+
+def format_markdown(report):
+    """The same table in Markdown."""
+    lines = ["| metric | mean | std |", "|---|---|---|"]
+    for key in METRIC_KEYS:
+        lines.append(f"| {key} | {report['mean'][key]:.4f} | {report['std'][key]:.4f} |")
+    return "\n".join(lines)

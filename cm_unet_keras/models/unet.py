@@ -1,0 +1,145 @@
+"""The U-Net that CM-UNet pretrains and fine-tunes."""
+
+import keras
+
+# Named widths. 64 is the paper's 31M-parameter network; the smaller ones are
+# what a laptop CPU trains in minutes on native-resolution patches.
+SIZES = {"tiny": 8, "small": 16, "base": 32, "paper": 64}
+
+# Layer-name prefixes: the encoder and the decoder are addressed as units by
+# these prefixes (pretraining trains them, fine-tuning transfers them).
+ENCODER_PREFIXES = ("encoder_", "bottleneck_")
+DECODER_PREFIXES = ("decoder_",)
+HEAD_PREFIXES = ("segmentation_",)
+
+# PyTorch's BatchNorm defaults (momentum 0.1, eps 1e-5), as in the paper's code.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def _conv_block(x, filters, name):
+    """[Conv3x3 - BatchNorm - ReLU] x 2, named `name_conv{1,2}` etc."""
+    for i in (1, 2):
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", kernel_initializer="he_normal",
+            name=f"{name}_conv{i}",
+        )(x)
+        x = keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn{i}"
+        )(x)
+        x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="cm_unet_keras")
+class CMUNet(keras.Model):
+    """U-Net for vessel segmentation in X-ray angiograms.
+
+    `depth` levels of [Conv3x3-BN-ReLU]x2 then 2x2 max-pooling, a bottleneck
+    of `base_filters * 2**depth` channels, and `depth` up levels of a 2x2
+    stride-2 transposed convolution, concatenation with the skip and
+    [Conv3x3-BN-ReLU]x2; a 1x1 convolution and a sigmoid give the vessel
+    probability. The sigmoid runs in float32 under mixed precision.
+
+    The input is a 1-channel angiogram of any height and width, normalised by
+    `cm_unet_keras.data.normalize_angiogram`. The network itself needs sides
+    that are multiples of `2**depth`; `cm_unet_keras.inference` pads and crops
+    any other size.
+
+    Layers are named `encoder_level{i}_*`, `bottleneck_*`, `decoder_level{i}_*`
+    and `segmentation_head`, so that the encoder and decoder can be moved as
+    units (`encoder_layers()`, `decoder_layers()`).
+
+    Args:
+        base_filters: channels of the first level; doubles at each level down.
+            64 is the paper's network (31.0M parameters at depth 4); see
+            `SIZES` for named CPU-friendly widths.
+        depth: number of down-sampling levels.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+    ```python
+    from cm_unet_keras import CMUNet
+    model = CMUNet(base_filters=16, depth=4)
+    probability = model(np.zeros((1, 256, 256, 1), "float32"))
+    ```
+
+    Reference:
+        Challier et al., "CM-UNet: A Self-Supervised Learning-Based Model for
+        Coronary Artery Segmentation in X-Ray Angiography", 2025.
+        Ronneberger et al., "U-Net", MICCAI 2015.
+    """
+
+    def __init__(self, base_filters=16, depth=4, **kwargs):
+        kwargs.setdefault("name", "cm_unet")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if base_filters < 1:
+            raise ValueError(f"base_filters must be >= 1, got {base_filters}")
+
+        # === Functional Model ===
+        angiogram = keras.Input(shape=(None, None, 1), name="angiogram")
+        x = angiogram
+        skips = []
+        for level in range(depth):
+            x = _conv_block(x, base_filters * 2**level, f"encoder_level{level}")
+            skips.append(x)
+            x = keras.layers.MaxPooling2D(2, name=f"encoder_level{level}_pool")(x)
+        x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+        for level in reversed(range(depth)):
+            x = keras.layers.Conv2DTranspose(
+                base_filters * 2**level, 2, strides=2,
+                name=f"decoder_level{level}_upconv",
+            )(x)
+            x = keras.layers.Concatenate(name=f"decoder_level{level}_concat")(
+                [skips[level], x]
+            )
+            x = _conv_block(x, base_filters * 2**level, f"decoder_level{level}")
+        logits = keras.layers.Conv2D(1, 1, name="segmentation_head")(x)
+        probability = keras.layers.Activation(
+            "sigmoid", dtype="float32", name="segmentation_probability"
+        )(logits)
+        super().__init__(inputs=angiogram, outputs=probability, **kwargs)
+
+        # === Config ===
+        self.base_filters = base_filters
+        self.depth = depth
+
+    @property
+    def size_multiple(self):
+        """Input sides must be multiples of this (one per pooling level)."""
+        return 2**self.depth
+
+    def _layers_with_prefix(self, prefixes):
+        return [
+            layer for layer in self.layers
+            if layer.name.startswith(prefixes) and layer.weights
+        ]
+
+    def encoder_layers(self):
+        """The weighted layers of the encoder, bottleneck included."""
+        return self._layers_with_prefix(ENCODER_PREFIXES)
+
+    def decoder_layers(self):
+        """The weighted layers of the decoder (up-convolutions and blocks)."""
+        return self._layers_with_prefix(DECODER_PREFIXES)
+
+    def bottleneck_output(self):
+        """The symbolic bottleneck feature map (input of the first up-level)."""
+        return self.get_layer("bottleneck_relu2").output
+
+    def decoder_output(self):
+        """The symbolic last decoder feature map (input of the head)."""
+        return self.get_layer("decoder_level0_relu2").output
+
+    def get_config(self):
+        return {
+            "base_filters": self.base_filters,
+            "depth": self.depth,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

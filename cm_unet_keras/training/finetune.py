@@ -1,0 +1,311 @@
+"""Supervised training and fine-tuning of the U-Net on labelled angiograms.
+
+`finetune(config, records, run_dir)` carves a validation split from the
+labelled records, trains on random native-resolution patches, scores every
+epoch on the whole validation angiograms (hard Dice at full resolution, as
+`cm-unet evaluate` does), keeps the best weights, checkpoints every epoch and
+resumes where it stopped when called again with the same `run_dir`.
+
+Run folder:
+    model.keras           best U-Net on validation Dice (float32, no optimizer)
+    best.weights.h5       the same weights, updated as training goes
+    checkpoints/last.keras   last finished epoch, with optimizer (resume)
+    state.json            finished epochs, best score, history
+    history.csv           one row per epoch (loss, val_dice, lr)
+    curves.png            training curves
+    split.json            names of training and validation pairs
+    config.yaml           the resolved configuration
+    transfer_report.json  what `init` loaded (when given)
+    logs/                 TensorBoard
+"""
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
+from cm_unet_keras.models.full_image import predict_normalized
+from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
+from cm_unet_keras.training.checkpoints import (
+    atomic_write,
+    atomic_write_json,
+    save_model_atomic,
+)
+from cm_unet_keras.training.config import write_recipe
+from cm_unet_keras.training.losses import DiceBCELoss
+from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
+from cm_unet_keras.training.schedules import WarmupCosine
+from cm_unet_keras.training.transfer import load_initial_weights
+
+# Parameters that take no weight decay (biases, BatchNorm scale and offset).
+NO_DECAY = ["bias", "gamma", "beta"]
+
+
+def split_records(records, val_fraction, seed, limit=None):
+    """Carve a validation split, then pick `limit` training pairs, by `seed`.
+
+    The validation pairs are drawn first, from all records, so that `limit`
+    only thins the training side.
+
+    Returns:
+        (train_records, val_records)
+    """
+    records = list(records)
+    order = np.random.default_rng(seed).permutation(len(records))
+    n_val = 0
+    if val_fraction > 0 and len(records) > 1:
+        n_val = min(max(1, round(val_fraction * len(records))), len(records) - 1)
+    val = [records[i] for i in sorted(order[:n_val])]
+    train = [records[i] for i in order[n_val:]]
+    if limit is not None:
+        if limit < 1 or limit > len(train):
+            raise ValueError(f"--limit {limit}: only {len(train)} training pairs after the validation split")
+        train = train[:limit]
+    return sorted(train, key=lambda r: r.name), val
+
+
+def hard_dice(prediction, reference):
+    """Dice of two binary masks; two empty masks score 1 (as `evaluation.metrics.dice`)."""
+    prediction, reference = prediction.astype(bool), reference.astype(bool)
+    total = prediction.sum() + reference.sum()
+    if total == 0:
+        return 1.0
+    return float(2.0 * np.logical_and(prediction, reference).sum() / total)
+
+
+def validation_dice(model, items, threshold=0.5):
+    """Mean hard Dice over whole validation angiograms at native resolution."""
+    scores = []
+    for item in items:
+        probability = predict_normalized(model, item.angiogram).numpy()
+        scores.append(hard_dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
+    return float(np.mean(scores))
+
+
+def make_optimizer(config, total_steps):
+    schedule = WarmupCosine(
+        peak=config.lr,
+        total_steps=total_steps,
+        warmup_steps=round(config.warmup_fraction * total_steps),
+        warmup_start_factor=0.01,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    return optimizer
+
+
+def set_encoder_trainable(model, trainable):
+    for layer in model.layers:
+        if layer.name.startswith(ENCODER_PREFIXES):
+            layer.trainable = trainable
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Scores validation, keeps the best weights, checkpoints and logs an epoch."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trainer.end_epoch(epoch, dict(logs or {}))
+
+
+class FinetuneRun:
+    """State of one fine-tuning run in `run_dir` (see the module docstring)."""
+
+    def __init__(self, config, run_dir, log=print):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.chief = is_chief()
+        self.state_path = self.run_dir / "state.json"
+        self.last_path = self.run_dir / "checkpoints" / "last.keras"
+        self.state = {"epochs_done": 0, "best_val_dice": -1.0, "best_epoch": None, "history": []}
+        self.val_items = []
+        self.model = None
+
+    # --- resume -----------------------------------------------------------
+    def load_state(self):
+        import json
+
+        if self.state_path.is_file() and self.last_path.is_file():
+            self.state = json.loads(self.state_path.read_text())
+            return True
+        return False
+
+    # --- epoch end ----------------------------------------------------------
+    def end_epoch(self, epoch, logs):
+        config = self.config
+        val_dice = validation_dice(self.model, self.val_items, config.threshold) if self.val_items else float("nan")
+        learning_rate = float(self.model.optimizer.learning_rate)
+        row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate}
+        if not math.isfinite(row["loss"]):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"loss became {row['loss']} at epoch {epoch + 1}; the last good checkpoint "
+                f"{self.last_path} and best weights are kept. Lower --lr or check the inputs."
+            )
+        improved = (not self.val_items) or val_dice > self.state["best_val_dice"]
+        if improved:
+            self.state["best_val_dice"] = val_dice if self.val_items else -1.0
+            self.state["best_epoch"] = epoch + 1
+        self.state["epochs_done"] = epoch + 1
+        self.state["history"].append(row)
+        if self.chief:
+            if improved:
+                atomic_write(self.run_dir / "best.weights.h5", self.model.save_weights)
+            save_model_atomic(self.model, self.last_path)
+            atomic_write_json(self.state_path, self.state)
+            self.write_history()
+        self.log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
+            + ("  (best)" if improved and self.val_items else "")
+        )
+
+    def write_history(self):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["epoch", "loss", "val_dice", "lr"])
+        writer.writeheader()
+        writer.writerows(self.state["history"])
+        atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto"):
+    """Train a U-Net on labelled angiograms; resume if `run_dir` holds a run.
+
+    Args:
+        config: a `FinetuneConfig`.
+        records: labelled `AngiogramRecord`s (training, and validation unless
+            `val_records` is given).
+        run_dir: output folder.
+        val_records: an explicit validation split (then `records` are all
+            used for training, after `config.limit`).
+        log: a print-like function for progress lines.
+        verbose: Keras progress bar setting.
+
+    Returns:
+        dict with `best_val_dice`, `best_epoch`, `epochs_done`, `seconds`,
+        `model_path`, `n_train`, `n_val`.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.patch_size % 2**config.depth:
+        raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
+    policy = set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+
+    if val_records is None:
+        train_records, val_records = split_records(records, config.val_fraction, config.seed, config.limit)
+    else:
+        train_records = split_records(records, 0.0, config.seed, config.limit)[0]
+    run = FinetuneRun(config, run_dir, log)
+    if run.chief:
+        write_recipe(config, run_dir / "config.yaml")
+        atomic_write_json(
+            run_dir / "split.json",
+            {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]},
+        )
+    log(f"{len(train_records)} training and {len(val_records)} validation angiograms; precision {policy}")
+
+    train_items = load_labelled(train_records, clahe=config.clahe)
+    run.val_items = load_labelled(val_records, clahe=config.clahe)
+    augment = AugmentConfig(strength=config.augment_strength) if config.augment_strength >= 0 else None
+    sampler = PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment)
+    total_steps = config.epochs * config.steps_per_epoch
+
+    strategy = choose_strategy()
+    resumed = run.load_state()
+    with strategy.scope():
+        if resumed:
+            run.model = keras.models.load_model(run.last_path, safe_mode=True)
+            log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
+        else:
+            run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+            if config.init:
+                report = load_initial_weights(run.model, config.init)
+                if run.chief:
+                    atomic_write_json(run_dir / "transfer_report.json", report)
+                log(f"initialised {len(report['loaded'])} layers from {config.init}")
+
+    phases = [(0, config.frozen_encoder_epochs, False), (config.frozen_encoder_epochs, config.epochs, True)]
+    for phase_start, phase_end, encoder_trainable in phases:
+        first_epoch = max(phase_start, run.state["epochs_done"])
+        if first_epoch >= phase_end:
+            continue
+        with strategy.scope():
+            if not resumed or first_epoch == phase_start:
+                set_encoder_trainable(run.model, encoder_trainable)
+                run.model.compile(
+                    optimizer=make_optimizer(config, total_steps),
+                    loss=DiceBCELoss(config.dice_weight),
+                    jit_compile=False,
+                )
+                # A new optimizer starts at step 0: move it to where the
+                # schedule is after the epochs already trained.
+                run.model.optimizer.iterations.assign(first_epoch * config.steps_per_epoch)
+            resumed = False
+        dataset = sampler.dataset(
+            config.batch_size * strategy.num_replicas_in_sync,
+            start_sample=first_epoch * config.steps_per_epoch * config.batch_size,
+        )
+        run.model.fit(
+            dataset,
+            epochs=phase_end,
+            initial_epoch=first_epoch,
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=[EpochEnd(run), keras.callbacks.TensorBoard(str(run_dir / "logs"))],
+            verbose=verbose,
+        )
+
+    model_path = run_dir / "model.keras"
+    if run.chief:
+        export_best(config, run_dir, model_path)
+        write_curves(run.state["history"], run_dir / "curves.png")
+    seconds = time.perf_counter() - started
+    return {
+        "best_val_dice": run.state["best_val_dice"],
+        "best_epoch": run.state["best_epoch"],
+        "epochs_done": run.state["epochs_done"],
+        "seconds": seconds,
+        "model_path": str(model_path),
+        "n_train": len(train_records),
+        "n_val": len(val_records),
+    }
+
+
+def export_best(config, run_dir, model_path):
+    """Write the best weights as a clean float32 `.keras` U-Net."""
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+        model.load_weights(Path(run_dir) / "best.weights.h5")
+        save_model_atomic(model, model_path)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def write_curves(history, path):
+    """Training loss and validation Dice against epochs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axis.plot(epochs, [row["loss"] for row in history])
+    loss_axis.set(xlabel="epoch", ylabel="training loss (Dice + BCE)", yscale="log")
+    dice_axis.plot(epochs, [row["val_dice"] for row in history], color="tab:green")
+    dice_axis.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100))
+    plt.close(figure)

@@ -1,0 +1,90 @@
+"""Moving weights between U-Nets: pretrained or fine-tuned -> a new U-Net.
+
+Weights are matched by layer name (`encoder_*`, `bottleneck_*`, `decoder_*`,
+optionally the head) with strict shape checks: a mismatch is an error, not
+a silent skip, because a silently half-loaded encoder looks like a model
+that "does not benefit from pretraining".
+"""
+
+from pathlib import Path
+
+import keras
+
+from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.models.unet import DECODER_PREFIXES, ENCODER_PREFIXES, HEAD_PREFIXES
+
+
+def copy_layer_weights(source_layers, target_model, source_name="source"):
+    """Copy weights of same-named layers into `target_model`.
+
+    Args:
+        source_layers: iterable of layers holding the weights to copy.
+        target_model: the model receiving them.
+        source_name: file or model name used in error messages.
+
+    Returns:
+        The list of copied layer names.
+    """
+    copied = []
+    for layer in source_layers:
+        try:
+            target = target_model.get_layer(layer.name)
+        except ValueError as error:
+            raise InvalidInputError(source_name, f"layer {layer.name!r} has no counterpart in the U-Net") from error
+        source_shapes = [tuple(w.shape) for w in layer.get_weights()]
+        target_shapes = [tuple(w.shape) for w in target.get_weights()]
+        if source_shapes != target_shapes:
+            raise InvalidInputError(
+                source_name,
+                f"layer {layer.name!r} has weights of shapes {source_shapes}, the U-Net expects "
+                f"{target_shapes} (different base_filters or depth?)",
+            )
+        target.set_weights(layer.get_weights())
+        copied.append(layer.name)
+    return copied
+
+
+def transfer_from_model(source_model, target_model, include_head=False, source_name="source"):
+    """Copy encoder + decoder (and optionally the head) between U-Nets.
+
+    Returns:
+        `{"loaded": [...], "skipped": [...]}` layer names: the report written
+        as `transfer_report.json`.
+    """
+    prefixes = ENCODER_PREFIXES + DECODER_PREFIXES + (HEAD_PREFIXES if include_head else ())
+    if getattr(source_model, "depth", target_model.depth) != target_model.depth:
+        raise InvalidInputError(
+            source_name, f"depth {source_model.depth} does not match the U-Net's depth {target_model.depth}"
+        )
+    source_layers = [layer for layer in source_model.layers if layer.name.startswith(prefixes) and layer.weights]
+    loaded = copy_layer_weights(source_layers, target_model, source_name)
+    skipped = [layer.name for layer in target_model.layers if layer.weights and layer.name not in loaded]
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def load_initial_weights(model, init):
+    """Initialise `model` from `init`: a `.keras` U-Net file (or a preset).
+
+    A fine-tuned `.keras` U-Net gives encoder, decoder and head. Returns the
+    transfer report.
+    """
+    from cm_unet_keras.models.presets import resolve_model_path
+
+    path = Path(resolve_model_path(init))
+    if path.suffix != ".keras":
+        raise InvalidInputError(path, "--init expects a .keras U-Net, a pretraining run folder or a preset name")
+    source = load_unet(path)
+    return transfer_from_model(source, model, include_head=True, source_name=str(path))
+
+
+def load_unet(path):
+    """Load a `.keras` U-Net with `safe_mode` (no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(path, "model file not found")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except ValueError as error:
+        raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
+    except (OSError, KeyError) as error:
+        raise InvalidInputError(path, f"not a readable .keras model file: {error}") from error

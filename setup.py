@@ -1,0 +1,55 @@
+"""Packaging for cm-unet-keras.
+
+TensorFlow is an extra on purpose: `pip install .[cpu]` brings tensorflow-cpu,
+`pip install .[cuda]` brings tensorflow[and-cuda]; installing both wheels in
+one environment gives two conflicting TensorFlows.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "cm_unet_keras" / "version.py").read_text()
+).group(1)
+
+setup(
+    name="cm-unet-keras",
+    version=VERSION,
+    description=(
+        "Coronary artery segmentation in X-ray angiograms with few labels: "
+        "a U-Net pretrained by contrastive masked autoencoding (CM-UNet), in Keras 3."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
+    package_data={"cm_unet_keras": ["presets/*.json"]},
+    install_requires=[
+        "keras>=3.3",
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "scikit-image>=0.21",
+        "scipy>=1.10",
+        "pydicom>=2.4",
+        "keras-tuner>=1.4",
+        # keras-tuner imports tensorboard's summary API but does not depend on it.
+        "tensorboard>=2.16",
+        "pyyaml>=6.0",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "cuda": ["tensorflow[and-cuda]>=2.16"],
+        "dev": ["pytest>=7.4", "hypothesis>=6.90", "pytest-timeout>=2.2"],
+    },
+    entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
