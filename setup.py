@@ -34,7 +34,7 @@ setup(
         "opencv-python-headless>=4.8",
         "scikit-image>=0.21",
         "scipy>=1.10",
-        "pydicom>=2.4",
+        "pydicom>=3.0",
         "keras-tuner>=1.4",
         # keras-tuner imports tensorboard's summary API but does not depend on it.
         "tensorboard>=2.16",

@@ -8,8 +8,19 @@ import os
 
 # Keras 3 picks its backend at import; this package is written for TensorFlow.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's C++ start-up chatter hides the messages users need.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cm_unet_keras.models.unet import CMUNet, SIZES  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 __all__ = ["CMUNet", "SIZES", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy: the readers, synthetic data and metrics need no TensorFlow, and
+    # importing it costs seconds.
+    if name in ("CMUNet", "SIZES"):
+        from cm_unet_keras.models import unet
+
+        return getattr(unet, name)
+    raise AttributeError(f"module 'cm_unet_keras' has no attribute {name!r}")

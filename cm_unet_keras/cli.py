@@ -1,20 +1,19 @@
 """`cm-unet`: the command line. Each subcommand parses flags and calls the API."""
 
 import argparse
-import os
 import sys
 
-# TensorFlow's C++ start-up chatter hides the messages users need.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import cm_unet_keras  # noqa: F401  (sets the backend and log level first)
 
 
-def _add_layout_arguments(parser, required=True):
+def _add_layout_arguments(parser, default_part="train"):
     group = parser.add_argument_group("labelled dataset (one layout)")
     group.add_argument("--pairs", help="folder of N.png + N<suffix>.png pairs")
     group.add_argument("--mask-suffix", default="_gt", help="mask file suffix for --pairs (default _gt)")
     group.add_argument("--images", help="folder of angiograms (with --masks: same file names)")
     group.add_argument("--masks", help="folder of vessel masks, 0/255, values >= 128 are vessel")
-    parser.set_defaults(layout_required=required)
+    group.add_argument("--split", help="split file written by `cm-unet split`: use one part of the dataset")
+    group.add_argument("--part", default=default_part, help=f"part of --split to use (default {default_part})")
 
 
 def _records_from_layout(args):
@@ -23,15 +22,30 @@ def _records_from_layout(args):
     if args.pairs and (args.images or args.masks):
         raise SystemExit("error: give either --pairs or --images/--masks, not both")
     if args.pairs:
-        return index_pairs(args.pairs, mask_suffix=args.mask_suffix)
-    if args.images and args.masks:
-        return index_images_masks(args.images, args.masks)
-    raise SystemExit("error: a labelled dataset is needed: --pairs DIR or --images DIR --masks DIR")
+        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix)
+    elif args.images and args.masks:
+        records = index_images_masks(args.images, args.masks)
+    else:
+        raise SystemExit("error: a labelled dataset is needed: --pairs DIR or --images DIR --masks DIR")
+    if getattr(args, "split", None):
+        from cm_unet_keras.data.splits import select_part
+
+        records = select_part(records, args.split, args.part)
+    return records
 
 
 def _add_model_arguments(parser):
     parser.add_argument("--base-filters", type=int, help="U-Net width (16 small, 32 base, 64 paper)")
     parser.add_argument("--depth", type=int, help="U-Net levels (default 4)")
+
+
+def cmd_split(args):
+    from cm_unet_keras.data.splits import make_split, write_split
+
+    records = _records_from_layout(args)
+    split = make_split(records, args.holdout, args.seed, source=args.pairs or args.images)
+    write_split(split, args.out)
+    print(f"{len(split['train'])} train / {len(split['holdout'])} holdout pairs written to {args.out}")
 
 
 def cmd_synth(args):
@@ -90,6 +104,56 @@ def cmd_predict(args):
     print(f"segmented {len(written)} angiograms into {args.output}")
 
 
+def cmd_export(args):
+    from cm_unet_keras.export import export_model
+
+    path = export_model(
+        args.model,
+        args.out,
+        args.name,
+        args.version,
+        export_format=args.format,
+        threshold=args.threshold,
+        training_data=args.training_data,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {args.model} ({args.format}) to {path}")
+
+
+def cmd_pretrain(args):
+    from cm_unet_keras.data.layouts import index_unlabeled
+    from cm_unet_keras.training.config import build_config
+    from cm_unet_keras.training.pretrain import PretrainConfig, pretrain
+
+    config = build_config(
+        PretrainConfig,
+        args.config,
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        working_size=0 if args.native_resolution else args.working_size,
+        base_filters=args.base_filters,
+        depth=args.depth,
+        mask_ratio=args.mask_ratio,
+        rc_weight=args.rc_weight,
+        ct_weight=args.ct_weight,
+        lr=args.lr,
+        seed=args.seed,
+        max_images=args.max_images,
+        frame_step=args.frame_step,
+        skip_invalid=True if args.skip_invalid else None,
+        precision=args.precision,
+    )
+    records = index_unlabeled(args.images, recursive=config.recursive, frame_step=config.frame_step)
+    result = pretrain(config, records, args.out, verbose=args.verbose)
+    print(
+        f"pretrained {result['epochs_done']} epochs ({result['epochs_run']} in this run) on "
+        f"{result['n_images']} angiograms; {result['seconds']:.0f} s; weights: {result['weights_path']}"
+    )
+
+
 def cmd_demo(args):
     from cm_unet_keras.demo import run_demo
 
@@ -109,6 +173,13 @@ def build_parser():
     synth.add_argument("--size", type=int, default=256)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
+
+    split = commands.add_parser("split", help="set labelled pairs aside for evaluation, written to a file")
+    _add_layout_arguments(split)
+    split.add_argument("--holdout", type=int, required=True, help="number of pairs to hold out")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True, help="split file (JSON)")
+    split.set_defaults(run=cmd_split)
 
     finetune = commands.add_parser("finetune", help="train or fine-tune the U-Net on labelled angiograms")
     _add_layout_arguments(finetune)
@@ -131,7 +202,7 @@ def build_parser():
     finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="score a model on labelled angiograms")
-    _add_layout_arguments(evaluate)
+    _add_layout_arguments(evaluate, default_part="holdout")
     evaluate.add_argument("--model", required=True, help=".keras file or preset name")
     evaluate.add_argument("--json", help="write the report here")
     evaluate.add_argument("--threshold", type=float, default=0.5)
@@ -145,6 +216,44 @@ def build_parser():
     predict.add_argument("--threshold", type=float, default=0.5)
     predict.add_argument("--clahe", action="store_true")
     predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="export a model for TF Serving (SavedModel) or ONNX")
+    export.add_argument("--model", required=True, help=".keras file or preset name")
+    export.add_argument("--out", required=True, help="model base folder; writes OUT/NAME/VERSION/")
+    export.add_argument("--name", default="cm_unet", help="model name (default cm_unet)")
+    export.add_argument("--version", type=int, required=True, help="model version, an integer")
+    export.add_argument("--format", choices=["saved_model", "onnx"], default="saved_model")
+    export.add_argument("--threshold", type=float, help="mask threshold (default: the training run's)")
+    export.add_argument("--training-data", help="note on the training data, saved in the metadata")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.set_defaults(run=cmd_export)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="contrastive masked pretraining (CM-UNet) on unlabeled angiograms"
+    )
+    pretrain.add_argument("--images", nargs="+", required=True,
+                          help="folders (searched recursively; masks/ and annotations/ skipped), files or DICOM runs")
+    pretrain.add_argument("--out", required=True, help="run folder (rerun to resume)")
+    pretrain.add_argument("--config", help="recipe file (YAML/JSON); flags override it")
+    _add_model_arguments(pretrain)
+    pretrain.add_argument("--epochs", type=int)
+    pretrain.add_argument("--warmup-epochs", type=int)
+    pretrain.add_argument("--steps-per-epoch", type=int, help="default: one pass over the angiograms")
+    pretrain.add_argument("--batch-size", type=int, help="global batch over all devices")
+    pretrain.add_argument("--image-size", type=int, help="side of the views (paper 224)")
+    pretrain.add_argument("--working-size", type=int, help="shorter side of the decoded images (default 256)")
+    pretrain.add_argument("--native-resolution", action="store_true", help="crop from images at native resolution")
+    pretrain.add_argument("--mask-ratio", type=float)
+    pretrain.add_argument("--rc-weight", type=float, help="reconstruction loss weight (0: contrastive only)")
+    pretrain.add_argument("--ct-weight", type=float, help="contrastive loss weight (0: MAE only)")
+    pretrain.add_argument("--lr", type=float, help="peak learning rate (default 1.5e-4 x batch / 256)")
+    pretrain.add_argument("--seed", type=int)
+    pretrain.add_argument("--max-images", type=int, help="use N angiograms, drawn by the seed")
+    pretrain.add_argument("--frame-step", type=int, help="every k-th frame of DICOM cine runs")
+    pretrain.add_argument("--skip-invalid", action="store_true", help="skip unreadable files instead of stopping")
+    pretrain.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+    pretrain.add_argument("--verbose", default="auto", help="Keras progress: auto, 0, 1 or 2")
+    pretrain.set_defaults(run=cmd_pretrain)
 
     demo = commands.add_parser("demo", help="end-to-end demo on synthetic angiograms")
     demo.add_argument("--out", default="demo_out")

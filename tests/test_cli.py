@@ -1,0 +1,133 @@
+"""The `cm-unet` commands end to end, and their errors on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cm_unet_keras import CMUNet
+from cm_unet_keras.cli import main
+from cm_unet_keras.data.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    CMUNet(base_filters=4, depth=2).save(path)
+    return path
+
+
+@pytest.fixture
+def pairs(tmp_path, shared_data):
+    """Three real XCA pairs copied into a folder we may break."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for stem in ("1", "2", "3"):
+        for suffix in ("", "_gt"):
+            shutil.copy(shared_data / "xca_vessels" / "train" / f"{stem}{suffix}.png", folder)
+    return folder
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr()
+
+
+def test_evaluate_writes_the_documented_json(pairs, tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code, printed = _run(["evaluate", "--model", str(tiny_model_path), "--pairs", str(pairs), "--json", str(out)], capsys)
+    assert code == 0
+    report = json.loads(out.read_text())
+    keys = {"dice", "iou", "cldice", "sensitivity", "specificity", "hd95"}
+    assert report["n_images"] == 3
+    assert set(report["mean"]) == keys and set(report["std"]) == keys
+    assert [row["name"] for row in report["per_image"]] == ["1", "2", "3"]
+    assert all(set(row) == keys | {"name"} for row in report["per_image"])
+    assert report["mean"]["dice"] == pytest.approx(np.mean([row["dice"] for row in report["per_image"]]))
+    assert "dice" in printed.out
+
+
+def test_predict_writes_mask_probability_and_overlay_for_any_size(tiny_model_path, tmp_path, shared_data, capsys):
+    odd = tmp_path / "odd.png"
+    cv2.imwrite(str(odd), np.random.default_rng(0).integers(0, 255, (333, 517), dtype=np.uint8))
+    arcade = shared_data / "arcade_stenosis" / "train" / "images" / "1.png"  # stored as RGB
+    code, _ = _run(["predict", "--model", str(tiny_model_path), "--output", str(tmp_path / "out"), str(odd), str(arcade)], capsys)
+    assert code == 0
+    for name, shape in (("odd", (333, 517)), ("1", (512, 512))):
+        mask = cv2.imread(str(tmp_path / "out" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+        assert cv2.imread(str(tmp_path / "out" / f"{name}_prob.png"), cv2.IMREAD_UNCHANGED).shape == shape
+        assert cv2.imread(str(tmp_path / "out" / f"{name}_overlay.png")).shape == shape + (3,)
+
+
+def test_synth_command(tmp_path, capsys):
+    code, _ = _run(["synth", "--out", str(tmp_path / "s"), "--count", "2", "--size", "64"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "masks").iterdir()) == ["synth_0000.png", "synth_0001.png"]
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _resize(path):
+    cv2.imwrite(str(path), np.zeros((200, 300), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "break_it, broken, culprit, problem",
+    [
+        (_truncate, "2.png", "2.png", "decod"),
+        (_empty, "2.png", "2.png", "empty"),
+        (_resize, "2_gt.png", "2_gt.png", "match"),
+        (lambda path: path.unlink(), "2_gt.png", "2.png", "mask"),
+    ],
+    ids=["truncated-png", "zero-byte", "size-mismatch", "missing-mask"],
+)
+@pytest.mark.parametrize("command", ["evaluate", "finetune"])
+def test_bad_input_exits_non_zero_naming_the_file(
+    command, break_it, broken, culprit, problem, pairs, tiny_model_path, tmp_path, capsys
+):
+    break_it(pairs / broken)
+    if command == "evaluate":
+        argv = ["evaluate", "--model", str(tiny_model_path), "--pairs", str(pairs)]
+    else:
+        argv = ["finetune", "--pairs", str(pairs), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    code, printed = _run(argv, capsys)
+    assert code != 0
+    assert culprit in printed.err and problem in printed.err.lower(), printed.err
+
+
+def test_empty_folder_exits_non_zero(tmp_path, tiny_model_path, capsys):
+    (tmp_path / "nothing").mkdir()
+    code, printed = _run(["evaluate", "--model", str(tiny_model_path), "--pairs", str(tmp_path / "nothing")], capsys)
+    assert code != 0 and "nothing" in printed.err
+
+
+def test_console_script_reports_a_missing_model(tmp_path):
+    script = Path(sys.executable).parent / "cm-unet"
+    assert script.is_file(), "the package must be installed (pip install -e .)"
+    result = subprocess.run(
+        [str(script), "predict", "--model", str(tmp_path / "absent.keras"), "--output", str(tmp_path), str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "absent.keras" in result.stderr
+
+
+def test_quick_demo_writes_a_report(tmp_path, capsys):
+    code, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--quick"], capsys)
+    assert code == 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| dice |" in report and "_overlay.png" in report
+    evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+    assert evaluation["n_images"] == 2

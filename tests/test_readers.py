@@ -1,0 +1,400 @@
+"""Tests for cm_unet_keras.data.readers, on real and generated files."""
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import generate_uid
+
+from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.data.readers import count_frames
+from cm_unet_keras.data.readers import is_dicom_file
+from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.data.readers import read_vessel_mask
+
+XA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"
+
+
+def write_dicom(
+    path, frames, photometric="MONOCHROME2", bits_stored=12, pixel_data=True, **elements
+):
+    """Write uint16 `frames`, (H, W) or (N, H, W), as an XA DICOM file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XA_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = XA_SOP_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "XA"
+    ds.Rows, ds.Columns = frames.shape[-2:]
+    if frames.ndim == 3:
+        ds.NumberOfFrames = frames.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    if pixel_data:
+        ds.PixelData = frames.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_palette_png(path, indices, palette):
+    """Write a colour-type-3 (palette) PNG by hand: cv2 cannot write one."""
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    height, width = indices.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    rows = b"".join(b"\x00" + row.tobytes() for row in indices.astype(np.uint8))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"PLTE", palette.astype(np.uint8).tobytes())
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def stored_frames(count, height=6, width=5):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 4096, size=(count, height, width), dtype=np.uint16)
+
+
+# --- the real shared data ---------------------------------------------------
+
+
+def test_xca_vessels_angiogram_is_300x300_8bit_grey(shared_data):
+    path = shared_data / "xca_vessels" / "train" / "1.png"
+    angiogram = read_angiogram(path)
+    assert angiogram.dtype == np.float32
+    assert angiogram.shape == (300, 300)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(angiogram, raw)
+    assert count_frames(path) == 1
+
+
+def test_soft_edged_mask_is_thresholded_at_128(shared_data):
+    path = shared_data / "xca_vessels" / "train" / "29_gt.png"
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(raw)) - {0, 255}, "29_gt.png should have soft edges"
+    vessel_mask = read_vessel_mask(path)
+    assert vessel_mask.dtype == np.uint8
+    assert vessel_mask.shape == (300, 300)
+    assert set(np.unique(vessel_mask)) <= {0, 1}
+    np.testing.assert_array_equal(vessel_mask, raw >= 128)
+    # Coronary trees cover a few to a few tens of percent of the image.
+    assert 0.03 < vessel_mask.mean() < 0.3
+
+
+def test_arcade_rgb_stored_angiogram_becomes_channel_0(shared_data):
+    path = shared_data / "arcade_stenosis" / "train" / "images" / "1.png"
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.shape == (512, 512, 3)
+    angiogram = read_angiogram(path)
+    assert angiogram.shape == (512, 512)
+    np.testing.assert_array_equal(angiogram, raw[..., 0])
+
+
+# --- generated image files --------------------------------------------------
+
+
+def test_16bit_png_keeps_full_range(tmp_path):
+    pixels = np.array([[0, 1, 255], [256, 40000, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), pixels)
+    angiogram = read_angiogram(path)
+    assert angiogram.dtype == np.float32
+    np.testing.assert_array_equal(angiogram, pixels)
+    assert angiogram.max() == 65535
+
+
+def test_16bit_tiff_keeps_full_range(tmp_path):
+    pixels = np.arange(0, 65536, 4096, dtype=np.uint16).reshape(4, 4)
+    pixels[-1, -1] = 65535
+    path = tmp_path / "deep.tif"
+    assert cv2.imwrite(str(path), pixels)
+    np.testing.assert_array_equal(read_angiogram(path), pixels)
+
+
+def test_rgba_grey_gives_one_channel_and_ignores_alpha(tmp_path):
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5) * 10
+    alpha = np.full_like(grey, 7)
+    path = tmp_path / "grey_rgba.png"
+    assert cv2.imwrite(str(path), np.dstack([grey, grey, grey, alpha]))
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape == (4, 5, 4)
+    np.testing.assert_array_equal(read_angiogram(path), grey)
+
+
+def test_colour_image_uses_luminance_weights(tmp_path):
+    rng = np.random.default_rng(1)
+    bgr = rng.integers(0, 256, size=(8, 9, 3), dtype=np.uint8)
+    path = tmp_path / "colour.png"
+    assert cv2.imwrite(str(path), bgr)
+    angiogram = read_angiogram(path)
+    expected = 0.114 * bgr[..., 0] + 0.587 * bgr[..., 1] + 0.299 * bgr[..., 2]
+    np.testing.assert_allclose(angiogram, expected, atol=1e-3)
+    # cv2's own conversion rounds to integers: within half a grey level.
+    cv2_grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert np.abs(angiogram - cv2_grey).max() <= 0.5 + 1e-3
+
+
+def test_palette_png_is_expanded_through_its_palette(tmp_path):
+    indices = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    grey_levels = 255 - np.arange(256)  # index i shows grey 255 - i
+    palette = np.repeat(grey_levels[:, None], 3, axis=1)
+    path = write_palette_png(tmp_path / "palette.png", indices, palette)
+    np.testing.assert_array_equal(read_angiogram(path), 255 - indices)
+
+
+def test_float_tiff_is_read_and_nan_is_rejected(tmp_path):
+    finite = np.linspace(-1.5, 2.5, 12, dtype=np.float32).reshape(3, 4)
+    good = tmp_path / "float.tiff"
+    assert cv2.imwrite(str(good), finite)
+    np.testing.assert_array_equal(read_angiogram(good), finite)
+
+    for value, name in [(np.nan, "nan.tiff"), (np.inf, "inf.tiff")]:
+        broken = finite.copy()
+        broken[1, 2] = value
+        assert cv2.imwrite(str(tmp_path / name), broken)
+        with pytest.raises(InvalidInputError, match=f"{name}.*(NaN|infinite)"):
+            read_angiogram(tmp_path / name)
+
+
+def _truncated_png(tmp_path):
+    path = tmp_path / "truncated.png"
+    assert cv2.imwrite(str(path), np.arange(400, dtype=np.uint16).reshape(20, 20))
+    path.write_bytes(path.read_bytes()[:-40])
+    return path
+
+
+def _zero_bytes(tmp_path):
+    path = tmp_path / "empty.png"
+    path.touch()
+    return path
+
+
+def _text_as_png(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an angiogram\n")
+    return path
+
+
+def _missing(tmp_path):
+    return tmp_path / "missing.png"
+
+
+@pytest.mark.parametrize(
+    "make_file, problem",
+    [
+        (_truncated_png, "cannot be decoded"),
+        (_zero_bytes, "empty"),
+        (_text_as_png, "cannot be decoded"),
+        (_missing, "not found"),
+    ],
+)
+@pytest.mark.parametrize("reader", [read_angiogram, read_vessel_mask])
+def test_broken_files_raise_naming_the_file(tmp_path, make_file, problem, reader):
+    path = make_file(tmp_path)
+    with pytest.raises(InvalidInputError, match=problem) as caught:
+        reader(path)
+    assert path.name in str(caught.value)
+    assert caught.value.path == str(path)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_unsupported_suffix_and_frame_of_a_still_image(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(InvalidInputError, match="notes.txt.*unsupported file type"):
+        read_angiogram(notes)
+    still = tmp_path / "still.png"
+    assert cv2.imwrite(str(still), np.zeros((3, 3), np.uint8))
+    assert read_angiogram(still, frame=0).shape == (3, 3)
+    with pytest.raises(InvalidInputError, match="still.png.*frame 1 is out of range"):
+        read_angiogram(still, frame=1)
+
+
+# --- vessel masks -----------------------------------------------------------
+
+
+def test_mask_0_255_and_rgb_mask(tmp_path):
+    mask = np.zeros((5, 6), np.uint8)
+    mask[1:3, 2:5] = 255
+    mask[4, 0] = 127  # just below the threshold: background
+    mask[4, 1] = 128  # at the threshold: vessel
+    grey_path = tmp_path / "m.png"
+    rgb_path = tmp_path / "m_rgb.png"
+    assert cv2.imwrite(str(grey_path), mask)
+    assert cv2.imwrite(str(rgb_path), np.dstack([mask] * 3))
+    expected = (mask >= 128).astype(np.uint8)
+    for path in (grey_path, rgb_path):
+        vessel_mask = read_vessel_mask(path)
+        assert vessel_mask.dtype == np.uint8
+        assert vessel_mask.shape == (5, 6)
+        np.testing.assert_array_equal(vessel_mask, expected)
+
+
+def test_16bit_mask_is_scaled_to_8bit_before_thresholding(tmp_path):
+    mask = np.array([[0, 32767, 32768, 65535]], dtype=np.uint16)
+    path = tmp_path / "m16.png"
+    assert cv2.imwrite(str(path), mask)
+    np.testing.assert_array_equal(read_vessel_mask(path), [[0, 0, 1, 1]])
+
+
+def test_empty_mask_is_allowed(tmp_path):
+    path = tmp_path / "none.png"
+    assert cv2.imwrite(str(path), np.zeros((4, 4), np.uint8))
+    np.testing.assert_array_equal(read_vessel_mask(path), np.zeros((4, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_0_1_mask_is_rejected(tmp_path, dtype):
+    mask = np.zeros((4, 4), dtype)
+    mask[1:3, 1:3] = 1
+    path = tmp_path / "zero_one.png"
+    assert cv2.imwrite(str(path), mask)
+    with pytest.raises(InvalidInputError, match="zero_one.png.*0/1 mask.*0/255"):
+        read_vessel_mask(path)
+
+
+def test_mask_below_threshold_is_rejected(tmp_path):
+    mask = np.zeros((4, 4), np.uint16)
+    mask[0, 0] = 255  # an 8-bit 0/255 mask saved as 16-bit
+    path = tmp_path / "faint.png"
+    assert cv2.imwrite(str(path), mask)
+    with pytest.raises(InvalidInputError, match="faint.png.*largest value is 255"):
+        read_vessel_mask(path)
+
+
+def test_float_mask_is_rejected(tmp_path):
+    path = tmp_path / "prob.tiff"
+    assert cv2.imwrite(str(path), np.ones((3, 3), np.float32))
+    with pytest.raises(InvalidInputError, match="prob.tiff.*8-bit"):
+        read_vessel_mask(path)
+
+
+# --- DICOM ------------------------------------------------------------------
+
+
+def test_dicom_single_frame_applies_rescale(tmp_path):
+    stored = stored_frames(1)[0]
+    path = write_dicom(
+        tmp_path / "still.dcm", stored, RescaleSlope=2, RescaleIntercept=-100
+    )
+    assert count_frames(path) == 1
+    angiogram = read_angiogram(path)
+    assert angiogram.dtype == np.float32
+    assert angiogram.shape == stored.shape
+    np.testing.assert_allclose(angiogram, stored * 2.0 - 100.0)
+
+
+def test_dicom_cine_reads_each_frame(tmp_path):
+    stored = stored_frames(3)
+    path = write_dicom(tmp_path / "run.dcm", stored)
+    assert count_frames(path) == 3
+    for frame in range(3):
+        np.testing.assert_array_equal(read_angiogram(path, frame=frame), stored[frame])
+    for frame in (3, -1):
+        with pytest.raises(InvalidInputError, match=f"run.dcm.*frame {frame} is out"):
+            read_angiogram(path, frame=frame)
+    with pytest.raises(InvalidInputError, match="run.dcm.*3 frames.*frame="):
+        read_angiogram(path)
+
+
+def test_dicom_without_suffix_is_found_by_its_preamble(tmp_path):
+    stored = stored_frames(2)
+    path = write_dicom(tmp_path / "IM0001", stored)
+    assert is_dicom_file(path)
+    assert count_frames(path) == 2
+    np.testing.assert_array_equal(read_angiogram(path, frame=1), stored[1])
+    text = tmp_path / "README"
+    text.write_text("x" * 200)
+    assert not is_dicom_file(text)
+
+
+def test_monochrome1_is_inverted_within_its_range(tmp_path):
+    stored = stored_frames(1)[0]
+    plain = write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1")
+    np.testing.assert_array_equal(read_angiogram(plain), 4095 - stored.astype(float))
+    # With a rescale the range is [intercept, 4095 * slope + intercept].
+    rescaled = write_dicom(
+        tmp_path / "m1_rescaled.dcm",
+        stored,
+        photometric="MONOCHROME1",
+        RescaleSlope=0.5,
+        RescaleIntercept=10,
+    )
+    low, high = 10.0, 4095 * 0.5 + 10.0
+    expected = low + high - (stored * 0.5 + 10.0)
+    np.testing.assert_allclose(read_angiogram(rescaled), expected, atol=1e-3)
+    # Dark stays dark relative to MONOCHROME2: the order of pixels reverses.
+    m2 = read_angiogram(write_dicom(tmp_path / "m2.dcm", stored))
+    assert np.corrcoef(m2.ravel(), read_angiogram(plain).ravel())[0, 1] < -0.99
+
+
+def test_dicom_without_pixel_data_is_rejected(tmp_path):
+    path = write_dicom(
+        tmp_path / "header_only.dcm", stored_frames(1)[0], pixel_data=False
+    )
+    for call in (read_angiogram, count_frames):
+        with pytest.raises(InvalidInputError, match="header_only.dcm.*no pixel data"):
+            call(path)
+
+
+def test_dicom_with_unsupported_samples_is_rejected(tmp_path):
+    path = write_dicom(tmp_path / "two_samples.dcm", stored_frames(1)[0])
+    raw = path.read_bytes()
+    # SamplesPerPixel (0028,0002) US 1 -> 2: pixels no DICOM reader decodes.
+    marker = b"\x28\x00\x02\x00US\x02\x00\x01\x00"
+    assert marker in raw
+    path.write_bytes(raw.replace(marker, marker[:-2] + b"\x02\x00"))
+    with pytest.raises(InvalidInputError, match="two_samples.dcm"):
+        read_angiogram(path)
+
+
+def test_text_file_named_dcm_is_rejected(tmp_path):
+    path = tmp_path / "fake.dcm"
+    path.write_text("just text, no DICOM here\n" * 10)
+    with pytest.raises(InvalidInputError, match="fake.dcm"):
+        read_angiogram(path)
+
+
+def test_dicom_modality_lut_sequence_is_applied(tmp_path):
+    lut = Dataset()
+    # LUT Descriptor and LUT Data have ambiguous VRs: state them.
+    lut.add_new(0x00283002, "US", [4096, 0, 16])
+    lut.add_new(0x00283006, "US", list(range(0, 2 * 4096, 2)))
+    lut.ModalityLUTType = "US"
+    stored = stored_frames(1)[0]
+    path = write_dicom(tmp_path / "lut.dcm", stored, ModalityLUTSequence=[lut])
+    np.testing.assert_array_equal(read_angiogram(path), stored * 2.0)
+
+
+def test_enhanced_dicom_rescale_from_functional_groups(tmp_path):
+    transform = Dataset()
+    transform.RescaleSlope = 3
+    transform.RescaleIntercept = 1
+    transform.RescaleType = "US"
+    shared_group = Dataset()
+    shared_group.PixelValueTransformationSequence = [transform]
+    stored = stored_frames(2)
+    path = write_dicom(
+        tmp_path / "enhanced.dcm", stored, SharedFunctionalGroupsSequence=[shared_group]
+    )
+    np.testing.assert_allclose(read_angiogram(path, frame=1), stored[1] * 3.0 + 1)

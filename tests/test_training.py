@@ -1,0 +1,166 @@
+"""Losses, schedules, splits and the fine-tuning job (tiny models, real steps)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cm_unet_keras import CMUNet
+from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
+from cm_unet_keras.data.synthetic import write_synthetic_dataset
+from cm_unet_keras.training.config import FinetuneConfig, build_config
+from cm_unet_keras.training.finetune import finetune, make_optimizer, split_records
+from cm_unet_keras.training.losses import DiceBCELoss
+from cm_unet_keras.training.schedules import WarmupCosine
+
+
+def test_dice_bce_against_hand_computed_values():
+    y_true = np.zeros((1, 2, 2, 1), "float32")
+    y_true[0, 0, 0, 0] = 1.0
+    y_pred = np.full((1, 2, 2, 1), 0.5, "float32")
+    # soft Dice: 1 - (2*0.5 + 1) / (1 + 2 + 1) = 0.5 ; BCE: -log(0.5) = 0.6931
+    assert float(DiceBCELoss(1.0)(y_true, y_pred)) == pytest.approx(0.5, abs=1e-6)
+    assert float(DiceBCELoss(0.0)(y_true, y_pred)) == pytest.approx(np.log(2.0), abs=1e-5)
+    assert float(DiceBCELoss(0.5)(y_true, y_pred)) == pytest.approx(0.25 + np.log(2.0) / 2, abs=1e-5)
+    with pytest.raises(ValueError):
+        DiceBCELoss(1.5)
+
+
+def test_dice_term_has_a_gradient():
+    y_true = tf.constant(np.eye(4, dtype="float32")[None, ..., None])
+    y_pred = tf.Variable(tf.fill([1, 4, 4, 1], 0.3))
+    with tf.GradientTape() as tape:
+        loss = DiceBCELoss(1.0)(y_true, y_pred)
+    gradient = tape.gradient(loss, y_pred).numpy()
+    assert np.all(gradient[y_true.numpy() == 1] < 0)  # raise vessel probabilities
+
+
+def test_all_vessel_512_mask_gives_a_finite_loss_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = CMUNet(base_filters=4, depth=2)
+        prediction = model(np.random.default_rng(0).normal(size=(1, 512, 512, 1)).astype("float32"))
+        loss = DiceBCELoss()(np.ones((1, 512, 512, 1), "float32"), prediction)
+        assert np.isfinite(float(loss))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_warmup_cosine_schedule():
+    schedule = WarmupCosine(peak=1.0, total_steps=110, warmup_steps=10, warmup_start_factor=0.0)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(60)) == pytest.approx(0.5, abs=1e-6)
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
+    assert WarmupCosine.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_split_is_disjoint_reproducible_and_limit_thins_training_only():
+    records = [AngiogramRecord(f"r{i}", f"r{i}.png", f"r{i}_gt.png") for i in range(40)]
+    train, val = split_records(records, 0.25, seed=7)
+    assert len(val) == 10 and len(train) == 30
+    assert not {r.name for r in train} & {r.name for r in val}
+    assert split_records(records, 0.25, seed=7) == (train, val)
+    assert split_records(records, 0.25, seed=8)[1] != val
+    small, same_val = split_records(records, 0.25, seed=7, limit=3)
+    assert same_val == val and len(small) == 3 and set(small) <= set(train)
+    with pytest.raises(ValueError, match="limit"):
+        split_records(records, 0.25, seed=7, limit=31)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_one_training_step_changes_weights_and_gives_a_finite_loss(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = CMUNet(base_filters=4, depth=2)
+        model.compile(optimizer=make_optimizer(FinetuneConfig(lr=1e-2), 10), loss=DiceBCELoss())
+        images = np.random.default_rng(0).normal(size=(2, 64, 64, 1)).astype("float32")
+        masks = (images > 1.0).astype("float32")
+        before = model.get_layer("encoder_level0_conv1").get_weights()[0].copy()
+        history = model.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert not np.allclose(before, model.get_layer("encoder_level0_conv1").get_weights()[0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_recipe_file_and_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 0.005\nepochs: 7\n")
+    config = build_config(FinetuneConfig, recipe, epochs=9, seed=None)
+    assert config.lr == 0.005 and config.epochs == 9 and config.seed == 0
+    recipe.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        build_config(FinetuneConfig, recipe)
+
+
+@pytest.fixture(scope="module")
+def synthetic_records(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(folder, 10, size=96, seed=5)
+    return index_images_masks(folder / "images", folder / "masks")
+
+
+def _tiny_config(**overrides):
+    values = dict(
+        base_filters=8, depth=2, epochs=6, steps_per_epoch=8, batch_size=4, patch_size=64,
+        lr=5e-3, val_fraction=0.3, seed=0, precision="float32",
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def test_short_finetune_raises_validation_dice(synthetic_records, tmp_path):
+    result = finetune(_tiny_config(), synthetic_records, tmp_path / "run", verbose=0)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    dice = [row["val_dice"] for row in state["history"]]
+    assert result["epochs_done"] == 6 and len(dice) == 6
+    assert max(dice) > dice[0] + 0.1, dice
+    assert result["best_val_dice"] == pytest.approx(max(dice))
+    for name in ("model.keras", "history.csv", "curves.png", "split.json", "config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert any((tmp_path / "run" / "logs").rglob("*tfevents*"))
+    model = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert isinstance(model, CMUNet)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(synthetic_records, tmp_path):
+    config = _tiny_config(epochs=3, steps_per_epoch=3)
+    finetune(config, synthetic_records, tmp_path / "whole", verbose=0)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_after_epoch_2(message):
+        # The log line comes after the epoch's checkpoint is written.
+        if message.startswith("epoch 2/"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(config, synthetic_records, tmp_path / "split", log=interrupt_after_epoch_2, verbose=0)
+    finetune(config, synthetic_records, tmp_path / "split", verbose=0)
+    state = json.loads((tmp_path / "split" / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]  # no epoch repeated
+    whole = keras.models.load_model(tmp_path / "whole" / "checkpoints" / "last.keras")
+    split = keras.models.load_model(tmp_path / "split" / "checkpoints" / "last.keras")
+    for a, b in zip(whole.get_weights(), split.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_init_transfers_weights_and_writes_a_report(synthetic_records, tmp_path):
+    source = CMUNet(base_filters=8, depth=2)
+    source.save(tmp_path / "source.keras")
+    finetune(
+        _tiny_config(epochs=1, steps_per_epoch=1, lr=0.0, init=str(tmp_path / "source.keras")),
+        synthetic_records, tmp_path / "run", verbose=0,
+    )
+    report = json.loads((tmp_path / "run" / "transfer_report.json").read_text())
+    assert "encoder_level0_conv1" in report["loaded"] and "decoder_level0_upconv" in report["loaded"]
+    mismatched = CMUNet(base_filters=4, depth=2)
+    mismatched.save(tmp_path / "narrow.keras")
+    with pytest.raises(ValueError, match="shapes"):
+        finetune(_tiny_config(init=str(tmp_path / "narrow.keras")), synthetic_records, tmp_path / "bad", verbose=0)
