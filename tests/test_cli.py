@@ -131,3 +131,14 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert "| dice |" in report and "_overlay.png" in report
     evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert evaluation["n_images"] == 2
+
+
+def test_skip_invalid_leaves_out_and_lists_bad_pairs(pairs, tiny_model_path, tmp_path, capsys):
+    _truncate(pairs / "2.png")
+    (pairs / "3_gt.png").unlink()
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--model", str(tiny_model_path), "--pairs", str(pairs), "--json", str(out), "--skip-invalid"]
+    code, printed = _run(argv, capsys)
+    assert code == 0
+    assert json.loads(out.read_text())["n_images"] == 1
+    assert "2.png" in printed.err and "3.png" in printed.err and "skipped 2 invalid" in printed.err

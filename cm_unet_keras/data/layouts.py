@@ -62,12 +62,19 @@ def natural_sort_key(text):
     ), str(text)
 
 
-def index_pairs(directory, mask_suffix="_gt"):
+def index_pairs(directory, mask_suffix="_gt", skipped=None):
     """Index a folder of `N.ext` angiograms with `N<mask_suffix>.ext` masks.
 
     A file whose stem ends with `mask_suffix` is a mask; any other image or
     DICOM file is an angiogram. The mask's extension may differ from the
     image's. Other files (notes, JSON) and hidden files are ignored.
+
+    Args:
+        directory: the folder.
+        mask_suffix: the stem suffix that marks masks.
+        skipped: None to raise on an unmatched image or mask; or a list to
+            which `(path, problem)` of each unmatched file is appended, the
+            file being left out (`--skip-invalid`).
 
     Returns:
         `AngiogramRecord`s named by image stem, in natural order (1, 2, 10).
@@ -90,6 +97,8 @@ def index_pairs(directory, mask_suffix="_gt"):
         raise InvalidInputError(
             directory, f"holds no angiograms with '{mask_suffix}' masks"
         )
+    if skipped is not None:
+        _drop_unmatched(images, masks, skipped)
     _check_every_image_has_mask(
         images,
         masks,
@@ -105,11 +114,13 @@ def index_pairs(directory, mask_suffix="_gt"):
     return _labelled_records(images, masks)
 
 
-def index_images_masks(images_dir, masks_dir):
+def index_images_masks(images_dir, masks_dir, skipped=None):
     """Index an images folder and a masks folder matched by file stem.
 
     `images/1.jpg` pairs with `masks/1.png`: extensions may differ. This is
     the XCAD and ARCADE layout. Hidden files and non-image files are ignored.
+
+    `skipped` works as in `index_pairs`.
 
     Returns:
         `AngiogramRecord`s named by stem, in natural order.
@@ -131,6 +142,8 @@ def index_images_masks(images_dir, masks_dir):
         raise InvalidInputError(images_dir, "holds no angiograms")
     if not masks:
         raise InvalidInputError(masks_dir, "holds no vessel masks")
+    if skipped is not None:
+        _drop_unmatched(images, masks, skipped)
     _check_every_image_has_mask(
         images,
         masks,
@@ -286,6 +299,14 @@ def _add_by_stem(by_stem, stem, path):
             path, f"shares its stem '{stem}' with {by_stem[stem]}; keep one of them"
         )
     by_stem[stem] = path
+
+
+def _drop_unmatched(images, masks, skipped):
+    """Move unmatched images and masks out of the index, into `skipped`."""
+    for stem in [stem for stem in images if stem not in masks]:
+        skipped.append((str(images.pop(stem)), "has no vessel mask"))
+    for stem in [stem for stem in masks if stem not in images]:
+        skipped.append((str(masks.pop(stem)), "vessel mask without an angiogram"))
 
 
 def _check_every_image_has_mask(images, masks, expected_mask):
