@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import cm_unet_keras  # noqa: F401  (sets the backend and log level first)
 
@@ -14,24 +15,40 @@ def _add_layout_arguments(parser, default_part="train"):
     group.add_argument("--masks", help="folder of vessel masks, 0/255, values >= 128 are vessel")
     group.add_argument("--split", help="split file written by `cm-unet split`: use one part of the dataset")
     group.add_argument("--part", default=default_part, help=f"part of --split to use (default {default_part})")
+    group.add_argument(
+        "--skip-invalid", action="store_true",
+        help="leave out unreadable or unmatched files (listed on stderr) instead of stopping",
+    )
 
 
 def _records_from_layout(args):
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
+    from cm_unet_keras.data.layouts import index_images_masks, index_pairs, validate_records
 
     if args.pairs and (args.images or args.masks):
         raise SystemExit("error: give either --pairs or --images/--masks, not both")
+    skipped = [] if args.skip_invalid else None
     if args.pairs:
-        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix)
+        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped)
     elif args.images and args.masks:
-        records = index_images_masks(args.images, args.masks)
+        records = index_images_masks(args.images, args.masks, skipped=skipped)
     else:
         raise SystemExit("error: a labelled dataset is needed: --pairs DIR or --images DIR --masks DIR")
     if getattr(args, "split", None):
         from cm_unet_keras.data.splits import select_part
 
         records = select_part(records, args.split, args.part)
+    if args.skip_invalid:
+        records, unreadable = validate_records(records, skip_invalid=True)
+        args.skipped_inputs = _report_skipped(skipped + unreadable)
     return records
+
+
+def _report_skipped(skipped):
+    """Print the files `--skip-invalid` left out; returns them as dicts."""
+    for path, problem in skipped:
+        print(f"skipped: {path}: {problem}", file=sys.stderr)
+    print(f"skipped {len(skipped)} invalid input(s)", file=sys.stderr)
+    return [{"path": path, "problem": problem} for path, problem in skipped]
 
 
 def _add_model_arguments(parser):
@@ -77,7 +94,12 @@ def cmd_finetune(args):
         clahe=True if args.clahe else None,
         frozen_encoder_epochs=args.frozen_encoder_epochs,
     )
-    result = finetune(config, _records_from_layout(args), args.out, verbose=args.verbose)
+    records = _records_from_layout(args)
+    if args.skip_invalid:
+        from cm_unet_keras.training.checkpoints import atomic_write_json
+
+        atomic_write_json(Path(args.out) / "skipped_inputs.json", args.skipped_inputs)
+    result = finetune(config, records, args.out, verbose=args.verbose)
     print(
         f"best validation Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
         f"{result['seconds']:.0f} s; model: {result['model_path']}"
