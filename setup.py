@@ -44,6 +44,7 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
         "cuda": ["tensorflow[and-cuda]>=2.16"],
+        "onnx": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"],
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "pytest-timeout>=2.2"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},

