@@ -24,8 +24,11 @@ def _conv_block(x, filters, name):
             filters, 3, padding="same", kernel_initializer="he_normal",
             name=f"{name}_conv{i}",
         )(x)
+        # Synchronized: under a multi-replica strategy the batch statistics
+        # are those of the global batch (same result on 1 or N devices, and
+        # identical moving averages on every worker); no cost on one device.
         x = keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn{i}"
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=f"{name}_bn{i}"
         )(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x

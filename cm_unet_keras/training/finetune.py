@@ -177,7 +177,7 @@ class FinetuneRun:
         atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
-def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto"):
+def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto", initial_weights=None):
     """Train a U-Net on labelled angiograms; resume if `run_dir` holds a run.
 
     Args:
@@ -189,10 +189,16 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             used for training, after `config.limit`).
         log: a print-like function for progress lines.
         verbose: Keras progress bar setting.
+        initial_weights: weights to start from, as `CMUNet.get_weights()` of a
+            U-Net of the config's shape, instead of `config.init` or the
+            seeded random initialisation (a hyperparameter search starts every
+            fold of every trial from the same weights). Ignored on resume.
 
     Returns:
         dict with `best_val_dice`, `best_epoch`, `epochs_done`, `seconds`,
-        `model_path`, `n_train`, `n_val`.
+        `model_path`, `n_train`, `n_val`, and `model`: the trained Keras
+        model as it is after the last epoch (the best epoch is in
+        `model_path`).
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -200,6 +206,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     if config.patch_size % 2**config.depth:
         raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
     policy = set_precision(config.precision)
+    strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
     keras.utils.set_random_seed(config.seed)
 
     if val_records is None:
@@ -221,7 +228,6 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     sampler = PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment)
     total_steps = config.epochs * config.steps_per_epoch
 
-    strategy = choose_strategy()
     resumed = run.load_state()
     with strategy.scope():
         if resumed:
@@ -229,7 +235,9 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
         else:
             run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
-            if config.init:
+            if initial_weights is not None:
+                run.model.set_weights(initial_weights)
+            elif config.init:
                 report = load_initial_weights(run.model, config.init)
                 if run.chief:
                     atomic_write_json(run_dir / "transfer_report.json", report)
@@ -261,7 +269,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             epochs=phase_end,
             initial_epoch=first_epoch,
             steps_per_epoch=config.steps_per_epoch,
-            callbacks=[EpochEnd(run), keras.callbacks.TensorBoard(str(run_dir / "logs"))],
+            callbacks=[EpochEnd(run)] + ([keras.callbacks.TensorBoard(str(run_dir / "logs"))] if run.chief else []),
             verbose=verbose,
         )
 
@@ -278,6 +286,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         "model_path": str(model_path),
         "n_train": len(train_records),
         "n_val": len(val_records),
+        "model": run.model,
     }
 
 

@@ -1,0 +1,285 @@
+"""Throughput of cm-unet-keras against this machine's own limits, in one run.
+
+Measures, for the small and base U-Nets, on the machine it runs on:
+- the matmul ceiling in float32 and bfloat16 (best of several 2048^3 runs);
+- FLOPs per image, counted analytically from the layers (2 x multiply-adds
+  of every convolution, transposed convolution and the head; BatchNorm,
+  ReLU, pooling and concatenation are left out, < 1% here); a training step
+  is counted as 3 x the forward pass (forward + two backward products);
+- achieved FLOP/s of a supervised training step (256x256) and of inference
+  (512x512), as a fraction of the ceiling of the precision used;
+- a naive reference: the same architecture in float32 trained with
+  `model.fit` on in-memory numpy arrays, against the package's default path
+  (automatic precision, tf.data patch pipeline): the speed-up ratio;
+- a pretraining step's time over a supervised step's (same batch and size);
+- the input pipeline alone in images/s against what training consumes.
+
+Writes `benchmarks/throughput/results.json` and `results.md`. Ratios are
+measured in the same process, interleaved, so a noisy machine moves both
+sides alike.
+
+    python benchmarks/throughput.py [--steps 6] [--batch 4] [--models small base]
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cm_unet_keras import SIZES, CMUNet  # noqa: E402
+from cm_unet_keras.data.pipeline import AugmentConfig, LabelledAngiogram, PatchSampler  # noqa: E402
+from cm_unet_keras.data.synthetic import generate_angiogram  # noqa: E402
+from cm_unet_keras.data.normalize import normalize_angiogram  # noqa: E402
+from cm_unet_keras.models.full_image import predict_normalized  # noqa: E402
+from cm_unet_keras.training.config import FinetuneConfig  # noqa: E402
+from cm_unet_keras.training.finetune import make_optimizer  # noqa: E402
+from cm_unet_keras.training.losses import DiceBCELoss  # noqa: E402
+from cm_unet_keras.training.runtime import resolve_precision  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TRAIN_SIZE = 256
+INFER_SIZE = 512
+
+
+def matmul_ceiling(dtype, size=2048, repeats=8):
+    """Best FLOP/s of a square matmul in `dtype`."""
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    matmul = tf.function(lambda x: tf.matmul(x, x))
+    matmul(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def forward_flops(model, height, width):
+    """2 x multiply-adds of the convolutions of `model` on one H x W image.
+
+    The graph has dynamic spatial sizes, so each layer's output size comes
+    from its level in the name (`encoder_level2_*` works at H/4 x W/4).
+    """
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            multiply_adds_per_pixel = int(np.prod(layer.kernel.shape))
+            flops += 2 * multiply_adds_per_pixel * _output_pixels(layer.name, model.depth, height, width)
+    return flops
+
+
+def _output_pixels(name, depth, height, width):
+    level = 0  # the head works at full resolution
+    if name.startswith("bottleneck"):
+        level = depth
+    for prefix in ("encoder_level", "decoder_level"):
+        if name.startswith(prefix):
+            level = int(name[len(prefix):].split("_")[0])
+    # A transposed convolution at level L outputs level-L pixels too.
+    return (height // 2**level) * (width // 2**level)
+
+
+def synthetic_items(count, size, seed=0):
+    items = []
+    for i in range(count):
+        angiogram, mask = generate_angiogram(size, rng=seed * 1000 + i)
+        image = normalize_angiogram(angiogram.astype("float32")[..., None]).numpy()
+        items.append(LabelledAngiogram(f"s{i}", image, (mask[..., None] > 0).astype(np.uint8)))
+    return items
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of each training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def timed_fit(model, data, steps, batch):
+    """Median seconds per step after one warm-up fit (tracing excluded)."""
+    if isinstance(data, tuple):
+        model.fit(*data, batch_size=batch, epochs=1, steps_per_epoch=2, verbose=0)
+        timer = StepTimer()
+        model.fit(*data, batch_size=batch, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    else:
+        model.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+        timer = StepTimer()
+        model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    return float(np.median(timer.times))
+
+
+def supervised_model(base_filters, policy):
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    model = CMUNet(base_filters=base_filters, depth=4)
+    model.compile(optimizer=make_optimizer(FinetuneConfig(), 1000), loss=DiceBCELoss(), jit_compile=False)
+    return model
+
+
+def measure_model(name, base_filters, args, items, policy, ceilings):
+    batch, steps = args.batch, args.steps
+    result = {"base_filters": base_filters, "params": None}
+
+    # Package default path: automatic precision, tf.data patches.
+    model = supervised_model(base_filters, policy)
+    result["params"] = model.count_params()
+    fwd_train = forward_flops(model, TRAIN_SIZE, TRAIN_SIZE)
+    fwd_infer = forward_flops(model, INFER_SIZE, INFER_SIZE)
+    sampler = PatchSampler(items, TRAIN_SIZE, seed=0, augment=AugmentConfig())
+    default_step = timed_fit(model, sampler.dataset(batch), steps, batch)
+
+    # Inference, 512x512, one angiogram at a time (as `predict` runs).
+    image = items[0].angiogram
+    image = np.pad(image, [(0, INFER_SIZE - image.shape[0]), (0, INFER_SIZE - image.shape[1]), (0, 0)])
+    predict_normalized(model, image)
+    infer_times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        predict_normalized(model, image).numpy()
+        infer_times.append(time.perf_counter() - start)
+    infer_seconds = float(np.median(infer_times))
+
+    # Naive reference: float32, model.fit on numpy arrays.
+    naive = supervised_model(base_filters, "float32")
+    x = np.stack([items[i % len(items)].angiogram[:TRAIN_SIZE, :TRAIN_SIZE] for i in range(batch * (steps + 2))])
+    y = np.stack([items[i % len(items)].vessel_mask[:TRAIN_SIZE, :TRAIN_SIZE] for i in range(batch * (steps + 2))]).astype("float32")
+    naive_step = timed_fit(naive, (x, y), steps, batch)
+
+    # Pretraining step, same batch and view size, same precision as default.
+    from cm_unet_keras.models.pretrainer import ContrastiveMaskedPretrainer
+
+    keras.mixed_precision.set_global_policy(policy)
+    pretrainer = ContrastiveMaskedPretrainer(base_filters=base_filters, depth=4)
+    pretrainer.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    views = tf.data.Dataset.from_tensors(
+        {
+            "online": tf.random.normal((batch, TRAIN_SIZE, TRAIN_SIZE, 1)),
+            "target": tf.random.normal((batch, TRAIN_SIZE, TRAIN_SIZE, 1)),
+            "sample_index": tf.range(batch, dtype=tf.int64),
+        }
+    ).repeat()
+    pretrain_step = timed_fit(pretrainer, views, steps, batch)
+
+    # Input pipeline alone.
+    dataset = iter(sampler.dataset(batch))
+    next(dataset)
+    start = time.perf_counter()
+    n_batches = 4 * steps
+    for _ in range(n_batches):
+        next(dataset)
+    pipeline_images_per_s = n_batches * batch / (time.perf_counter() - start)
+    keras.mixed_precision.set_global_policy("float32")
+
+    ceiling = ceilings["bfloat16" if "bfloat16" in policy else "float32"]
+    train_flops = 3 * fwd_train * batch / default_step
+    infer_flops = fwd_infer / infer_seconds
+    train_images_per_s = batch / default_step
+    result.update({
+        "policy": policy,
+        "forward_gflops_per_image_256": fwd_train / 1e9,
+        "forward_gflops_per_image_512": fwd_infer / 1e9,
+        "train_step_seconds_default": default_step,
+        "train_step_seconds_naive": naive_step,
+        "train_images_per_s_default": train_images_per_s,
+        "train_gflops_per_s": train_flops / 1e9,
+        "train_fraction_of_ceiling": train_flops / ceiling,
+        "inference_seconds_512": infer_seconds,
+        "inference_gflops_per_s": infer_flops / 1e9,
+        "inference_fraction_of_ceiling": infer_flops / ceiling,
+        "speedup_vs_naive": naive_step / default_step,
+        "pretrain_step_seconds": pretrain_step,
+        "pretrain_step_ratio": pretrain_step / default_step,
+        "pipeline_images_per_s": pipeline_images_per_s,
+        "pipeline_ratio": pipeline_images_per_s / train_images_per_s,
+    })
+    print(f"{name}: {json.dumps(result, indent=1)}", flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=["small", "base"], choices=list(SIZES))
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--out", default=str(HERE / "throughput"))
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    ceilings = {"float32": matmul_ceiling(tf.float32), "bfloat16": matmul_ceiling(tf.bfloat16)}
+    print(f"matmul ceiling: {ceilings['float32'] / 1e9:.0f} GFLOP/s float32, {ceilings['bfloat16'] / 1e9:.0f} bfloat16")
+    policy = resolve_precision(args.precision)
+    items = synthetic_items(4, TRAIN_SIZE + 64)
+    models = {name: measure_model(name, SIZES[name], args, items, policy, ceilings) for name in args.models}
+    worst = lambda key, pick=min: pick(m[key] for m in models.values())  # noqa: E731
+    results = {
+        "speedup_vs_naive": worst("speedup_vs_naive"),
+        "fraction_of_ceiling": min(worst("train_fraction_of_ceiling"), worst("inference_fraction_of_ceiling")),
+        "pretrain_step_ratio": worst("pretrain_step_ratio", max),
+        "pipeline_ratio": worst("pipeline_ratio"),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "ceiling_gflops_per_s": {k: v / 1e9 for k, v in ceilings.items()},
+        "settings": {"batch": args.batch, "steps": args.steps, "train_size": TRAIN_SIZE, "infer_size": INFER_SIZE},
+        "models": models,
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(results):
+    lines = [
+        "# Throughput",
+        "",
+        f"Machine: {results['machine']}. Ceiling (matmul 2048^3): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in results["ceiling_gflops_per_s"].items())
+        + f". Batch {results['settings']['batch']}, training at {TRAIN_SIZE}^2, inference at {INFER_SIZE}^2.",
+        "",
+        "| model | params | policy | GFLOP/img fwd 256 | train img/s | train GFLOP/s (of ceiling) "
+        "| infer 512 s | infer GFLOP/s (of ceiling) | vs naive | pretrain/supervised step | pipeline/training |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results["models"].items():
+        lines.append(
+            f"| {name} | {m['params'] / 1e6:.2f}M | {m['policy']} | {m['forward_gflops_per_image_256']:.2f} "
+            f"| {m['train_images_per_s_default']:.2f} | {m['train_gflops_per_s']:.0f} ({m['train_fraction_of_ceiling']:.0%}) "
+            f"| {m['inference_seconds_512']:.3f} | {m['inference_gflops_per_s']:.0f} ({m['inference_fraction_of_ceiling']:.0%}) "
+            f"| {m['speedup_vs_naive']:.2f}x | {m['pretrain_step_ratio']:.2f}x | {m['pipeline_ratio']:.1f}x |"
+        )
+    lines += [
+        "",
+        "Headline (worst case over models): "
+        f"speedup_vs_naive {results['speedup_vs_naive']:.2f}, fraction_of_ceiling {results['fraction_of_ceiling']:.2f}, "
+        f"pretrain_step_ratio {results['pretrain_step_ratio']:.2f}, pipeline_ratio {results['pipeline_ratio']:.1f}.",
+        "",
+        "FLOPs are counted analytically: 2 x multiply-adds of every convolution; a training step is 3 x forward.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""One worker of the two-process MultiWorkerMirroredStrategy test.
+
+    python tests/multiworker_job.py INDEX PORT DATA OUT
+
+Runs a few fine-tuning steps of a tiny U-Net as worker INDEX of a two-worker
+cluster on 127.0.0.1 (ports PORT and PORT+1), then saves its final weights
+to OUT/weights_INDEX.npz. The same command shape runs on a real cluster,
+with TF_CONFIG naming the hosts.
+"""
+
+import json
+import os
+import sys
+
+index, port, data, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+os.environ["TF_CONFIG"] = json.dumps(
+    {"cluster": {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]}, "task": {"type": "worker", "index": index}}
+)
+
+import numpy as np  # noqa: E402
+
+from cm_unet_keras.data.layouts import index_images_masks  # noqa: E402
+from cm_unet_keras.training.config import FinetuneConfig  # noqa: E402
+from cm_unet_keras.training.finetune import finetune  # noqa: E402
+
+records = index_images_masks(f"{data}/images", f"{data}/masks")
+config = FinetuneConfig(
+    base_filters=4, depth=2, epochs=2, steps_per_epoch=3, batch_size=4, patch_size=32, precision="float32"
+)
+# Each worker is given its own run folder so that the test can see who
+# writes; on a cluster all name the same shared folder, and only the chief
+# (worker 0) writes to it.
+result = finetune(config, records, f"{out}/finetune_{index}", verbose=0)
+np.savez(f"{out}/weights_{index}.npz", *result["model"].get_weights())
+print(f"worker {index} done")
