@@ -11,16 +11,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ start-up chatter hides the messages users need.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Imported eagerly (not lazily): `import cm_unet_keras` must register CMUNet
+# with Keras so that `keras.models.load_model("model.keras")` finds it.
+from cm_unet_keras.models.unet import SIZES, CMUNet  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 __all__ = ["CMUNet", "SIZES", "__version__"]
-
-
-def __getattr__(name):
-    # Lazy: the readers, synthetic data and metrics need no TensorFlow, and
-    # importing it costs seconds.
-    if name in ("CMUNet", "SIZES"):
-        from cm_unet_keras.models import unet
-
-        return getattr(unet, name)
-    raise AttributeError(f"module 'cm_unet_keras' has no attribute {name!r}")

@@ -92,6 +92,7 @@ def cmd_finetune(args):
         init=args.init,
         precision=args.precision,
         clahe=True if args.clahe else None,
+        deterministic=True if args.deterministic else None,
         frozen_encoder_epochs=args.frozen_encoder_epochs,
     )
     records = _records_from_layout(args)
@@ -176,6 +177,45 @@ def cmd_pretrain(args):
     )
 
 
+def cmd_tune(args):
+    from cm_unet_keras.training.config import FinetuneConfig, build_config
+    from cm_unet_keras.tuning import TuneConfig, tune
+
+    base = build_config(
+        FinetuneConfig,
+        args.config,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        patch_size=args.patch_size,
+        base_filters=args.base_filters,
+        depth=args.depth,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        init=args.init,
+        precision=args.precision,
+        clahe=True if args.clahe else None,
+    )
+    settings = build_config(
+        TuneConfig,
+        None,
+        algorithm=args.algorithm,
+        max_trials=args.max_trials,
+        seed=base.seed,
+        folds=args.folds,
+        space=args.space,
+        initial_points=args.initial_points,
+        hyperband_factor=args.hyperband_factor,
+    )
+    if not args.split:
+        print("note: every given pair enters the search; keep the pairs you report on out (--split, --part train)")
+    summary = tune(base, settings, _records_from_layout(args), args.out, verbose=args.verbose)
+    print(
+        f"best cross-validated Dice {summary['best_val_dice']:.4f} (trial {summary['best_trial']} of "
+        f"{summary['trials']}); {summary['seconds_this_call']:.0f} s\n"
+        f"train with it: cm-unet finetune --config {summary['best_config']} ... --out RUN"
+    )
+
+
 def cmd_demo(args):
     from cm_unet_keras.demo import run_demo
 
@@ -220,6 +260,9 @@ def build_parser():
     finetune.add_argument("--frozen-encoder-epochs", type=int)
     finetune.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
     finetune.add_argument("--clahe", action="store_true", help="CLAHE before normalisation")
+    finetune.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels: bit-reproducible runs and resumes"
+    )
     finetune.add_argument("--verbose", default="auto", help="Keras progress: auto, 0, 1 or 2")
     finetune.set_defaults(run=cmd_finetune)
 
@@ -276,6 +319,28 @@ def build_parser():
     pretrain.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
     pretrain.add_argument("--verbose", default="auto", help="Keras progress: auto, 0, 1 or 2")
     pretrain.set_defaults(run=cmd_pretrain)
+
+    tune = commands.add_parser("tune", help="search fine-tuning hyperparameters (KerasTuner, k-fold on few labels)")
+    _add_layout_arguments(tune)
+    _add_model_arguments(tune)
+    tune.add_argument("--out", required=True, help="search folder (rerun to resume or, with more --max-trials, extend)")
+    tune.add_argument("--config", help="base FinetuneConfig recipe (YAML/JSON); flags override it")
+    tune.add_argument("--space", help="search space recipe (default: the ranges of recipes/tune_space.yaml)")
+    tune.add_argument("--algorithm", choices=["random", "bayesian", "hyperband"], help="default random")
+    tune.add_argument("--max-trials", type=int, help="trials in all (default 8); caps Hyperband too")
+    tune.add_argument("--seed", type=int, help="seeds the search, the folds and the training")
+    tune.add_argument("--folds", type=int, help="k of k-fold (default: 5 up to 10 pairs; above, 1 split)")
+    tune.add_argument("--initial-points", type=int, help="random trials before Bayesian guidance")
+    tune.add_argument("--hyperband-factor", type=int, help="Hyperband's epoch growth per round (default 3)")
+    tune.add_argument("--init", help="fine-tune from a .keras U-Net, a pretraining run or a preset")
+    tune.add_argument("--epochs", type=int, help="epochs of each trial (Hyperband: the most)")
+    tune.add_argument("--steps-per-epoch", type=int)
+    tune.add_argument("--patch-size", type=int)
+    tune.add_argument("--val-fraction", type=float, help="validation split with --folds 1, and in best.yaml")
+    tune.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
+    tune.add_argument("--clahe", action="store_true", help="CLAHE before normalisation")
+    tune.add_argument("--verbose", default=0, help="Keras progress of each fold: auto, 0, 1 or 2 (default 0)")
+    tune.set_defaults(run=cmd_tune)
 
     demo = commands.add_parser("demo", help="end-to-end demo on synthetic angiograms")
     demo.add_argument("--out", default="demo_out")

@@ -20,8 +20,11 @@ BN_EPSILON = 1e-5
 def _conv_block(x, filters, name):
     """[Conv3x3 - BatchNorm - ReLU] x 2, named `name_conv{1,2}` etc."""
     for i in (1, 2):
+        # No bias: the BatchNorm after it removes any constant (the paper's
+        # code keeps one, whose gradient is then zero up to rounding noise,
+        # which Adam magnifies into drifting, meaningless weights).
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer="he_normal",
+            filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
             name=f"{name}_conv{i}",
         )(x)
         # Synchronized: under a multi-replica strategy the batch statistics

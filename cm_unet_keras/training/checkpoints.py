@@ -15,6 +15,10 @@ def atomic_write(path, write):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed during an earlier write of this file left its
+    # temporary behind; one writer per file, so it is safe to clear.
+    for stale in path.parent.glob(f".{path.name}.*"):
+        stale.unlink(missing_ok=True)
     # Keep the full multi-part suffix (".weights.h5"): Keras checks it.
     suffix = "".join(path.suffixes) or ".tmp"
     descriptor, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)

@@ -48,6 +48,8 @@ class FinetuneConfig:
     precision: str = "auto"
     clahe: bool = False
     threshold: float = 0.5
+    # Deterministic kernels (slower): bit-reproducible runs and resumes.
+    deterministic: bool = False
 
 
 def config_to_dict(config):

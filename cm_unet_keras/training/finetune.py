@@ -208,6 +208,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     policy = set_precision(config.precision)
     strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
 
     if val_records is None:
         train_records, val_records = split_records(records, config.val_fraction, config.seed, config.limit)

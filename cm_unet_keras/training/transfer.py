@@ -63,13 +63,23 @@ def transfer_from_model(source_model, target_model, include_head=False, source_n
 
 
 def load_initial_weights(model, init):
-    """Initialise `model` from `init`: a `.keras` U-Net file (or a preset).
+    """Initialise `model` from `init`: a pretraining run, a `.keras` U-Net or a preset.
 
-    A fine-tuned `.keras` U-Net gives encoder, decoder and head. Returns the
-    transfer report.
+    - A pretraining run folder (holding `pretrained.weights.h5`) or that
+      file: encoder and decoder are loaded, the segmentation head stays
+      freshly initialised (pretraining never trained it).
+    - A fine-tuned `.keras` U-Net (or a preset): encoder, decoder and head.
+
+    Shapes are checked layer by layer; a mismatch raises `InvalidInputError`.
+
+    Returns:
+        The transfer report `{"loaded": [...], "skipped": [...]}`.
     """
     from cm_unet_keras.models.presets import resolve_model_path
 
+    pretrained = _pretrained_weights_path(init)
+    if pretrained is not None:
+        return transfer_from_pretraining(model, pretrained)
     path = Path(resolve_model_path(init))
     if path.suffix != ".keras":
         raise InvalidInputError(path, "--init expects a .keras U-Net, a pretraining run folder or a preset name")
@@ -88,3 +98,52 @@ def load_unet(path):
         raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
     except (OSError, KeyError) as error:
         raise InvalidInputError(path, f"not a readable .keras model file: {error}") from error
+
+
+def _pretrained_weights_path(init):
+    """`init` as the path of pretrained weights, or None if it is something else."""
+    from cm_unet_keras.training.pretrain import PRETRAINED_WEIGHTS
+
+    path = Path(init)
+    if path.is_dir():
+        weights = path / PRETRAINED_WEIGHTS
+        if not weights.is_file():
+            raise InvalidInputError(path, f"is a folder without {PRETRAINED_WEIGHTS}: not a pretraining run")
+        return weights
+    if path.name.endswith(".weights.h5"):
+        if not path.is_file():
+            raise InvalidInputError(path, "pretrained weights file not found")
+        return path
+    return None
+
+
+def transfer_from_pretraining(model, weights_path):
+    """Load a pretraining run's encoder and decoder into `model`.
+
+    The pretrainer is rebuilt from `pretrainer.json` beside the weights, its
+    weights loaded, and its U-Net's encoder and decoder copied with strict
+    shape checks; the segmentation head is left as initialised.
+
+    Returns:
+        The transfer report.
+    """
+    import json
+
+    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+
+    weights_path = Path(weights_path)
+    config_path = weights_path.parent / PRETRAINER_CONFIG
+    if not config_path.is_file():
+        raise InvalidInputError(
+            weights_path, f"no {PRETRAINER_CONFIG} beside it: cannot tell the pretrained U-Net's shape"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        pretrainer = ContrastiveMaskedPretrainer.from_config(config)
+    except (ValueError, TypeError) as error:
+        raise InvalidInputError(config_path, f"not a pretrainer configuration: {error}") from error
+    try:
+        pretrainer.load_weights(weights_path)
+    except (ValueError, OSError, KeyError) as error:
+        raise InvalidInputError(weights_path, f"cannot load pretrained weights: {error}") from error
+    return transfer_from_model(pretrainer.unet, model, include_head=False, source_name=str(weights_path))

@@ -1,0 +1,496 @@
+"""Contrastive masked pretraining (CM-UNet) on unlabeled angiograms.
+
+`pretrain(config, records, run_dir)` decodes the angiograms once (cached in
+the run folder), trains a `ContrastiveMaskedPretrainer`, checkpoints every
+epoch and, called again with the same `run_dir`, resumes after the last
+finished epoch (asking for more epochs extends the run; the learning-rate
+schedule is rebuilt from the new epoch count).
+
+Run folder:
+    pretrained.weights.h5  the pretrainer's weights (U-Net encoder + decoder,
+                           reconstruction head, projector, predictor, EMA
+                           target), updated every epoch; `cm-unet finetune
+                           --init RUN_DIR` loads encoder and decoder from it
+    pretrainer.json        the pretrainer's architecture (to rebuild it)
+    checkpoints/epoch_NNNN/  weights + optimizer state of the last epoch (resume)
+    state.json             finished epochs, checkpoint, history
+    history.csv            one row per epoch: losses, accuracy, lr, timing
+    curves.png             reconstruction and contrastive loss per epoch
+    grids/epoch_NNNN.png   original / masked / reconstructed views
+    config.yaml            the resolved configuration
+    cache/                 decoded angiograms (delete to re-decode)
+    logs/                  TensorBoard
+
+Optimisation follows the paper's code: AdamW, lr = 1.5e-4 x global batch /
+256, betas (0.9, 0.95), weight decay 0.05 except on biases and BatchNorm
+parameters, linear warm-up from 1e-4 x lr, then cosine to 0. Deviations:
+
+- The learning rate is scaled by the global batch actually used; the
+  original hard-coded 16 GPUs into the scaling while running on one (16x
+  the intended rate). `lr` sets the peak directly when a short CPU run needs
+  a larger one.
+- `batch_size` is the global batch, split over replicas; the same global
+  batch gives the same losses on 1 or N devices.
+- The model width defaults to 16 (the paper: 64), like `FinetuneConfig`,
+  so that a default pretraining transfers into a default fine-tuning.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
+from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
+from cm_unet_keras.training.config import config_to_dict, write_recipe
+from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
+from cm_unet_keras.training.schedules import WarmupCosine
+
+PRETRAINED_WEIGHTS = "pretrained.weights.h5"
+CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
+
+# Variables that take no weight decay: biases and BatchNorm scale/offset.
+NO_DECAY = ["bias", "gamma", "beta"]
+
+# Fields that fix the shapes of the weights: a resumed run must keep them.
+_ARCHITECTURE_FIELDS = ("base_filters", "depth", "projection_dim", "projection_hidden_dim")
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Contrastive masked pretraining of the U-Net on unlabeled angiograms.
+
+    Defaults are the paper's where it has one (mask, heads, EMA, InfoNCE,
+    AdamW, schedule, 224 px views, batch 256, 300 epochs, seed 60), except
+    the U-Net width (16, as `FinetuneConfig`; the paper: 64).
+    """
+
+    base_filters: int = 16
+    depth: int = 4
+    image_size: int = 224
+    # Shorter side of the decoded images before cropping; the original
+    # resized to 256x256. None or 0: native resolution.
+    working_size: Optional[int] = 256
+    patch_size: int = 16
+    mask_ratio: float = 0.65
+    projection_dim: int = 256
+    # None: 4x the bottleneck width (the paper: 1536 for a 1024 bottleneck).
+    projection_hidden_dim: Optional[int] = None
+    ema_momentum: float = 0.996
+    temperature: float = 0.07
+    rc_weight: float = 1.0
+    ct_weight: float = 1.0
+    crop_area: tuple = (0.2, 1.0)
+    crop_aspect: tuple = (0.75, 4.0 / 3.0)
+    flip: bool = True
+    max_shift: int = 31  # pixels at 224 px, scaled with image_size
+    noise_fraction: float = 0.1
+    epochs: int = 300
+    warmup_epochs: int = 40
+    # None: one pass over the angiograms (count // batch_size).
+    steps_per_epoch: Optional[int] = None
+    batch_size: int = 256  # global, over all replicas
+    base_lr: float = 1.5e-4  # per 256 samples of global batch
+    lr: Optional[float] = None  # peak learning rate; overrides base_lr scaling
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    weight_decay: float = 0.05
+    warmup_start_factor: float = 1e-4
+    seed: int = 60
+    max_images: Optional[int] = None  # a random subset of this size, by seed
+    frame_step: int = 1  # every k-th frame of DICOM cine runs
+    recursive: bool = True
+    skip_invalid: bool = False
+    grid_every: int = 5  # epochs between reconstruction grids
+    precision: str = "auto"
+
+    def view_config(self):
+        return ViewConfig(
+            image_size=self.image_size,
+            crop_area=tuple(self.crop_area),
+            crop_aspect=tuple(self.crop_aspect),
+            flip=self.flip,
+            max_shift=self.max_shift,
+            noise_fraction=self.noise_fraction,
+        )
+
+    def peak_lr(self):
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256.0
+
+    def pretrainer_kwargs(self):
+        return {
+            "base_filters": self.base_filters,
+            "depth": self.depth,
+            "patch_size": self.patch_size,
+            "mask_ratio": self.mask_ratio,
+            "projection_dim": self.projection_dim,
+            "projection_hidden_dim": self.projection_hidden_dim,
+            "ema_momentum": self.ema_momentum,
+            "temperature": self.temperature,
+            "rc_weight": self.rc_weight,
+            "ct_weight": self.ct_weight,
+            "seed": self.seed,
+        }
+
+    def check(self, replicas=1):
+        multiple = math.lcm(self.patch_size, 2**self.depth)
+        if self.image_size % multiple:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of {multiple} "
+                f"(patch_size {self.patch_size} and 2**depth)"
+            )
+        if self.batch_size < 1 or self.batch_size % replicas:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of the {replicas} replicas")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def select_records(records, max_images, seed):
+    """All records, or `max_images` of them drawn by `seed` (kept in order)."""
+    records = list(records)
+    if max_images is None or max_images >= len(records):
+        return records
+    if max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    chosen = np.random.default_rng(seed).choice(len(records), size=max_images, replace=False)
+    return [records[i] for i in sorted(chosen)]
+
+
+def make_optimizer(config, total_steps, warmup_steps):
+    schedule = WarmupCosine(
+        peak=config.peak_lr(),
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        warmup_start_factor=config.warmup_start_factor,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        weight_decay=config.weight_decay,
+    )
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    return optimizer
+
+
+# --- checkpoints --------------------------------------------------------------
+def save_checkpoint(pretrainer, folder):
+    """Weights and optimizer state into `folder`, written whole or not at all.
+
+    `save_weights` of a compiled model holds the optimizer's variables too.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pretrainer.save_weights(tmp / CHECKPOINT_WEIGHTS)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(pretrainer, folder):
+    """Restore weights and optimizer state saved by `save_checkpoint`."""
+    # The optimizer's variables exist only once it is built: build it on
+    # the online variables (what `train_step` updates) so they load too.
+    pretrainer.optimizer.build(pretrainer.online_variables)
+    pretrainer.load_weights(Path(folder) / CHECKPOINT_WEIGHTS)
+
+
+def save_pretrained_weights(pretrainer, path):
+    """The pretrainer's weights without the optimizer state (a third of the size)."""
+
+    optimizer = getattr(pretrainer, "optimizer", None)
+
+    def write(tmp):
+        if optimizer is None:
+            pretrainer.save_weights(tmp)
+            return
+        try:
+            keras.saving.save_weights(pretrainer, tmp, objects_to_skip=[optimizer])
+        except TypeError:  # Keras versions without objects_to_skip
+            pretrainer.save_weights(tmp)
+
+    atomic_write(path, write)
+
+
+# --- the run ------------------------------------------------------------------
+class PretrainRun:
+    """State of one pretraining run in `run_dir` (see the module docstring)."""
+
+    def __init__(self, config, run_dir, log=print):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.chief = is_chief()
+        self.state_path = self.run_dir / "state.json"
+        self.state = {"epochs_done": 0, "checkpoint": None, "history": []}
+        self.pretrainer = None
+        self.steps_per_epoch = None
+        self.epochs_run = 0
+
+    def load_state(self):
+        """Read `state.json`; True when there is a checkpoint to resume from."""
+        if not self.state_path.is_file():
+            return False
+        state = json.loads(self.state_path.read_text())
+        if not state.get("checkpoint") or not (self.run_dir / state["checkpoint"]).is_dir():
+            return False
+        self.state = state
+        return True
+
+    def check_same_architecture(self):
+        saved = self.run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        import yaml
+
+        previous = yaml.safe_load(saved.read_text()) or {}
+        current = config_to_dict(self.config)
+        changed = [name for name in _ARCHITECTURE_FIELDS if name in previous and previous[name] != current[name]]
+        if changed:
+            raise ValueError(
+                f"{self.run_dir} holds a run with other {', '.join(changed)} "
+                f"({', '.join(f'{n}={previous[n]}' for n in changed)}); use a new --out folder"
+            )
+
+    def end_epoch(self, epoch, logs, seconds):
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(logs.get("loss", float("nan"))),
+            "reconstruction_loss": float(logs.get("reconstruction_loss", float("nan"))),
+            "contrastive_loss": float(logs.get("contrastive_loss", float("nan"))),
+            "contrastive_accuracy": float(logs.get("contrastive_accuracy", float("nan"))),
+            "lr": float(keras.ops.convert_to_numpy(self.pretrainer.optimizer.learning_rate)),
+            "seconds": seconds,
+            "step_seconds": seconds / self.steps_per_epoch,
+            "images_per_second": self.steps_per_epoch * self.config.batch_size / seconds,
+        }
+        if not math.isfinite(row["loss"]):
+            self.pretrainer.stop_training = True
+            raise FloatingPointError(
+                f"loss became {row['loss']} at epoch {epoch + 1}; the checkpoint of epoch "
+                f"{self.state['epochs_done']} is kept. Lower --lr or check the inputs."
+            )
+        checkpoint = f"checkpoints/epoch_{epoch + 1:04d}"
+        if self.chief:
+            save_checkpoint(self.pretrainer, self.run_dir / checkpoint)
+            save_pretrained_weights(self.pretrainer, self.run_dir / PRETRAINED_WEIGHTS)
+        self.state["epochs_done"] = epoch + 1
+        self.state["checkpoint"] = checkpoint
+        self.state["history"].append(row)
+        self.epochs_run += 1
+        if self.chief:
+            # The state names the new checkpoint only once it is whole.
+            atomic_write_json(self.state_path, self.state)
+            for old in (self.run_dir / "checkpoints").glob("epoch_*"):
+                if old.name != Path(checkpoint).name:
+                    shutil.rmtree(old, ignore_errors=True)
+            write_history(self.state["history"], self.run_dir / "history.csv")
+            write_curves(self.state["history"], self.run_dir / "curves.png")
+        self.log(
+            f"epoch {epoch + 1}/{self.config.epochs}: loss {row['loss']:.4f}  "
+            f"reconstruction {row['reconstruction_loss']:.4f}  contrastive {row['contrastive_loss']:.4f}  "
+            f"accuracy {row['contrastive_accuracy']:.3f}  {row['step_seconds']:.2f} s/step  "
+            f"{row['images_per_second']:.1f} images/s"
+        )
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Times each epoch, then checkpoints and logs it."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+        self.started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.end_epoch(epoch, dict(logs or {}), time.perf_counter() - self.started)
+
+
+class ReconstructionGrid(keras.callbacks.Callback):
+    """Saves original / masked / reconstructed views every few epochs.
+
+    Args:
+        batch: a fixed dict batch of views (`online`, `sample_index`).
+        folder: where `epoch_NNNN.png` files go.
+        every: epochs between grids (the last epoch always gets one).
+        last_epoch: the run's final epoch (1-based).
+    """
+
+    def __init__(self, batch, folder, every, last_epoch):
+        super().__init__()
+        self.batch = batch
+        self.folder = Path(folder)
+        self.every = max(int(every), 1)
+        self.last_epoch = last_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != self.last_epoch:
+            return
+        grid = reconstruction_grid(self.model, self.batch["online"], self.batch["sample_index"])
+        import cv2
+
+        path = self.folder / f"epoch_{epoch + 1:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: cv2.imwrite(str(tmp), grid))
+
+
+def reconstruction_grid(pretrainer, online_view, sample_index):
+    """uint8 image: one row per sample of original | masked | reconstructed.
+
+    The reconstruction is predicted in per-patch normalised units; it is
+    mapped back with each patch's own mean and standard deviation (as the
+    MAE visualisations), and visible patches show the original pixels.
+    """
+    from cm_unet_keras.models.pretrainer import expand_patch_mask, patchify
+
+    online_view = tf.convert_to_tensor(online_view, tf.float32)
+    masked, patch_mask = pretrainer.mask_views(online_view, sample_index)
+    prediction = tf.cast(pretrainer(masked, training=False), tf.float32)
+    p = pretrainer.patch_size
+    patches = patchify(online_view, p)
+    mean = tf.reduce_mean(patches, axis=-1, keepdims=True)
+    std = tf.math.reduce_std(patches, axis=-1, keepdims=True)
+    restored = _unpatchify(patchify(prediction, p) * std + mean, p, online_view.shape)
+    pixel_mask = expand_patch_mask(patch_mask, p)
+    pasted = restored * pixel_mask + online_view * (1.0 - pixel_mask)
+    rows = []
+    for i in range(online_view.shape[0]):
+        panels = [online_view[i, ..., 0], masked[i, ..., 0], pasted[i, ..., 0]]
+        low, high = float(tf.reduce_min(online_view[i])), float(tf.reduce_max(online_view[i]))
+        scaled = [np.clip((np.asarray(x) - low) / max(high - low, 1e-6) * 255.0, 0, 255) for x in panels]
+        rows.append(np.concatenate(scaled, axis=1))
+    return np.concatenate(rows, axis=0).astype(np.uint8)
+
+
+def _unpatchify(patches, patch_size, shape):
+    batch, height, width = shape[0], shape[1], shape[2]
+    rows, cols = height // patch_size, width // patch_size
+    x = tf.reshape(patches, [batch, rows, cols, patch_size, patch_size])
+    x = tf.transpose(x, [0, 1, 3, 2, 4])
+    return tf.reshape(x, [batch, height, width, 1])
+
+
+def write_history(history, path):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_curves(history, path):
+    """Reconstruction and contrastive loss against epochs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (rc_axis, ct_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    rc_axis.plot(epochs, [row["reconstruction_loss"] for row in history], marker=".")
+    rc_axis.set(xlabel="epoch", ylabel="reconstruction loss (masked patches)")
+    ct_axis.plot(epochs, [row["contrastive_loss"] for row in history], marker=".", color="tab:orange")
+    ct_axis.set(xlabel="epoch", ylabel="contrastive loss (InfoNCE x 2 tau)")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100))
+    plt.close(figure)
+
+
+def pretrain(config, records, run_dir, log=print, verbose="auto"):
+    """Pretrain a U-Net on unlabeled angiograms; resume if `run_dir` holds a run.
+
+    Args:
+        config: a `PretrainConfig`.
+        records: unlabeled `AngiogramRecord`s (from `index_unlabeled`).
+        run_dir: output folder (see the module docstring).
+        log: a print-like function for progress lines.
+        verbose: Keras progress bar setting.
+
+    Returns:
+        dict with `epochs_done`, `epochs_run` (this call), `seconds`,
+        `n_images`, `steps_per_epoch`, `weights_path`, `history`.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    policy = set_precision(config.precision)
+    strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
+    keras.utils.set_random_seed(config.seed)
+    config.check(strategy.num_replicas_in_sync)
+
+    run = PretrainRun(config, run_dir, log)
+    resumed = run.load_state()
+    if resumed:
+        run.check_same_architecture()
+    records = select_records(records, config.max_images, config.seed)
+    angiograms = load_unlabeled(
+        records, config.working_size, cache_dir=run_dir / "cache",
+        skip_invalid=config.skip_invalid, log=log,
+    )
+    for path, problem in angiograms.skipped:
+        log(f"skipped {path}: {problem}")
+    log(f"{unlabeled_summary(angiograms, config.working_size)}; precision {policy}; "
+        f"{strategy.num_replicas_in_sync} replica(s)")
+
+    run.steps_per_epoch = config.steps_per_epoch or max(1, len(angiograms) // config.batch_size)
+    samples_per_epoch = run.steps_per_epoch * config.batch_size
+    sampler = TwoViewSampler(angiograms, config.view_config(), config.seed, samples_per_epoch)
+    total_steps = config.epochs * run.steps_per_epoch
+    warmup_steps = min(config.warmup_epochs, config.epochs) * run.steps_per_epoch
+
+    with strategy.scope():
+        run.pretrainer = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
+        run.pretrainer.compile(optimizer=make_optimizer(config, total_steps, warmup_steps), jit_compile=False)
+        if resumed:
+            load_checkpoint(run.pretrainer, run_dir / run.state["checkpoint"])
+            log(f"resuming after epoch {run.state['epochs_done']} from {run_dir / run.state['checkpoint']}")
+    if run.chief:
+        write_recipe(config, run_dir / "config.yaml")
+        atomic_write_json(run_dir / PRETRAINER_CONFIG, run.pretrainer.get_config())
+
+    first_epoch = run.state["epochs_done"]
+    if first_epoch < config.epochs:
+        dataset = sampler.dataset(config.batch_size, start_sample=first_epoch * samples_per_epoch)
+        grid_batch = next(iter(sampler.dataset(min(4, config.batch_size))))
+        callbacks = [
+            EpochEnd(run),
+            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        ]
+        if run.chief:
+            callbacks.append(ReconstructionGrid(grid_batch, run_dir / "grids", config.grid_every, config.epochs))
+        run.pretrainer.fit(
+            dataset,
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=run.steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the sampler orders the stream itself
+            verbose=verbose,
+        )
+    else:
+        log(f"{run_dir} already holds {first_epoch} epochs (asked for {config.epochs}): nothing to do")
+
+    return {
+        "epochs_done": run.state["epochs_done"],
+        "epochs_run": run.epochs_run,
+        "seconds": time.perf_counter() - started,
+        "n_images": len(angiograms),
+        "steps_per_epoch": run.steps_per_epoch,
+        "weights_path": str(run_dir / PRETRAINED_WEIGHTS),
+        "history": run.state["history"],
+    }

@@ -1,0 +1,63 @@
+"""SIGKILL in the middle of training, then the same command again."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+
+from cm_unet_keras.data.synthetic import write_synthetic_dataset
+from cm_unet_keras.training import finetune  # noqa: F401  (registers the schedule and loss of checkpoints)
+
+SETTINGS = dict(base_filters=4, depth=2, epochs=4, steps_per_epoch=6, batch_size=2, patch_size=32, seed=1)
+
+
+def _command(data, out):
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in SETTINGS.items()]
+    return [
+        sys.executable, "-m", "cm_unet_keras.cli", "finetune",
+        "--images", str(data / "images"), "--masks", str(data / "masks"),
+        "--out", str(out), "--precision", "float32", "--deterministic", "--verbose", "0", *flags,
+    ]
+
+
+def _epochs_done(run):
+    try:
+        return json.loads((run / "state.json").read_text())["epochs_done"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 6, size=64, seed=4)
+    # The reference runs in its own process too: op determinism, once on,
+    # stays on for the whole process.
+    whole = subprocess.run(_command(data, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    reference = keras.models.load_model(tmp_path / "reference" / "checkpoints" / "last.keras", safe_mode=True)
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_command(data, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _epochs_done(run) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # into the next epoch
+    assert process.poll() is None, "finished before it could be killed: make the run longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _epochs_done(run)
+    assert 2 <= killed_at < SETTINGS["epochs"]
+
+    finished = subprocess.run(_command(data, run), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]  # nothing repeated, nothing lost
+    resumed = keras.models.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left behind"
