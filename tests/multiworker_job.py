@@ -2,9 +2,10 @@
 
     python tests/multiworker_job.py INDEX PORT DATA OUT
 
-Runs a few fine-tuning steps of a tiny U-Net as worker INDEX of a two-worker
-cluster on 127.0.0.1 (ports PORT and PORT+1), then saves its final weights
-to OUT/weights_INDEX.npz. The same command shape runs on a real cluster,
+Runs a few pretraining steps, then a few fine-tuning steps from them, of a
+tiny U-Net as worker INDEX of a two-worker cluster on 127.0.0.1 (ports PORT
+and PORT+1), and saves its final weights to OUT/pretrained_INDEX.npz and
+OUT/weights_INDEX.npz. The same command shape runs on a real cluster,
 with TF_CONFIG naming the hosts.
 """
 
@@ -19,17 +20,25 @@ os.environ["TF_CONFIG"] = json.dumps(
 
 import numpy as np  # noqa: E402
 
-from cm_unet_keras.data.layouts import index_images_masks  # noqa: E402
+from cm_unet_keras.data.layouts import index_images_masks, index_unlabeled  # noqa: E402
 from cm_unet_keras.training.config import FinetuneConfig  # noqa: E402
 from cm_unet_keras.training.finetune import finetune  # noqa: E402
+from cm_unet_keras.training.pretrain import PretrainConfig, pretrain  # noqa: E402
 
-records = index_images_masks(f"{data}/images", f"{data}/masks")
-config = FinetuneConfig(
-    base_filters=4, depth=2, epochs=2, steps_per_epoch=3, batch_size=4, patch_size=32, precision="float32"
-)
-# Each worker is given its own run folder so that the test can see who
+# Each worker is given its own run folders so that the test can see who
 # writes; on a cluster all name the same shared folder, and only the chief
 # (worker 0) writes to it.
-result = finetune(config, records, f"{out}/finetune_{index}", verbose=0)
+pretrain_config = PretrainConfig(
+    base_filters=4, depth=2, image_size=32, working_size=64, batch_size=4, epochs=1, steps_per_epoch=2,
+    warmup_epochs=0, precision="float32",
+)
+pretrained = pretrain(pretrain_config, index_unlabeled([f"{data}/images"]), f"{out}/pretrain_{index}", verbose=0)
+np.savez(f"{out}/pretrained_{index}.npz", *pretrained["model"].get_weights())
+
+config = FinetuneConfig(
+    base_filters=4, depth=2, epochs=2, steps_per_epoch=3, batch_size=4, patch_size=32, precision="float32",
+    init=f"{out}/pretrain_0",
+)
+result = finetune(config, index_images_masks(f"{data}/images", f"{data}/masks"), f"{out}/finetune_{index}", verbose=0)
 np.savez(f"{out}/weights_{index}.npz", *result["model"].get_weights())
 print(f"worker {index} done")

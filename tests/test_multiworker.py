@@ -38,12 +38,16 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_pa
     outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
-    first = np.load(tmp_path / "weights_0.npz")
-    second = np.load(tmp_path / "weights_1.npz")
-    assert len(first.files) == len(second.files) > 0
-    for key in first.files:
-        np.testing.assert_array_equal(first[key], second[key])
+    for stage in ("pretrained", "weights"):
+        first = np.load(tmp_path / f"{stage}_0.npz")
+        second = np.load(tmp_path / f"{stage}_1.npz")
+        assert len(first.files) == len(second.files) > 0
+        for key in first.files:
+            np.testing.assert_array_equal(first[key], second[key], err_msg=f"{stage} {key}")
     chief, other = tmp_path / "finetune_0", tmp_path / "finetune_1"
     assert (chief / "checkpoints" / "last.keras").is_file() and (chief / "model.keras").is_file()
-    assert not other.exists() or not any(other.iterdir()), sorted(other.rglob("*"))
+    assert (tmp_path / "pretrain_0" / "pretrained.weights.h5").is_file()
+    for folder in (other, tmp_path / "pretrain_1"):
+        written = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+        assert not written or all("cache" in p.parts for p in written), written
     assert "worker 0 done" in outputs[0] and "worker 1 done" in outputs[1]

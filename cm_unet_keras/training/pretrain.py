@@ -467,11 +467,9 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     if first_epoch < config.epochs:
         dataset = sampler.dataset(config.batch_size, start_sample=first_epoch * samples_per_epoch)
         grid_batch = next(iter(sampler.dataset(min(4, config.batch_size))))
-        callbacks = [
-            EpochEnd(run),
-            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-        ]
-        if run.chief:
+        callbacks = [EpochEnd(run)]
+        if run.chief:  # only the chief writes
+            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
             callbacks.append(ReconstructionGrid(grid_batch, run_dir / "grids", config.grid_every, config.epochs))
         run.pretrainer.fit(
             dataset,
@@ -493,4 +491,5 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
         "steps_per_epoch": run.steps_per_epoch,
         "weights_path": str(run_dir / PRETRAINED_WEIGHTS),
         "history": run.state["history"],
+        "model": run.pretrainer,
     }
