@@ -216,6 +216,31 @@ def cmd_tune(args):
     )
 
 
+def cmd_study(args):
+    from pathlib import Path as _Path
+
+    from cm_unet_keras import study
+
+    if sum([args.quick, args.gpu_paper]) > 1:
+        raise SystemExit("--quick and --gpu-paper exclude each other")
+    config = study.quick_config() if args.quick else study.gpu_paper_config() if args.gpu_paper else study.cpu_config()
+    if args.seeds:
+        config.seeds = tuple(args.seeds)
+    if args.n_labels:
+        config.n_labels = tuple(args.n_labels)
+    root = _Path(__file__).resolve().parents[1]
+    out = _Path(args.out or root / "benchmarks" / "label_efficiency")
+    runs = _Path(args.runs or (out / "runs" if args.quick else root / "runs" / "label_efficiency"))
+    data = args.data or str(root.parent / "shared" / "data")
+    split = args.split or str(root / "recipes" / "xca_split.json")
+    command = "cm-unet study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else ""
+    result = study.run_study(config, data, split, runs, out, stage=args.stage, verbose=args.verbose, command=command)
+    for stage, seconds in result["stage_seconds"].items():
+        print(f"{stage}: {seconds / 60:.1f} min")
+    if args.stage != "pretrain":
+        print(f"{len(result['records'])} runs ({result['new_runs']} new); results in {out}")
+
+
 def cmd_demo(args):
     from cm_unet_keras.demo import run_demo
 
@@ -342,6 +367,21 @@ def build_parser():
     tune.add_argument("--verbose", default=0, help="Keras progress of each fold: auto, 0, 1 or 2 (default 0)")
     tune.set_defaults(run=cmd_tune)
 
+    study_parser = commands.add_parser(
+        "study", help="label-efficiency study on XCA: pretraining variants x N labels x seeds (issue 4)"
+    )
+    study_parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all")
+    study_parser.add_argument("--data", help="folder holding xca_vessels/ and arcade_stenosis/ (default ../shared/data)")
+    study_parser.add_argument("--split", help="30/10 split file (default recipes/xca_split.json)")
+    study_parser.add_argument("--runs", help="runs folder, resumable (default runs/label_efficiency; --quick: OUT/runs)")
+    study_parser.add_argument("--out", help="results folder (default benchmarks/label_efficiency)")
+    study_parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
+    study_parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
+    study_parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
+    study_parser.add_argument("--n-labels", type=int, nargs="+", help="default 3 10 30")
+    study_parser.add_argument("--verbose", default=2, help="Keras progress: auto, 0, 1 or 2 (default 2)")
+    study_parser.set_defaults(run=cmd_study)
+
     demo = commands.add_parser("demo", help="end-to-end demo on synthetic angiograms")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--quick", action="store_true", help="a smoke-test sized run")
@@ -358,6 +398,9 @@ def main(argv=None):
     try:
         args.run(args)
     except InvalidInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # a setting that cannot work (sizes, ranges...)
         print(f"error: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:

@@ -160,7 +160,7 @@ class FinetuneRun:
         self.state["history"].append(row)
         if self.chief:
             if improved:
-                atomic_write(self.run_dir / "best.weights.h5", self.model.save_weights)
+                atomic_write(self.run_dir / "best.weights.h5", self.save_best_weights)
             save_model_atomic(self.model, self.last_path)
             atomic_write_json(self.state_path, self.state)
             self.write_history()
@@ -168,6 +168,11 @@ class FinetuneRun:
             f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
             + ("  (best)" if improved and self.val_items else "")
         )
+
+    def save_best_weights(self, path):
+        # The model's weights only: a compiled model's save_weights would
+        # also store the optimizer (3x the size).
+        keras.saving.save_weights(self.model, path, objects_to_skip=[self.model.optimizer])
 
     def write_history(self):
         buffer = io.StringIO()
@@ -272,6 +277,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             initial_epoch=first_epoch,
             steps_per_epoch=config.steps_per_epoch,
             callbacks=[EpochEnd(run)] + ([keras.callbacks.TensorBoard(str(run_dir / "logs"))] if run.chief else []),
+            shuffle=False,  # the patch stream is ordered by its own seeds
             verbose=verbose,
         )
 
