@@ -179,12 +179,21 @@ class PatchSampler:
 
     def dataset(self, batch_size, start_sample=0):
         """An infinite, batched, prefetched `tf.data.Dataset` of patches."""
-        return (
-            tf.data.Dataset.counter(start=start_sample, dtype=tf.int64)
-            .map(self.sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        return seeded_stream(self.sample, batch_size, start_sample)
+
+
+def seeded_stream(sample, batch_size, start_sample=0):
+    """Batches of `sample(n)` for n = start_sample, start_sample + 1, ...
+
+    Each element depends only on its index, so the stream is the same at
+    any parallelism and resumes exactly at `start_sample`.
+    """
+    return (
+        tf.data.Dataset.counter(start=start_sample, dtype=tf.int64)
+        .map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def _gaussian_blur(image, sigma):

@@ -55,6 +55,7 @@ import tensorflow as tf
 
 from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.normalize import normalize_angiogram
+from cm_unet_keras.data.pipeline import seeded_stream
 from cm_unet_keras.data.readers import read_angiogram
 
 # The original code's pixel shift: 31 px on 224 px views.
@@ -347,12 +348,7 @@ class TwoViewSampler:
 
     def dataset(self, batch_size, start_sample=0):
         """An infinite, batched, prefetched `tf.data.Dataset` of view pairs."""
-        return (
-            tf.data.Dataset.counter(start=start_sample, dtype=tf.int64)
-            .map(self.sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        return seeded_stream(self.sample, batch_size, start_sample)
 
 
 def unlabeled_summary(angiograms: UnlabeledAngiograms, working_size: Optional[int]):
