@@ -36,6 +36,8 @@ setup(
         "scipy>=1.10",
         "pydicom>=3.0",
         "keras-tuner>=1.4",
+        # KerasTuner's Bayesian optimisation imports scikit-learn without declaring it.
+        "scikit-learn>=1.3",
         # keras-tuner imports tensorboard's summary API but does not depend on it.
         "tensorboard>=2.16",
         "pyyaml>=6.0",

@@ -229,11 +229,13 @@ def cmd_study(args):
     if args.n_labels:
         config.n_labels = tuple(args.n_labels)
     root = _Path(__file__).resolve().parents[1]
-    out = _Path(args.out or root / "benchmarks" / "label_efficiency")
-    runs = _Path(args.runs or (out / "runs" if args.quick else root / "runs" / "label_efficiency"))
+    name = "label_efficiency_gpu_paper" if args.gpu_paper else "label_efficiency"
+    out = _Path(args.out or root / "benchmarks" / name)
+    runs = _Path(args.runs or (out / "runs" if args.quick else root / "runs" / name))
     data = args.data or str(root.parent / "shared" / "data")
     split = args.split or str(root / "recipes" / "xca_split.json")
-    command = "cm-unet study " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["study"] else ""
+    program = f"python {sys.argv[0]}" if sys.argv[0].endswith(".py") else "cm-unet"
+    command = " ".join([program] + sys.argv[1:])
     result = study.run_study(config, data, split, runs, out, stage=args.stage, verbose=args.verbose, command=command)
     for stage, seconds in result["stage_seconds"].items():
         print(f"{stage}: {seconds / 60:.1f} min")
@@ -280,7 +282,9 @@ def build_parser():
     finetune.add_argument("--patch-size", type=int)
     finetune.add_argument("--val-fraction", type=float)
     finetune.add_argument("--seed", type=int)
-    finetune.add_argument("--limit", type=int, help="use N labelled training pairs, chosen by the seed")
+    finetune.add_argument(
+        "--limit", type=int, help="use N labelled pairs in all (chosen by the seed; validation carved from them)"
+    )
     finetune.add_argument("--init", help="start from a .keras U-Net, a pretraining run or a preset")
     finetune.add_argument("--frozen-encoder-epochs", type=int)
     finetune.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
@@ -373,8 +377,8 @@ def build_parser():
     study_parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all")
     study_parser.add_argument("--data", help="folder holding xca_vessels/ and arcade_stenosis/ (default ../shared/data)")
     study_parser.add_argument("--split", help="30/10 split file (default recipes/xca_split.json)")
-    study_parser.add_argument("--runs", help="runs folder, resumable (default runs/label_efficiency; --quick: OUT/runs)")
-    study_parser.add_argument("--out", help="results folder (default benchmarks/label_efficiency)")
+    study_parser.add_argument("--runs", help="runs folder, resumable (default runs/label_efficiency[_gpu_paper]; --quick: OUT/runs)")
+    study_parser.add_argument("--out", help="results folder (default benchmarks/label_efficiency[_gpu_paper])")
     study_parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
     study_parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
     study_parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")

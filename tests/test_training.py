@@ -58,17 +58,18 @@ def test_warmup_cosine_schedule():
     assert WarmupCosine.from_config(schedule.get_config()).get_config() == schedule.get_config()
 
 
-def test_split_is_disjoint_reproducible_and_limit_thins_training_only():
+def test_split_is_disjoint_reproducible_and_limit_counts_all_labels():
     records = [AngiogramRecord(f"r{i}", f"r{i}.png", f"r{i}_gt.png") for i in range(40)]
     train, val = split_records(records, 0.25, seed=7)
     assert len(val) == 10 and len(train) == 30
     assert not {r.name for r in train} & {r.name for r in val}
     assert split_records(records, 0.25, seed=7) == (train, val)
     assert split_records(records, 0.25, seed=8)[1] != val
-    small, same_val = split_records(records, 0.25, seed=7, limit=3)
-    assert same_val == val and len(small) == 3 and set(small) <= set(train)
+    # --limit N uses N labelled pairs in all, validation carved from them.
+    small, small_val = split_records(records, 0.25, seed=7, limit=8)
+    assert len(small) == 6 and len(small_val) == 2 and not set(small) & set(small_val)
     with pytest.raises(ValueError, match="limit"):
-        split_records(records, 0.25, seed=7, limit=31)
+        split_records(records, 0.25, seed=7, limit=41)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])

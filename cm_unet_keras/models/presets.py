@@ -73,3 +73,51 @@ def resolve_model_path(name_or_path, root=None):
     raise InvalidInputError(
         name_or_path, f"neither an existing file nor a preset (presets: {available_presets(root) or 'none'})"
     )
+
+
+def from_preset(name, root=None):
+    """The model of preset `name`, checksum-verified and loaded with `safe_mode`.
+
+    A fine-tuned preset (a `.keras` U-Net) is returned as saved. A preset
+    whose card says `"kind": "pretrained"` holds `pretrained.weights.h5`
+    and `pretrainer.json` beside it: the pretrainer is rebuilt from the JSON
+    (no code runs), its weights loaded, and its U-Net returned (encoder and
+    decoder pretrained; the segmentation head was never trained).
+
+    Args:
+        name: a preset name (see `available_presets`) or a `.keras` path.
+        root: the presets folder (default `saved_models/`).
+
+    Returns:
+        A `CMUNet`.
+
+    Example:
+
+    ```python
+    model = from_preset("cmunet_small_xca")
+    ```
+    """
+    import keras
+
+    path = Path(resolve_model_path(name, root))
+    card = preset_card(name, root) if str(name) in available_presets(root) else {}
+    if card.get("kind") == "pretrained" or path.name.endswith(".weights.h5"):
+        return _pretrained_unet(path)
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, OSError, KeyError) as error:
+        raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
+
+
+def _pretrained_unet(weights_path):
+    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+
+    config_path = Path(weights_path).parent / PRETRAINER_CONFIG
+    if not config_path.is_file():
+        raise InvalidInputError(weights_path, f"no {PRETRAINER_CONFIG} beside it: cannot rebuild the pretrainer")
+    try:
+        pretrainer = ContrastiveMaskedPretrainer.from_config(json.loads(config_path.read_text()))
+        pretrainer.load_weights(weights_path)
+    except (ValueError, TypeError, OSError, KeyError) as error:
+        raise InvalidInputError(weights_path, f"cannot load pretrained weights: {error}") from error
+    return pretrainer.unet

@@ -111,6 +111,13 @@ class CMUNet(keras.Model):
         self.base_filters = base_filters
         self.depth = depth
 
+    @classmethod
+    def from_preset(cls, name):
+        """The U-Net of preset `name` (`saved_models/NAME`): checksum-verified, loaded with `safe_mode`."""
+        from cm_unet_keras.models.presets import from_preset
+
+        return from_preset(name)
+
     @property
     def size_multiple(self):
         """Input sides must be multiples of this (one per pooling level)."""

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
@@ -48,25 +49,25 @@ NO_DECAY = ["bias", "gamma", "beta"]
 
 
 def split_records(records, val_fraction, seed, limit=None):
-    """Carve a validation split, then pick `limit` training pairs, by `seed`.
+    """Pick `limit` labelled pairs, then carve a validation split from them, by `seed`.
 
-    The validation pairs are drawn first, from all records, so that `limit`
-    only thins the training side.
+    `limit` is the number of labelled pairs used in all: a run "with 10
+    labels" sees 10 annotated angiograms, validation included.
 
     Returns:
         (train_records, val_records)
     """
     records = list(records)
     order = np.random.default_rng(seed).permutation(len(records))
+    if limit is not None:
+        if limit < 1 or limit > len(records):
+            raise ValueError(f"--limit {limit}: only {len(records)} labelled pairs")
+        order = order[:limit]
     n_val = 0
-    if val_fraction > 0 and len(records) > 1:
-        n_val = min(max(1, round(val_fraction * len(records))), len(records) - 1)
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(max(1, round(val_fraction * len(order))), len(order) - 1)
     val = [records[i] for i in sorted(order[:n_val])]
     train = [records[i] for i in order[n_val:]]
-    if limit is not None:
-        if limit < 1 or limit > len(train):
-            raise ValueError(f"--limit {limit}: only {len(train)} training pairs after the validation split")
-        train = train[:limit]
     return sorted(train, key=lambda r: r.name), val
 
 
@@ -114,7 +115,8 @@ class EpochEnd(keras.callbacks.Callback):
         self.trainer = trainer
 
     def on_epoch_end(self, epoch, logs=None):
-        self.trainer.end_epoch(epoch, dict(logs or {}))
+        # The same dict: val_dice added here reaches the TensorBoard callback.
+        self.trainer.end_epoch(epoch, logs if logs is not None else {})
 
 
 class FinetuneRun:
@@ -146,6 +148,7 @@ class FinetuneRun:
         val_dice = validation_dice(self.model, self.val_items, config.threshold) if self.val_items else float("nan")
         learning_rate = float(self.model.optimizer.learning_rate)
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate}
+        logs["val_dice"] = val_dice
         if not math.isfinite(row["loss"]):
             self.model.stop_training = True
             raise FloatingPointError(
@@ -238,7 +241,14 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     resumed = run.load_state()
     with strategy.scope():
         if resumed:
-            run.model = keras.models.load_model(run.last_path, safe_mode=True)
+            try:
+                run.model = keras.models.load_model(run.last_path, safe_mode=True)
+            except (ValueError, TypeError, KeyError) as error:
+                raise InvalidInputError(
+                    run.last_path,
+                    f"cannot resume from this checkpoint ({error}); it was written by another "
+                    "version or configuration: use a new --out folder",
+                ) from error
             log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
         else:
             run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)

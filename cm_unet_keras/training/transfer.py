@@ -81,6 +81,8 @@ def load_initial_weights(model, init):
     if pretrained is not None:
         return transfer_from_pretraining(model, pretrained)
     path = Path(resolve_model_path(init))
+    if path.name.endswith(".weights.h5"):  # a pretrained preset ("kind": "pretrained")
+        return transfer_from_pretraining(model, path)
     if path.suffix != ".keras":
         raise InvalidInputError(path, "--init expects a .keras U-Net, a pretraining run folder or a preset name")
     source = load_unet(path)

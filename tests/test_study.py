@@ -1,0 +1,119 @@
+"""The label-efficiency study (issue 4): the `--quick` recipe end to end, its
+resume, its protocol rules, the Frangi baseline, and presets."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cm_unet_keras import study
+from cm_unet_keras.evaluation.metrics import METRIC_KEYS
+from cm_unet_keras.models import presets
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT / "recipes" / "xca_split.json"
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory, shared_data):
+    """One `--quick` run of the recipe script, shared by the tests below."""
+    out = tmp_path_factory.mktemp("label_efficiency")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "label_efficiency.py"), "--quick",
+         "--out", str(out), "--data", str(shared_data), "--verbose", "0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out
+
+
+def test_quick_recipe_writes_the_three_result_files(quick_study):
+    for name in ("results.json", "results.md", "dice_vs_labels.png"):
+        assert (quick_study / name).is_file(), name
+    records = json.loads((quick_study / "results.json").read_text())
+    config = study.quick_config()
+    expected = {(init, n) for init in ["frangi", *config.inits] for n in config.n_labels}
+    assert {(r["init"], r["n_labels"]) for r in records} == expected
+    for record in records:
+        assert {"init", "n_labels", "seed", "metrics"} <= set(record)
+        assert set(record["metrics"]) == set(METRIC_KEYS)
+        assert 0.0 <= record["metrics"]["dice"] <= 1.0
+        assert record["n_holdout"] == config.max_holdout
+    markdown = (quick_study / "results.md").read_text()
+    assert "drop N=3 -> 2" in markdown and "CM-UNet: 0.738 -> 0.627 (15.0%)" in markdown
+    assert "Wall time" in markdown
+
+
+def test_sweep_resumes_without_redoing_finished_runs(quick_study, shared_data):
+    runs = quick_study / "runs"
+    jsonl = runs / study.RESULTS_JSONL
+    lines = jsonl.read_text().splitlines()
+    records, new = study.run_sweep(study.quick_config(), shared_data, SPLIT, runs, log=lambda *_: None)
+    assert new == 0 and len(records) == len(lines)
+    assert jsonl.read_text().splitlines() == lines
+
+    # A run lost from the records (killed before its line was written) is the only one redone.
+    frangi_line = next(i for i, line in enumerate(lines) if json.loads(line)["init"] == "frangi")
+    jsonl.write_text("\n".join(lines[:frangi_line] + lines[frangi_line + 1:]) + "\n")
+    records, new = study.run_sweep(study.quick_config(), shared_data, SPLIT, runs, log=lambda *_: None)
+    assert new == 1 and len(records) == len(lines)
+
+
+def test_subsets_are_nested_and_never_touch_the_reported_pairs(shared_data):
+    train, holdout = study.study_data(shared_data, SPLIT)
+    assert (len(train), len(holdout)) == (30, 10)
+    for seed in (0, 1, 2):
+        three, ten = (set(r.name for r in study.labelled_subset(train, n, seed)) for n in (3, 10))
+        assert three <= ten and not ten & {r.name for r in holdout}
+    assert study.labelled_subset(train, 10, 0) != study.labelled_subset(train, 10, 1)
+
+
+def test_validation_rule_depends_on_n():
+    config = study.cpu_config()
+    few = study.run_config(config, "cmunet", 3, seed=1, pretrain_dir="runs/pretrain")
+    many = study.run_config(config, "scratch", 10, seed=2, pretrain_dir="runs/pretrain")
+    assert few.val_fraction == 0.0 and few.init == str(Path("runs/pretrain/cmunet")) and few.seed == 1
+    assert many.val_fraction == config.finetune.val_fraction > 0 and many.init is None
+    assert config.finetune.val_fraction == study.cpu_config().finetune.val_fraction  # shared config untouched
+
+
+def test_frangi_baseline_scores_a_real_pair(shared_data):
+    train, holdout = study.study_data(shared_data, SPLIT)
+    params = study.tune_frangi(train[:2], study.StudyConfig.frangi_sigma_sets, study.StudyConfig.frangi_thresholds)
+    report = study.evaluate_frangi(params, holdout[:1])
+    assert params["train_dice"] > 0.3
+    assert report["mean"]["dice"] > 0.2
+    assert set(report["mean"]) == set(METRIC_KEYS)
+
+
+def _write_preset(root, name, files, card):
+    folder = root / name
+    folder.mkdir(parents=True)
+    for file in files:
+        shutil.copy(file, folder / Path(file).name)
+    digest = hashlib.sha256((folder / card["file"]).read_bytes()).hexdigest()
+    (folder / "card.json").write_text(json.dumps({**card, "sha256": digest}))
+
+
+def test_from_preset_loads_finetuned_and_pretrained_presets(quick_study, tmp_path):
+    runs = quick_study / "runs"
+    _write_preset(tmp_path, "tiny_xca", [runs / "sweep" / "scratch_n3_s0" / "model.keras"], {"file": "model.keras"})
+    pretrained = runs / "pretrain" / "cmunet"
+    _write_preset(tmp_path, "tiny_pretrained", [pretrained / "pretrained.weights.h5", pretrained / "pretrainer.json"],
+                  {"file": "pretrained.weights.h5", "kind": "pretrained"})
+    assert presets.available_presets(tmp_path) == ["tiny_pretrained", "tiny_xca"]
+
+    finetuned = presets.from_preset("tiny_xca", tmp_path)
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    assert finetuned(image).shape == (1, 32, 32, 1)
+    unet = presets.from_preset("tiny_pretrained", tmp_path)
+    assert unet.depth == 2 and unet(image).shape == (1, 32, 32, 1)
+
+    (tmp_path / "tiny_xca" / "model.keras").write_bytes(b"swapped")
+    with pytest.raises(ValueError, match="does not match its card"):
+        presets.from_preset("tiny_xca", tmp_path)
