@@ -61,3 +61,48 @@ def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left behind"
+
+
+PRETRAIN = dict(base_filters=4, depth=2, epochs=4, steps_per_epoch=4, batch_size=2, image_size=32, working_size=64,
+                warmup_epochs=0, seed=1)
+
+
+def _pretrain_command(images, out):
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in PRETRAIN.items()]
+    return [
+        sys.executable, "-m", "cm_unet_keras.cli", "pretrain", "--images", str(images),
+        "--out", str(out), "--precision", "float32", "--verbose", "0", *flags,
+    ]
+
+
+def _pretrained_weights(run):
+    from cm_unet_keras.models.pretrainer import ContrastiveMaskedPretrainer
+
+    pretrainer = ContrastiveMaskedPretrainer(base_filters=4, depth=2)
+    pretrainer.load_weights(run / "pretrained.weights.h5")
+    return pretrainer.get_weights()
+
+
+def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    images = tmp_path / "data" / "images"
+    write_synthetic_dataset(tmp_path / "data", 6, size=64, seed=5)
+    whole = subprocess.run(_pretrain_command(images, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_pretrain_command(images, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _epochs_done(run) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert process.poll() is None, "finished before it could be killed: make the run longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 2 <= _epochs_done(run) < PRETRAIN["epochs"]
+
+    finished = subprocess.run(_pretrain_command(images, run), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
+    for a, b in zip(_pretrained_weights(tmp_path / "reference"), _pretrained_weights(run)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
