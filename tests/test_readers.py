@@ -398,3 +398,12 @@ def test_enhanced_dicom_rescale_from_functional_groups(tmp_path):
         tmp_path / "enhanced.dcm", stored, SharedFunctionalGroupsSequence=[shared_group]
     )
     np.testing.assert_allclose(read_angiogram(path, frame=1), stored[1] * 3.0 + 1)
+
+
+def test_cine_run_with_one_frame_reads_as_one_image(tmp_path):
+    stored = stored_frames(1)
+    path = write_dicom(tmp_path / "one.dcm", stored)  # NumberOfFrames = 1
+    assert count_frames(path) == 1
+    image = read_angiogram(path)
+    assert image.shape == stored.shape[1:]
+    np.testing.assert_array_equal(image, stored[0].astype(np.float32))

@@ -97,3 +97,20 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert state["epochs_done"] == 1
     restored = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras", safe_mode=True, compile=False)
     assert all(np.all(np.isfinite(w)) for w in restored.get_weights())
+
+
+def test_angiograms_smaller_than_the_pretraining_views_still_train(tmp_path):
+    import cv2
+
+    from cm_unet_keras.data.layouts import index_unlabeled
+    from cm_unet_keras.training.pretrain import PretrainConfig, pretrain
+
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (20, 24), dtype=np.uint8))
+    config = PretrainConfig(
+        base_filters=4, depth=2, image_size=32, working_size=None, batch_size=2, epochs=1, steps_per_epoch=1,
+        warmup_epochs=0, precision="float32",
+    )
+    result = pretrain(config, index_unlabeled([tmp_path]), tmp_path / "run", verbose=0)
+    assert result["epochs_done"] == 1
+    assert all(np.isfinite(row["loss"]) for row in result["history"])
