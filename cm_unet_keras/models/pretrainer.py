@@ -48,6 +48,11 @@ import tensorflow as tf
 from cm_unet_keras.models.unet import BN_EPSILON, BN_MOMENTUM, CMUNet
 
 PRETRAINER_CONFIG = "pretrainer.json"
+# The constructor's arguments: its config, and what a pretraining job sets.
+PRETRAINER_ARGUMENTS = (
+    "base_filters", "depth", "patch_size", "mask_ratio", "projection_dim", "projection_hidden_dim",
+    "ema_momentum", "temperature", "rc_weight", "ct_weight", "seed",
+)
 """Name of the file, beside `pretrained.weights.h5`, that holds the
 pretrainer's `get_config()`: what is needed to rebuild it and load them."""
 
@@ -470,20 +475,7 @@ class ContrastiveMaskedPretrainer(keras.Model):
             tf.distribute.get_replica_context().merge_call(update, args=(pairs,))
 
     def get_config(self):
-        return {
-            "base_filters": self.base_filters,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "mask_ratio": self.mask_ratio,
-            "projection_dim": self.projection_dim,
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "ema_momentum": self.ema_momentum,
-            "temperature": self.temperature,
-            "rc_weight": self.rc_weight,
-            "ct_weight": self.ct_weight,
-            "seed": self.seed,
-            "name": self.name,
-        }
+        return {**{name: getattr(self, name) for name in PRETRAINER_ARGUMENTS}, "name": self.name}
 
     @classmethod
     def from_config(cls, config):

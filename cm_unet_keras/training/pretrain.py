@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
-from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+from cm_unet_keras.models.pretrainer import PRETRAINER_ARGUMENTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
 from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
 from cm_unet_keras.training.config import config_to_dict, write_recipe
 from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
@@ -129,19 +129,7 @@ class PretrainConfig:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256.0
 
     def pretrainer_kwargs(self):
-        return {
-            "base_filters": self.base_filters,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "mask_ratio": self.mask_ratio,
-            "projection_dim": self.projection_dim,
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "ema_momentum": self.ema_momentum,
-            "temperature": self.temperature,
-            "rc_weight": self.rc_weight,
-            "ct_weight": self.ct_weight,
-            "seed": self.seed,
-        }
+        return {name: getattr(self, name) for name in PRETRAINER_ARGUMENTS}
 
     def check(self, replicas=1):
         multiple = math.lcm(self.patch_size, 2**self.depth)
