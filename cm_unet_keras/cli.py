@@ -123,7 +123,12 @@ def cmd_predict(args):
     from cm_unet_keras.inference.predict import load_model, predict_files
 
     model = load_model(args.model)
-    written = predict_files(model, args.inputs, args.output, threshold=args.threshold, clahe=args.clahe)
+    skipped = [] if args.skip_invalid else None
+    written = predict_files(
+        model, args.inputs, args.output, threshold=args.threshold, clahe=args.clahe, skipped=skipped
+    )
+    if args.skip_invalid:
+        _report_skipped(skipped)
     print(f"segmented {len(written)} angiograms into {args.output}")
 
 
@@ -309,6 +314,9 @@ def build_parser():
     predict.add_argument("--output", required=True)
     predict.add_argument("--threshold", type=float, default=0.5)
     predict.add_argument("--clahe", action="store_true")
+    predict.add_argument(
+        "--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr) instead of stopping"
+    )
     predict.set_defaults(run=cmd_predict)
 
     export = commands.add_parser("export", help="export a model for TF Serving (SavedModel) or ONNX")

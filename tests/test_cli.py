@@ -142,3 +142,16 @@ def test_skip_invalid_leaves_out_and_lists_bad_pairs(pairs, tiny_model_path, tmp
     assert code == 0
     assert json.loads(out.read_text())["n_images"] == 1
     assert "2.png" in printed.err and "3.png" in printed.err and "skipped 2 invalid" in printed.err
+
+
+def test_predict_skip_invalid_segments_the_readable_files(tiny_model_path, tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "good.png"), np.full((40, 40), 100, np.uint8))
+    (folder / "broken.png").write_bytes(b"not a png")
+    argv = ["predict", "--model", str(tiny_model_path), "--output", str(tmp_path / "out"), str(folder)]
+    code, printed = _run(argv, capsys)
+    assert code != 0 and "broken.png" in printed.err
+    code, printed = _run(argv + ["--skip-invalid"], capsys)
+    assert code == 0 and "broken.png" in printed.err and "skipped 1 invalid" in printed.err
+    assert (tmp_path / "out" / "good_mask.png").is_file() and not (tmp_path / "out" / "broken_mask.png").exists()

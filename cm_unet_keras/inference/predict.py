@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_unlabeled
 from cm_unet_keras.data.pipeline import preprocess_angiogram
 from cm_unet_keras.data.readers import read_angiogram
@@ -70,15 +71,26 @@ def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT
     return paths
 
 
-def predict_files(model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print):
+def predict_files(model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
+
+    Args:
+        skipped: None to stop at the first unreadable file; or a list to
+            which `(path, problem)` of each unreadable file is appended, the
+            file being left out (`--skip-invalid`).
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
     """
     written = []
     for record in index_unlabeled(inputs):
-        angiogram = read_angiogram(record.image_path, frame=record.frame)
+        try:
+            angiogram = read_angiogram(record.image_path, frame=record.frame)
+        except InvalidInputError as error:
+            if skipped is None:
+                raise
+            skipped.append((error.path, error.problem))
+            continue
         probability = segment_angiogram(model, angiogram, clahe)
         written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
         log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
