@@ -129,6 +129,8 @@ def test_quick_demo_writes_a_report(tmp_path, capsys):
     assert code == 0
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| dice |" in report and "_overlay.png" in report
+    assert "| scratch |" in report and "| pretrained |" in report
+    assert (tmp_path / "demo" / "pretrain" / "pretrained.weights.h5").is_file()
     evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert evaluation["n_images"] == 2
 
