@@ -6,11 +6,29 @@ one environment gives two conflicting TensorFlows.
 """
 
 import re
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+
+
+class BuildWithPresets(build_py):
+    """Ship `saved_models/` (the presets and their cards) inside the package,
+    as `cm_unet_keras/saved_models/`, so that `from_preset` and `--model
+    cmunet_small_xca` work right after `pip install`, with no checkout.
+    Editable installs read `saved_models/` of the checkout instead."""
+
+    def run(self):
+        super().run()
+        source = HERE / "saved_models"
+        if source.is_dir() and not getattr(self, "editable_mode", False):
+            target = Path(self.build_lib) / "cm_unet_keras" / "saved_models"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+
 VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "cm_unet_keras" / "version.py").read_text()
 ).group(1)
@@ -27,7 +45,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
-    package_data={"cm_unet_keras": ["presets/*.json"]},
     install_requires=[
         "keras>=3.3",
         "numpy>=1.24",
@@ -50,6 +67,7 @@ setup(
         "dev": ["pytest>=7.4", "hypothesis>=6.90", "pytest-timeout>=2.2"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
+    cmdclass={"build_py": BuildWithPresets},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",

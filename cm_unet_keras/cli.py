@@ -255,6 +255,26 @@ def cmd_demo(args):
     print(f"demo report: {report_path}")
 
 
+def cmd_presets(args):
+    from cm_unet_keras.models import presets
+
+    root = presets.default_root()
+    names = presets.available_presets()
+    if not names:
+        print(f"no presets in {root}")
+        return
+    print(f"presets in {root}:")
+    for name in names:
+        card = presets.preset_card(name)
+        metrics = card.get("validation_metrics")
+        dice = metrics.get("mean", {}).get("dice") if isinstance(metrics, dict) else None
+        score = f"validation Dice {dice:.3f}" if dice is not None else "no head (fine-tune it: --init)"
+        print(f"  {name:26s} {card.get('kind', '?'):10s} {score}")
+        if args.verbose_cards:
+            print("    " + card.get("description", ""))
+            print("    rebuild: " + card.get("rebuild", "?"))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cm-unet", description="Coronary artery segmentation in X-ray angiograms with few labels."
@@ -393,6 +413,10 @@ def build_parser():
     study_parser.add_argument("--n-labels", type=int, nargs="+", help="default 3 10 30")
     study_parser.add_argument("--verbose", default=2, help="Keras progress: auto, 0, 1 or 2 (default 2)")
     study_parser.set_defaults(run=cmd_study)
+
+    presets_parser = commands.add_parser("presets", help="list the shipped presets (saved_models/) and their cards")
+    presets_parser.add_argument("--long", dest="verbose_cards", action="store_true", help="descriptions too")
+    presets_parser.set_defaults(run=cmd_presets)
 
     demo = commands.add_parser("demo", help="end-to-end demo on synthetic angiograms")
     demo.add_argument("--out", default="demo_out")

@@ -11,16 +11,37 @@ loaded: a file swapped or corrupted after release is refused.
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from cm_unet_keras.data.errors import InvalidInputError
 
-SAVED_MODELS = Path(__file__).resolve().parents[2] / "saved_models"
+# At most this many bytes per shipped file (the repository's rule for committed models).
+MAX_PRESET_BYTES = 16 * 1024 * 1024
+ENV_VAR = "CM_UNET_SAVED_MODELS"
+
+
+def default_root():
+    """Where presets live: `$CM_UNET_SAVED_MODELS` if set, else the copy
+    installed inside the package (`cm_unet_keras/saved_models/`, put there
+    by `setup.py` when a wheel is built), else `saved_models/` of the source
+    checkout (editable installs)."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    packaged = Path(__file__).resolve().parents[1] / "saved_models"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "saved_models"
+
+
+
 
 
 def available_presets(root=None):
     """Names of the presets found in `saved_models/`."""
-    root = Path(root or SAVED_MODELS)
+    root = Path(root or default_root())
     if not root.is_dir():
         return []
     return sorted(p.parent.name for p in root.glob("*/card.json"))
@@ -28,7 +49,7 @@ def available_presets(root=None):
 
 def preset_card(name, root=None):
     """The card (a dict) of preset `name`."""
-    card = Path(root or SAVED_MODELS) / name / "card.json"
+    card = Path(root or default_root()) / name / "card.json"
     if not card.is_file():
         raise InvalidInputError(name, f"no such preset; available: {available_presets(root)}")
     try:
@@ -47,7 +68,7 @@ def file_sha256(path):
 
 def verified_preset_path(name, root=None):
     """The model file of preset `name`, after checking its SHA-256."""
-    root = Path(root or SAVED_MODELS)
+    root = Path(root or default_root())
     card = preset_card(name, root)
     for key in ("file", "sha256"):
         if key not in card:
@@ -78,11 +99,13 @@ def resolve_model_path(name_or_path, root=None):
 def from_preset(name, root=None):
     """The model of preset `name`, checksum-verified and loaded with `safe_mode`.
 
-    A fine-tuned preset (a `.keras` U-Net) is returned as saved. A preset
-    whose card says `"kind": "pretrained"` holds `pretrained.weights.h5`
-    and `pretrainer.json` beside it: the pretrainer is rebuilt from the JSON
-    (no code runs), its weights loaded, and its U-Net returned (encoder and
-    decoder pretrained; the segmentation head was never trained).
+    A `.keras` preset is returned as saved: a fine-tuned U-Net, or, for a
+    card that says `"kind": "pretrained"`, the U-Net after pretraining
+    (encoder and decoder pretrained; its segmentation head was never
+    trained, so fine-tune it before use). A preset stored as
+    `pretrained.weights.h5` with `pretrainer.json` beside it has its
+    pretrainer rebuilt from the JSON (no code runs), its weights loaded,
+    and its U-Net returned.
 
     Args:
         name: a preset name (see `available_presets`) or a `.keras` path.
@@ -100,13 +123,69 @@ def from_preset(name, root=None):
     import keras
 
     path = Path(resolve_model_path(name, root))
-    card = preset_card(name, root) if str(name) in available_presets(root) else {}
-    if card.get("kind") == "pretrained" or path.name.endswith(".weights.h5"):
+    if path.name.endswith(".weights.h5"):
         return _pretrained_unet(path)
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except (ValueError, OSError, KeyError) as error:
         raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
+
+
+def is_pretrained_preset(name, root=None):
+    """True if `name` is a preset whose card says `"kind": "pretrained"`
+    (encoder and decoder pretrained, segmentation head never trained)."""
+    if Path(str(name)).exists() or str(name) not in available_presets(root):
+        return False
+    return preset_card(name, root).get("kind") == "pretrained"
+
+
+def write_preset(name, files, card, root=None, overwrite=False):
+    """Publish a preset folder `root/name/`: the files, and `card.json` with
+    `card` plus the SHA-256 of `card["file"]`.
+
+    The folder is assembled beside its destination and renamed into place,
+    so a preset is either the old one or the new one, never half of each;
+    an existing preset is replaced only with `overwrite=True`.
+
+    Args:
+        name: the preset name (a folder name).
+        files: paths copied into the folder; `card["file"]` must be one of them.
+        card: the model card (JSON-serialisable); `file` is required.
+        root: the presets folder (default `saved_models/`).
+        overwrite: replace an existing preset of that name.
+
+    Returns:
+        The path of the written `card.json`.
+    """
+    root = Path(root or default_root())
+    destination = root / name
+    if destination.exists() and not overwrite:
+        raise InvalidInputError(destination, "preset exists: pass overwrite=True to replace it")
+    names = [Path(f).name for f in files]
+    if card.get("file") not in names:
+        raise ValueError(f"card['file'] must name one of {names}")
+    for file in files:
+        size = Path(file).stat().st_size
+        if size > MAX_PRESET_BYTES:
+            raise InvalidInputError(file, f"{size / 2**20:.1f} MB: a preset file may not exceed 16 MB")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        for file in files:
+            shutil.copyfile(file, staging / Path(file).name)
+        full = {**card, "sha256": file_sha256(staging / card["file"])}
+        (staging / "card.json").write_text(json.dumps(full, indent=2) + "\n")
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
+            os.replace(destination, retired / name)
+            os.replace(staging, destination)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return destination / "card.json"
 
 
 def _pretrained_unet(weights_path):

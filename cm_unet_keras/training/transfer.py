@@ -68,25 +68,30 @@ def load_initial_weights(model, init):
     - A pretraining run folder (holding `pretrained.weights.h5`) or that
       file: encoder and decoder are loaded, the segmentation head stays
       freshly initialised (pretraining never trained it).
-    - A fine-tuned `.keras` U-Net (or a preset): encoder, decoder and head.
+    - A fine-tuned `.keras` U-Net (or a fine-tuned preset): encoder, decoder
+      and head.
+    - A pretrained preset (card `"kind": "pretrained"`): encoder and decoder;
+      the head stays freshly initialised, as from a pretraining run.
 
     Shapes are checked layer by layer; a mismatch raises `InvalidInputError`.
 
     Returns:
         The transfer report `{"loaded": [...], "skipped": [...]}`.
     """
-    from cm_unet_keras.models.presets import resolve_model_path
+    from cm_unet_keras.models.presets import is_pretrained_preset, resolve_model_path
 
     pretrained = _pretrained_weights_path(init)
     if pretrained is not None:
         return transfer_from_pretraining(model, pretrained)
     path = Path(resolve_model_path(init))
-    if path.name.endswith(".weights.h5"):  # a pretrained preset ("kind": "pretrained")
+    if path.name.endswith(".weights.h5"):  # a pretrained preset stored as a pretrainer
         return transfer_from_pretraining(model, path)
     if path.suffix != ".keras":
         raise InvalidInputError(path, "--init expects a .keras U-Net, a pretraining run folder or a preset name")
     source = load_unet(path)
-    return transfer_from_model(source, model, include_head=True, source_name=str(path))
+    # A pretrained preset's head was never trained: keep this run's own seeded head.
+    include_head = not is_pretrained_preset(init)
+    return transfer_from_model(source, model, include_head=include_head, source_name=str(path))
 
 
 def load_unet(path):
