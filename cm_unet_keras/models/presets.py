@@ -170,6 +170,7 @@ def write_preset(name, files, card, root=None, overwrite=False):
             raise InvalidInputError(file, f"{size / 2**20:.1f} MB: a preset file may not exceed 16 MB")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a preset is for every user
     try:
         for file in files:
             shutil.copyfile(file, staging / Path(file).name)
