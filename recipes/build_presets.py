@@ -1,0 +1,183 @@
+"""Build the two shipped presets in `saved_models/` (issue 4).
+
+    cm-unet study --stage pretrain      # the study's pretraining (writes runs/label_efficiency/pretrain/cmunet)
+    python recipes/build_presets.py     # saved_models/cmunet_small_pretrained, then cmunet_small_xca
+
+- `cmunet_small_pretrained`: the small U-Net (width 16, 4 levels) of the
+  study's `cmunet` pretraining run: encoder and decoder pretrained by
+  contrastive masked autoencoding on the 1,500 unlabeled ARCADE angiograms
+  plus the 30 XCA training angiograms without their masks. Its segmentation
+  head was never trained: fine-tune it (`--init cmunet_small_pretrained`).
+- `cmunet_small_xca`: fine-tuned from `cmunet_small_pretrained` on the 30
+  training pairs of `recipes/xca_split.json`, its epoch selected on the 10
+  validation pairs of that split, and scored on those same 10 pairs (so the
+  card's Dice is optimistic by that selection; the study's N=30 runs, which
+  select on their own pairs, give the unbiased figure).
+
+Each preset folder holds `model.keras` (float32, loads with
+`safe_mode=True`) and `card.json` (data and licences, this command, the
+training configuration, validation metrics, input expectations and the
+file's SHA-256). A preset is written whole or not at all; an existing one is
+replaced only with `--overwrite`.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cm_unet_keras.models import presets  # noqa: E402
+from cm_unet_keras.training.config import FinetuneConfig, config_to_dict  # noqa: E402
+from cm_unet_keras.version import __version__  # noqa: E402
+
+PRETRAINED = "cmunet_small_pretrained"
+XCA = "cmunet_small_xca"
+COMMAND = "cm-unet study --stage pretrain && python recipes/build_presets.py"
+
+# Fine-tuning of cmunet_small_xca: the package's defaults (AdamW 2e-3, warm-up
+# + cosine, Dice + BCE, batch 8 of 128 px patches) trained longer than the
+# study's budget, since this model is for use, not for a comparison.
+XCA_CONFIG = dict(base_filters=16, depth=4, epochs=60, steps_per_epoch=50, seed=0, init=PRETRAINED)
+
+DATA = {
+    "unlabeled": (
+        "ARCADE stenosis task (Popov et al., Scientific Data 2024; MICCAI 2023 challenge), train/val/test images, "
+        "1,500 angiograms 512x512, labels ignored; via a public GitHub copy. Check the ARCADE record's licence "
+        "(CC BY 4.0 on its Zenodo release) before redistributing derived data."
+    ),
+    "labelled": (
+        "CIMAT angiograms (Cervantes-Sanchez et al., the DCA1 authors), xca_vessels/train: 40 pairs 300x300, "
+        "from the public repository fercer/Coronary (BSD-3-Clause); split 30 train / 10 validation by "
+        "recipes/xca_split.json (seed 0)."
+    ),
+}
+INPUT = (
+    "One grey X-ray coronary angiogram at native resolution (trained on 300x300 CIMAT and 512x512 ARCADE frames; any "
+    "size works, padded to a multiple of 16). `cm-unet predict`, `segment_angiogram` and the exported SavedModel take "
+    "raw intensities (PNG/JPEG/TIFF 8 or 16 bit, grey or RGB, DICOM) and z-score them inside the field of view; the "
+    "bare Keras model expects that normalised image as float32 [batch, H, W, 1]. Vessels are dark (contrast-filled). "
+    "Output: vessel probability in [0, 1]; threshold 0.5."
+)
+
+
+def machine():
+    return f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})"
+
+
+def build_pretrained(pretrain_run, root, overwrite, log=print):
+    """Extract the U-Net of a pretraining run into the pretrained preset."""
+    import csv
+    import json
+
+    import keras
+
+    pretrain_run = Path(pretrain_run)
+    weights = pretrain_run / "pretrained.weights.h5"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: run `cm-unet study --stage pretrain` first")
+    keras.mixed_precision.set_global_policy("float32")
+    unet = presets.from_preset(str(weights))
+    history = list(csv.DictReader(open(pretrain_run / "history.csv")))
+    config = json.loads(json.dumps(__import__("yaml").safe_load((pretrain_run / "config.yaml").read_text())))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        unet.save(path)
+        keras.models.load_model(path, safe_mode=True, compile=False)  # what users will do
+        card = {
+            "name": PRETRAINED,
+            "kind": "pretrained",
+            "file": "model.keras",
+            "description": (
+                "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining: "
+                "encoder and decoder pretrained, segmentation head untrained. Fine-tune it on your labelled "
+                "angiograms: `cm-unet finetune --init cmunet_small_pretrained ...`."
+            ),
+            "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
+                             "parameters": int(unet.count_params())},
+            "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
+                     "(the 10 validation angiograms were never seen)."},
+            "training": {"pretrain_config": config, "epochs_done": len(history),
+                         "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
+            "final_losses": {k: round(float(history[-1][k]), 4) for k in
+                             ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
+                             if k in history[-1]},
+            "validation_metrics": "none by itself (no head); see benchmarks/label_efficiency/results.md for the "
+                                  "held-out Dice of models fine-tuned from this pretraining",
+            "input": INPUT,
+            "rebuild": COMMAND,
+            "package_version": __version__,
+        }
+        card_path = presets.write_preset(PRETRAINED, [path], card, root, overwrite)
+    log(f"wrote {card_path}")
+    return card_path
+
+
+def build_xca(data_root, split, runs, root, overwrite, log=print):
+    """Fine-tune the XCA preset from the pretrained preset and publish it."""
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.study import study_data
+    from cm_unet_keras.training.finetune import finetune
+
+    os.environ[presets.ENV_VAR] = str(root)  # `init` names the preset in this root
+    train, validation = study_data(data_root, split)
+    config = FinetuneConfig(**XCA_CONFIG)
+    started = time.perf_counter()
+    fit = finetune(config, train, runs, val_records=validation, log=log, verbose=2)
+    report = evaluate_model(load_model(fit["model_path"]), validation, threshold=config.threshold)
+    card = {
+        "name": XCA,
+        "kind": "finetuned",
+        "file": "model.keras",
+        "description": (
+            "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms: "
+            f"{PRETRAINED} fine-tuned on 30 labelled CIMAT angiograms."
+        ),
+        "architecture": {"class": "CMUNet", "base_filters": config.base_filters, "depth": config.depth},
+        "data": DATA,
+        "training": {"finetune_config": config_to_dict(config), "n_train": fit["n_train"], "n_val": fit["n_val"],
+                     "best_epoch": fit["best_epoch"], "seconds": round(time.perf_counter() - started, 1),
+                     "machine": machine()},
+        "validation_metrics": {
+            "on": "the 10 validation pairs of recipes/xca_split.json, whole 300x300 images, threshold 0.5",
+            "caveat": "the same 10 pairs chose the epoch: optimistic by that selection; no test set was used",
+            "mean": {k: round(float(v), 4) for k, v in report["mean"].items()},
+            "std": {k: round(float(v), 4) for k, v in report["std"].items()},
+        },
+        "input": INPUT,
+        "rebuild": COMMAND,
+        "package_version": __version__,
+    }
+    card_path = presets.write_preset(XCA, [fit["model_path"]], card, root, overwrite)
+    log(f"wrote {card_path}: validation Dice {report['mean']['dice']:.4f} +- {report['std']['dice']:.4f}")
+    return card_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pretrain-run", default=str(ROOT / "runs/label_efficiency/pretrain/cmunet"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--split", default=str(ROOT / "recipes/xca_split.json"))
+    parser.add_argument("--runs", default=str(ROOT / "runs/presets/cmunet_small_xca"), help="fine-tuning run folder")
+    parser.add_argument("--root", default=str(ROOT / "saved_models"), help="presets folder")
+    parser.add_argument("--only", choices=["pretrained", "xca"], help="build one preset (default both, in order)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
+    args = parser.parse_args(argv)
+    np.set_printoptions(precision=4)
+    if args.only in (None, "pretrained"):
+        build_pretrained(args.pretrain_run, args.root, args.overwrite)
+    if args.only in (None, "xca"):
+        build_xca(args.data, args.split, args.runs, args.root, args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
