@@ -432,7 +432,10 @@ def results_markdown(records, stage_seconds, command="", study=None):
     n_high, n_low = (ns[-1], ns[0]) if ns else (None, None)
     seeds = sorted({r["seed"] for r in records})
     holdout = sorted({r.get("n_holdout") for r in records} - {None})
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    from cm_unet_keras.training.runtime import resolve_precision
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+               f"precision auto = {resolve_precision('auto')} there")
     lines = [
         "# Label efficiency on XCA angiograms (CIMAT), by initialisation",
         "",
@@ -508,6 +511,7 @@ def plot_dice_vs_labels(records, path):
                       linestyle="--" if init == FRANGI else "-")
     axis.set(xscale="log", xlabel="labelled training pairs N", ylabel="held-out Dice (mean +- std over seeds)")
     ns_all = sorted({n for _, n in cells})
+    axis.minorticks_off()
     axis.set_xticks(ns_all, [str(n) for n in ns_all])
     axis.legend()
     figure.tight_layout()

@@ -8,8 +8,8 @@ Frangi filter, each evaluated on the 10 held-out pairs of
 `recipes/xca_split.json`. Rerunning skips what is finished. The protocol is
 documented in `cm_unet_keras/study.py`.
 
-    python recipes/label_efficiency.py --stage pretrain   # about 70 min on 2 cores
-    python recipes/label_efficiency.py --stage sweep      # about 85 min on 2 cores
+    python recipes/label_efficiency.py --stage pretrain   # 34 min on 2 AVX512_BF16 cores
+    python recipes/label_efficiency.py --stage sweep      # 49 min there (36 fine-tunes + 9 Frangi fits)
     python recipes/label_efficiency.py --quick --out /tmp/le   # smoke test, about a minute
     python recipes/label_efficiency.py --gpu-paper --runs runs/le_gpu --out benchmarks/label_efficiency_gpu
 
