@@ -50,7 +50,12 @@ README_B64_BODY = (
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    model = CMUNet(base_filters=4, depth=2)
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")  # the reference computes in float32, as exports do
+    try:
+        model = CMUNet(base_filters=4, depth=2)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     model.save(path)
     return path, model
@@ -265,7 +270,13 @@ def test_cli_export_end_to_end(tiny_model_file, tmp_path):
 def test_onnx_export_matches_keras_inference(tiny_model_file, angiograms, tmp_path):
     # The `onnx` extra is part of the test install: missing is a failure, not a skip.
     import onnxruntime
-    path = export_model(tiny_model_file[0], tmp_path, "tiny", 1, export_format="onnx")
+    # As after a mixed_bfloat16 training run in the same process: the export must still be float32.
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        path = export_model(tiny_model_file[0], tmp_path, "tiny", 1, export_format="onnx")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     session = onnxruntime.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
     angiogram = angiograms["517x333"]
     names = [output.name for output in session.get_outputs()]

@@ -136,7 +136,7 @@ def export_model(
             "be exported in the graph; retrain without --clahe to serve it",
         )
     threshold = _resolve_threshold(threshold, context)
-    unet = load_unet(model_path)
+    unet = _load_float32(model_path)
     metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format)
     if export_format == "onnx":
         from cm_unet_keras.export.onnx_export import write_onnx as write
@@ -145,6 +145,19 @@ def export_model(
     return publish_version(
         base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata), overwrite
     )
+
+
+def _load_float32(model_path):
+    """The U-Net in float32 whatever the global policy: a `.keras` file does
+    not record the compute dtype, so a load under mixed_bfloat16 (after a
+    training run in the same process) would export bfloat16 convolutions,
+    which ONNX Runtime rejects and most serving CPUs run slowly."""
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return load_unet(model_path)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def _resolve_threshold(threshold, context):
