@@ -13,7 +13,9 @@ import numpy as np
 from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.training import finetune  # noqa: F401  (registers the schedule and loss of checkpoints)
 
-SETTINGS = dict(base_filters=4, depth=2, epochs=4, steps_per_epoch=6, batch_size=2, patch_size=32, seed=1)
+# Long enough that a fast machine (a 6-step epoch took < 0.2 s on an AVX512_BF16
+# CPU) is still mid-run when it is killed after its second epoch.
+SETTINGS = dict(base_filters=4, depth=2, epochs=8, steps_per_epoch=12, batch_size=2, patch_size=32, seed=1)
 
 
 def _command(data, out):
@@ -46,7 +48,7 @@ def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     deadline = time.monotonic() + 240
     while _epochs_done(run) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.2)  # into the next epoch
+    time.sleep(0.05)  # into the next epoch
     assert process.poll() is None, "finished before it could be killed: make the run longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -56,10 +58,18 @@ def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     finished = subprocess.run(_command(data, run), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     state = json.loads((run / "state.json").read_text())
-    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]  # nothing repeated, nothing lost
+    epochs = [row["epoch"] for row in state["history"]]
+    assert epochs == list(range(1, SETTINGS["epochs"] + 1))  # nothing repeated, nothing lost
+    # Same data, same steps, same schedule: every epoch's loss equals the
+    # uninterrupted run's. A repeated or skipped epoch moves it by 1e-2.
+    expected = json.loads((tmp_path / "reference" / "state.json").read_text())["history"]
+    np.testing.assert_allclose([r["loss"] for r in state["history"]], [r["loss"] for r in expected], rtol=1e-4)
+    # The resumed process reorders a few float sums (oneDNN picks its kernels
+    # per process): measured 2e-4 at most on the weights after 72 steps on an
+    # AVX512 CPU (bit-identical across two uninterrupted runs).
     resumed = keras.models.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-3)
     assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left behind"
 
 
@@ -106,3 +116,23 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
     for a, b in zip(_pretrained_weights(tmp_path / "reference"), _pretrained_weights(run)):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_finetune_state_saved_ahead_of_its_checkpoint_is_rolled_back():
+    """A kill after `state.json` is written for an epoch but before that
+    epoch's checkpoint: resuming redoes the epoch (never trains it twice)."""
+    from types import SimpleNamespace
+
+    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.training.finetune import FinetuneRun
+
+    run = FinetuneRun(FinetuneConfig(steps_per_epoch=12), "unused", log=lambda *_: None)
+    run.state = {"epochs_done": 3, "best_val_dice": 0.5, "best_epoch": 3,
+                 "history": [{"epoch": e} for e in (1, 2, 3)]}
+    run.model = SimpleNamespace(optimizer=SimpleNamespace(iterations=keras.Variable(24, dtype="int64")))
+    run.reconcile(run.log)
+    assert run.state["epochs_done"] == 2 and [r["epoch"] for r in run.state["history"]] == [1, 2]
+    run.model.optimizer.iterations.assign(24)
+    run.state["epochs_done"] = 2
+    run.reconcile(run.log)  # consistent: untouched
+    assert run.state["epochs_done"] == 2 and len(run.state["history"]) == 2

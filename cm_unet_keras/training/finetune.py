@@ -142,6 +142,14 @@ class FinetuneRun:
             return True
         return False
 
+    def reconcile(self, log):
+        """Align the state with the loaded checkpoint (see `end_epoch`)."""
+        in_checkpoint = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) // self.config.steps_per_epoch
+        if in_checkpoint < self.state["epochs_done"]:
+            log(f"the run stopped while saving epoch {self.state['epochs_done']}: redoing it from epoch {in_checkpoint}")
+            self.state["epochs_done"] = in_checkpoint
+            self.state["history"] = self.state["history"][:in_checkpoint]
+
     # --- epoch end ----------------------------------------------------------
     def end_epoch(self, epoch, logs):
         config = self.config
@@ -164,8 +172,12 @@ class FinetuneRun:
         if self.chief:
             if improved:
                 atomic_write(self.run_dir / "best.weights.h5", self.save_best_weights)
-            save_model_atomic(self.model, self.last_path)
+            # State first, then the checkpoint: a kill between the two leaves a
+            # checkpoint one epoch behind the state, which `reconcile` detects
+            # (from the optimizer's step count) and redoes; the other order
+            # would silently train that epoch twice.
             atomic_write_json(self.state_path, self.state)
+            save_model_atomic(self.model, self.last_path)
             self.write_history()
         self.log(
             f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
@@ -249,6 +261,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
                     f"cannot resume from this checkpoint ({error}); it was written by another "
                     "version or configuration: use a new --out folder",
                 ) from error
+            run.reconcile(log)
             log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
         else:
             run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
