@@ -1,0 +1,128 @@
+"""The shipped presets (`saved_models/`): integrity, safe loading, the card's
+claims recomputed on the real validation pairs, use from every CLI command,
+and availability from an installed wheel with no checkout and no data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cm_unet_keras.cli import main
+from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.evaluation.evaluate import evaluate_model
+from cm_unet_keras.models import presets
+from cm_unet_keras.models.unet import HEAD_PREFIXES
+from cm_unet_keras.study import study_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "saved_models"
+SPLIT = ROOT / "recipes" / "xca_split.json"
+NAMES = ("cmunet_small_pretrained", "cmunet_small_xca")
+CARD_KEYS = {"name", "kind", "file", "sha256", "description", "architecture", "data", "training",
+             "validation_metrics", "input", "rebuild"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_preset_is_small_verified_documented_and_safe(name):
+    assert name in presets.available_presets(SHIPPED)
+    card = presets.preset_card(name, SHIPPED)
+    assert CARD_KEYS <= set(card), f"card of {name} lacks {CARD_KEYS - set(card)}"
+    assert "python recipes/build_presets.py" in card["rebuild"]
+    for file in (SHIPPED / name).iterdir():
+        assert file.stat().st_size <= presets.MAX_PRESET_BYTES, file
+    path = presets.verified_preset_path(name, SHIPPED)
+    assert presets.file_sha256(path) == card["sha256"]
+    model = presets.from_preset(name, SHIPPED)  # safe_mode=True inside
+    assert (model.base_filters, model.depth) == (card["architecture"]["base_filters"], card["architecture"]["depth"])
+    image = np.random.default_rng(0).normal(size=(1, 96, 80, 1)).astype("float32")
+    probability = np.asarray(model(image))
+    assert probability.shape == (1, 96, 80, 1) and np.all((probability >= 0) & (probability <= 1))
+
+
+def test_xca_preset_reproduces_the_dice_on_its_card(shared_data):
+    card = presets.preset_card("cmunet_small_xca", SHIPPED)
+    _, validation = study_data(shared_data, SPLIT)
+    report = evaluate_model(presets.from_preset("cmunet_small_xca", SHIPPED), validation)
+    for key in ("dice", "cldice", "iou"):
+        assert report["mean"][key] == pytest.approx(card["validation_metrics"]["mean"][key], abs=2e-3), key
+    assert report["n_images"] == 10
+
+
+def test_pretrained_preset_transfers_encoder_and_decoder_not_head(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(presets.ENV_VAR, str(SHIPPED))
+    assert presets.is_pretrained_preset("cmunet_small_pretrained")
+    assert not presets.is_pretrained_preset("cmunet_small_xca")
+    out = tmp_path / "ft"
+    code = main(["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--split", str(SPLIT),
+                 "--limit", "3", "--val-fraction", "0", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--init", "cmunet_small_pretrained", "--out", str(out), "--verbose", "0"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "transfer_report.json").read_text())
+    assert report["loaded"] and not any(name.startswith(HEAD_PREFIXES) for name in report["loaded"])
+    assert any(name.startswith(HEAD_PREFIXES) for name in report["skipped"])
+
+
+def test_xca_preset_in_evaluate_predict_and_export(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(presets.ENV_VAR, str(SHIPPED))
+    train = shared_data / "xca_vessels" / "train"
+    assert main(["evaluate", "--model", "cmunet_small_xca", "--pairs", str(train), "--split", str(SPLIT),
+                 "--part", "holdout", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 10
+    assert main(["predict", "--model", "cmunet_small_xca", "--output", str(tmp_path / "p"), str(train / "1.png")]) == 0
+    assert (tmp_path / "p" / "1_mask.png").is_file()
+    assert main(["export", "--model", "cmunet_small_xca", "--out", str(tmp_path / "serving"), "--name", "xca",
+                 "--version", "1"]) == 0
+    assert list((tmp_path / "serving").rglob("saved_model.pb"))
+    capsys.readouterr()
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in NAMES) and "validation Dice" in listed
+
+
+def test_write_preset_is_atomic_and_refuses_to_overwrite(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"first")
+    presets.write_preset("p", [model], {"file": "model.keras"}, tmp_path)
+    assert presets.verified_preset_path("p", tmp_path).read_bytes() == b"first"
+    model.write_bytes(b"second")
+    with pytest.raises(InvalidInputError, match="preset exists"):
+        presets.write_preset("p", [model], {"file": "model.keras"}, tmp_path)
+    assert presets.verified_preset_path("p", tmp_path).read_bytes() == b"first"
+    presets.write_preset("p", [model], {"file": "model.keras"}, tmp_path, overwrite=True)
+    assert presets.verified_preset_path("p", tmp_path).read_bytes() == b"second"
+    big = tmp_path / "big.keras"
+    with open(big, "wb") as stream:
+        stream.truncate(presets.MAX_PRESET_BYTES + 1)
+    with pytest.raises(InvalidInputError, match="16 MB"):
+        presets.write_preset("q", [big], {"file": "big.keras"}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.keras", "model.keras", "p"]  # no leftovers
+
+
+def test_presets_ship_inside_the_wheel(tmp_path, shared_data):
+    """`pip install` of a wheel, then the presets from another folder, with no
+    checkout on the path and no data folder: `from_preset` and the CLI."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("cm_unet_keras-*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, cwd=tmp_path)
+    angiogram = tmp_path / "angiogram.png"
+    angiogram.write_bytes((shared_data / "xca_vessels" / "train" / "1.png").read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != presets.ENV_VAR}
+    env["PYTHONPATH"] = str(site)
+    script = (
+        "import cm_unet_keras, sys\n"
+        "from cm_unet_keras import CMUNet\n"
+        "from cm_unet_keras.cli import main\n"
+        f"assert cm_unet_keras.__file__.startswith({str(site)!r}), cm_unet_keras.__file__\n"
+        "unet = CMUNet.from_preset('cmunet_small_pretrained')\n"
+        "assert unet.base_filters == 16\n"
+        "sys.exit(main(['predict', '--model', 'cmunet_small_xca', '--output', 'out', 'angiogram.png']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "angiogram_mask.png").is_file()
