@@ -470,13 +470,12 @@ def results_markdown(records, stage_seconds, command="", study=None):
             "| init | " + " | ".join(f"N={n}" for n in ns) + " |",
             "|---|" + "---|" * len(ns),
         ]
-        for init in [i for i in inits if i not in ("scratch",)]:
+        for init in [i for i in inits if i != "scratch"]:
             diffs = paired_differences(records, init)
             row = [f"{np.mean(d):+.3f} +- {np.std(d):.3f}" if (d := diffs.get(n)) else "-" for n in ns]
             lines.append(f"| {init} | " + " | ".join(row) + " |")
         lines.append("")
     lines += [
-
         "## All metrics (mean +- std over seeds)",
         "",
         "| init | N | " + " | ".join(METRIC_KEYS) + " |",

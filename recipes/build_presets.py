@@ -29,13 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cm_unet_keras.models import presets  # noqa: E402
-from cm_unet_keras.training.config import FinetuneConfig, config_to_dict  # noqa: E402
+from cm_unet_keras.training.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
+from cm_unet_keras.training.runtime import float32_policy  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 PRETRAINED = "cmunet_small_pretrained"
@@ -75,7 +74,6 @@ def machine():
 def build_pretrained(pretrain_run, root, overwrite, log=print):
     """Extract the U-Net of a pretraining run into the pretrained preset."""
     import csv
-    import json
 
     import keras
 
@@ -83,10 +81,10 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
     weights = pretrain_run / "pretrained.weights.h5"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: run `cm-unet study --stage pretrain` first")
-    keras.mixed_precision.set_global_policy("float32")
-    unet = presets.from_preset(str(weights))
-    history = list(csv.DictReader(open(pretrain_run / "history.csv")))
-    config = json.loads(json.dumps(__import__("yaml").safe_load((pretrain_run / "config.yaml").read_text())))
+    with float32_policy():
+        unet = presets.from_preset(str(weights))
+    history = list(csv.DictReader((pretrain_run / "history.csv").read_text().splitlines()))
+    config = read_recipe(pretrain_run / "config.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         unet.save(path)
@@ -171,7 +169,6 @@ def main(argv=None):
     parser.add_argument("--only", choices=["pretrained", "xca"], help="build one preset (default both, in order)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
     args = parser.parse_args(argv)
-    np.set_printoptions(precision=4)
     if args.only in (None, "pretrained"):
         build_pretrained(args.pretrain_run, args.root, args.overwrite)
     if args.only in (None, "xca"):

@@ -26,6 +26,7 @@ from cm_unet_keras.export.serving import (
 )
 from cm_unet_keras.models.presets import resolve_model_path
 from cm_unet_keras.training.config import FinetuneConfig, read_recipe
+from cm_unet_keras.training.runtime import float32_policy
 from cm_unet_keras.training.transfer import load_unet
 from cm_unet_keras.version import __version__
 
@@ -136,7 +137,8 @@ def export_model(
             "be exported in the graph; retrain without --clahe to serve it",
         )
     threshold = _resolve_threshold(threshold, context)
-    unet = _load_float32(model_path)
+    with float32_policy():  # never export bfloat16 convolutions (ONNX Runtime rejects them)
+        unet = load_unet(model_path)
     metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format)
     if export_format == "onnx":
         from cm_unet_keras.export.onnx_export import write_onnx as write
@@ -145,19 +147,6 @@ def export_model(
     return publish_version(
         base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata), overwrite
     )
-
-
-def _load_float32(model_path):
-    """The U-Net in float32 whatever the global policy: a `.keras` file does
-    not record the compute dtype, so a load under mixed_bfloat16 (after a
-    training run in the same process) would export bfloat16 convolutions,
-    which ONNX Runtime rejects and most serving CPUs run slowly."""
-    policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        return load_unet(model_path)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def _resolve_threshold(threshold, context):

@@ -36,9 +36,6 @@ def default_root():
     return Path(__file__).resolve().parents[2] / "saved_models"
 
 
-
-
-
 def available_presets(root=None):
     """Names of the presets found in `saved_models/`."""
     root = Path(root or default_root())

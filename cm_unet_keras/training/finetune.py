@@ -40,7 +40,7 @@ from cm_unet_keras.training.checkpoints import (
 )
 from cm_unet_keras.training.config import write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
-from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
+from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
 from cm_unet_keras.training.transfer import load_initial_weights
 
@@ -323,14 +323,10 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
 
 def export_best(config, run_dir, model_path):
     """Write the best weights as a clean float32 `.keras` U-Net."""
-    policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with float32_policy():
         model = CMUNet(base_filters=config.base_filters, depth=config.depth)
         model.load_weights(Path(run_dir) / "best.weights.h5")
         save_model_atomic(model, model_path)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def write_curves(history, path):
