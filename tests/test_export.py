@@ -80,12 +80,12 @@ def angiograms(shared_data):
     return {"300x300": cimat, "512x512": xcad_16bit, "517x333": np.round(crop).astype(np.float32)}
 
 
-def assert_matches_reference(outputs, model, angiogram, index=0, tolerance=TOLERANCE):
+def assert_matches_reference(outputs, model, angiogram, index=0, tolerance=TOLERANCE, tta=False):
     """Served outputs of image `index` equal segment_angiogram's result."""
     height, width = angiogram.shape
     probability = outputs["probability"].numpy()[index, :height, :width, 0]
     mask = outputs["mask"].numpy()[index, :height, :width, 0]
-    expected = segment_angiogram(model, angiogram)
+    expected = segment_angiogram(model, angiogram, tta=tta)
     assert outputs["probability"].dtype == tf.float32 and outputs["mask"].dtype == tf.uint8
     assert np.max(np.abs(probability - expected)) <= tolerance
     np.testing.assert_array_equal(mask, (probability >= THRESHOLD).astype(np.uint8))
@@ -265,6 +265,18 @@ def test_cli_export_end_to_end(tiny_model_file, tmp_path):
     assert (version / "saved_model.pb").is_file() and (version / "variables" / "variables.index").is_file()
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_tta_export_matches_tta_inference(tiny_model_file, angiograms, tmp_path):
+    path = export_model(tiny_model_file[0], tmp_path, "tiny", 1, tta=True)
+    served = tf.saved_model.load(str(path))
+    angiogram = angiograms["300x300"]
+    outputs = served.signatures["serving_default"](angiogram=tf.constant(angiogram[None, ..., None]))
+    assert_matches_reference(outputs, tiny_model_file[1], angiogram, tta=True)
+    plain = segment_angiogram(tiny_model_file[1], angiogram)
+    assert np.abs(outputs["probability"].numpy()[0, ..., 0] - plain).max() > 1e-4  # the flips are in the graph
+    metadata = json.loads((path / "assets" / METADATA_ASSET).read_text())
+    assert metadata["test_time_augmentation"].startswith("mean of the four flips")
 
 
 def test_onnx_export_matches_keras_inference(tiny_model_file, angiograms, tmp_path):

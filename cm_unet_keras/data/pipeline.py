@@ -14,6 +14,7 @@ would have drawn (`start_sample`).
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -30,18 +31,25 @@ class LabelledAngiogram:
         name: the record's name.
         angiogram: float32 `[H, W, 1]`, normalised.
         vessel_mask: uint8 `[H, W, 1]` of 0/1.
+        fov: bool `[H, W, 1]` field of view (None: the whole image).
     """
 
     name: str
     angiogram: np.ndarray
     vessel_mask: np.ndarray
+    fov: Optional[np.ndarray] = None
 
 
-def preprocess_angiogram(raw, clahe=False):
-    """Raw-intensity `[H, W]` angiogram -> normalised float32 `[H, W, 1]`."""
+def preprocess_angiogram(raw, clahe=False, return_fov=False):
+    """Raw-intensity `[H, W]` angiogram -> normalised float32 `[H, W, 1]`.
+
+    With `return_fov`, `(normalized, fov)` with the boolean `[H, W, 1]`
+    field of view.
+    """
     if clahe:
         raw = apply_clahe(raw)
-    return normalize_angiogram(raw[..., None]).numpy()
+    normalized, fov = normalize_angiogram(raw[..., None], return_fov=True)
+    return (normalized.numpy(), fov.numpy()) if return_fov else normalized.numpy()
 
 
 def load_labelled(records, clahe=False, workers=4):
@@ -58,9 +66,8 @@ def load_labelled(records, clahe=False, workers=4):
 
     def load(record):
         raw, mask = read_pair(record)
-        return LabelledAngiogram(
-            record.name, preprocess_angiogram(raw, clahe), mask[..., None].astype(np.uint8)
-        )
+        normalized, fov = preprocess_angiogram(raw, clahe, return_fov=True)
+        return LabelledAngiogram(record.name, normalized, mask[..., None].astype(np.uint8), fov)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(load, records))

@@ -9,11 +9,11 @@ from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, 
 from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram
 
 
-def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False):
+def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta=False):
     """Per-image and summary metrics of `model` on labelled `records`.
 
     Each angiogram is segmented whole, at its own size, and thresholded at
-    `threshold`; metrics follow `cm_unet_keras.evaluation.metrics`.
+    `threshold` (`tta`: flip test-time augmentation); metrics follow `cm_unet_keras.evaluation.metrics`.
 
     Returns:
         `{"n_images", "mean", "std", "per_image": [{"name", <metrics>}]}`.
@@ -21,7 +21,7 @@ def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False):
     per_image = []
     for record in records:
         angiogram, vessel_mask = read_pair(record)
-        probability = segment_angiogram(model, angiogram, clahe)
+        probability = segment_angiogram(model, angiogram, clahe, tta)
         metrics = segmentation_metrics(probability >= threshold, vessel_mask)
         per_image.append({"name": record.name, **metrics})
     report = summarize(per_image)

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.data.normalize import FOV_MARGIN
 from cm_unet_keras.export.layout import check_version_free, publish_version, version_dir
 from cm_unet_keras.export.serving import (
     ANGIOGRAM_INPUT,
@@ -66,7 +67,7 @@ def training_context(model_path):
     }
 
 
-def export_metadata(model, model_path, threshold, context, training_data, export_format):
+def export_metadata(model, model_path, threshold, context, training_data, export_format, tta=False):
     """The metadata asset: what was exported, from what, and how to feed it."""
     return {
         "package": "cm-unet-keras",
@@ -88,8 +89,11 @@ def export_metadata(model, model_path, threshold, context, training_data, export
             "normalization": "z-score within the field of view, per image (normalize_angiogram), "
             "in the graph",
             "clahe": False,
-            "padding": f"bottom/right with 0 to a multiple of {2 ** model.depth}, cropped back, in the graph",
+            "padding": f"mirrored, split between both sides, to a multiple of {2 ** model.depth}; cropped back; "
+            "in the graph",
         },
+        "postprocessing": f"probability set to 0 outside the field of view shrunk by {FOV_MARGIN} px, in the graph",
+        "test_time_augmentation": "mean of the four flips (4 forward passes)" if tta else "none",
         "training_config": context["source"],
         "training_data": training_data or context["training_data"] or "not recorded",
         "inputs": _documented_inputs(export_format),
@@ -106,7 +110,7 @@ def _documented_inputs(export_format):
 
 def export_model(
     model, base_dir, name, version, export_format="saved_model", threshold=None,
-    training_data=None, overwrite=False,
+    training_data=None, overwrite=False, tta=False,
 ):
     """Export a `.keras` U-Net (path or preset name) as `BASE/NAME/VERSION`.
 
@@ -121,6 +125,7 @@ def export_model(
         training_data: a note on the training data for the metadata;
             default: from the card or run folder.
         overwrite: replace an existing version.
+        tta: put flip test-time augmentation in the graph (4x the compute).
 
     Returns:
         The `Path` of the written version.
@@ -139,13 +144,13 @@ def export_model(
     threshold = _resolve_threshold(threshold, context)
     with float32_policy():  # never export bfloat16 convolutions (ONNX Runtime rejects them)
         unet = load_unet(model_path)
-    metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format)
+    metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format, tta)
     if export_format == "onnx":
         from cm_unet_keras.export.onnx_export import write_onnx as write
     else:
         write = write_saved_model
     return publish_version(
-        base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata), overwrite
+        base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata, tta=tta), overwrite
     )
 
 

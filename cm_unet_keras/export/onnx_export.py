@@ -24,7 +24,7 @@ ONNX_OPSET = 17
 METADATA_KEY = "cm_unet_metadata"
 
 
-def write_onnx(model, folder, threshold, metadata, opset=ONNX_OPSET):
+def write_onnx(model, folder, threshold, metadata, opset=ONNX_OPSET, tta=False):
     """Write `folder/model.onnx`: input `angiogram`, outputs `probability`, `mask`.
 
     Args:
@@ -34,6 +34,8 @@ def write_onnx(model, folder, threshold, metadata, opset=ONNX_OPSET):
         metadata: a JSON-serialisable dict, stored in the model's
             `metadata_props` under `cm_unet_metadata` (onnxruntime:
             `session.get_modelmeta().custom_metadata_map`).
+        opset: the ONNX opset.
+        tta: flip test-time augmentation in the graph.
     """
     try:
         import onnx
@@ -45,7 +47,7 @@ def write_onnx(model, folder, threshold, metadata, opset=ONNX_OPSET):
 
     @tf.function(input_signature=[ANGIOGRAM_SPEC], autograph=False)
     def serving_default(angiogram):
-        return serving_outputs(segment_angiograms(model, angiogram), threshold)
+        return serving_outputs(segment_angiograms(model, angiogram, tta), threshold)
 
     model_proto, _ = tf2onnx.convert.from_function(
         serving_default, input_signature=serving_default.input_signature, opset=opset

@@ -2,8 +2,9 @@
 
 nnU-Net's exports need its Python preprocessing and sliding window around
 them; ours carry everything inside the graph: per-image normalisation
-(`normalize_angiogram`), padding to a multiple of `2**depth`, the U-Net,
-cropping back and the threshold. Two signatures:
+(`normalize_angiogram`), mirror padding to a multiple of `2**depth`, the
+U-Net (over four flips if exported with `tta`), cropping back, clearing
+outside the field of view and the threshold. Two signatures:
 
     serving_default
         inputs:  angiogram    float32 [batch, H, W, 1], raw intensity
@@ -76,16 +77,18 @@ def decode_angiogram(encoded):
     return tf.ensure_shape(angiogram, [None, None, 1])
 
 
-def segment_angiograms(model, angiograms):
+def segment_angiograms(model, angiograms, tta=False):
     """Raw `[B, H, W, 1]` angiograms -> vessel probabilities, same shape.
 
     The same ops as `cm_unet_keras.inference.segment_angiogram`, batched:
-    each image is normalised on its own, padded, predicted and cropped.
+    each image is normalised on its own, padded, predicted (over four flips
+    with `tta`), cropped and cleared outside its field of view.
     """
-    return predict_normalized(model, normalize_angiogram(angiograms))
+    normalized, fov = normalize_angiogram(angiograms, return_fov=True)
+    return predict_normalized(model, normalized, tta=tta, fov=fov)
 
 
-def segment_encoded_angiograms(model, image_bytes):
+def segment_encoded_angiograms(model, image_bytes, tta=False):
     """Encoded images `[B]` -> probabilities `[B, H_max, W_max, 1]`.
 
     Each image is decoded and segmented alone (sizes may differ within the
@@ -93,7 +96,7 @@ def segment_encoded_angiograms(model, image_bytes):
     """
 
     def segment_one(encoded):
-        probability = segment_angiograms(model, decode_angiogram(encoded)[None])[0]
+        probability = segment_angiograms(model, decode_angiogram(encoded)[None], tta)[0]
         return tf.RaggedTensor.from_tensor(probability, ragged_rank=1)
 
     probability = tf.map_fn(
@@ -109,7 +112,7 @@ def serving_outputs(probability, threshold):
     return {"probability": probability, "mask": tf.cast(probability >= threshold, tf.uint8)}
 
 
-def build_serving_module(model, threshold, metadata_path=None):
+def build_serving_module(model, threshold, metadata_path=None, tta=False):
     """A `tf.Module` holding the U-Net's variables and both endpoints.
 
     Only the variables are tracked, not the Keras model object: the
@@ -121,6 +124,7 @@ def build_serving_module(model, threshold, metadata_path=None):
         threshold: probability at or above which a pixel is vessel.
         metadata_path: a JSON file saved as the `cm_unet_metadata.json`
             asset (the loaded module's `metadata_file`).
+        tta: average the four flips of each angiogram in the graph.
 
     Returns:
         A `tf.Module` with the `tf.function`s `serving_default` and
@@ -138,10 +142,10 @@ def build_serving_module(model, threshold, metadata_path=None):
         module.metadata_file = tf.saved_model.Asset(str(metadata_path))
 
     def serving_default(angiogram):
-        return serving_outputs(segment_angiograms(model, angiogram), threshold)
+        return serving_outputs(segment_angiograms(model, angiogram, tta), threshold)
 
     def predict_image_bytes(image_bytes):
-        return serving_outputs(segment_encoded_angiograms(model, image_bytes), threshold)
+        return serving_outputs(segment_encoded_angiograms(model, image_bytes, tta), threshold)
 
     module.serving_default = tf.function(serving_default, input_signature=[ANGIOGRAM_SPEC], autograph=False)
     module.predict_image_bytes = tf.function(
@@ -150,7 +154,7 @@ def build_serving_module(model, threshold, metadata_path=None):
     return module
 
 
-def write_saved_model(model, path, threshold, metadata):
+def write_saved_model(model, path, threshold, metadata, tta=False):
     """Write the serving SavedModel of `model` into the folder `path`.
 
     Args:
@@ -158,11 +162,12 @@ def write_saved_model(model, path, threshold, metadata):
         path: an empty or missing folder.
         threshold: the mask threshold baked into the graph.
         metadata: a JSON-serialisable dict, saved as the metadata asset.
+        tta: flip test-time augmentation in the graph.
     """
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = Path(scratch) / METADATA_ASSET
         metadata_path.write_text(json.dumps(metadata, indent=2))
-        module = build_serving_module(model, threshold, metadata_path)
+        module = build_serving_module(model, threshold, metadata_path, tta)
         signatures = {
             SERVING_SIGNATURE: module.serving_default.get_concrete_function(),
             IMAGE_BYTES_SIGNATURE: module.predict_image_bytes.get_concrete_function(),

@@ -24,19 +24,21 @@ def load_model(name_or_path):
     return load_unet(resolve_model_path(name_or_path))
 
 
-def segment_angiogram(model, angiogram, clahe=False):
+def segment_angiogram(model, angiogram, clahe=False, tta=False):
     """Vessel probability of one raw-intensity angiogram.
 
     Args:
         model: a `CMUNet`.
         angiogram: float array `[H, W]` in raw intensity, any size.
         clahe: apply CLAHE before normalisation (as the model was trained).
+        tta: average the four flips (4x the compute).
 
     Returns:
-        float32 array `[H, W]` of probabilities.
+        float32 array `[H, W]` of probabilities, 0 outside the field of view
+        (see `cm_unet_keras.models.full_image`).
     """
-    normalized = preprocess_angiogram(np.asarray(angiogram, np.float32), clahe)
-    return predict_normalized(model, normalized).numpy()[..., 0]
+    normalized, fov = preprocess_angiogram(np.asarray(angiogram, np.float32), clahe, return_fov=True)
+    return predict_normalized(model, normalized, tta=tta, fov=fov).numpy()[..., 0]
 
 
 def to_uint8(angiogram):
@@ -71,7 +73,9 @@ def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT
     return paths
 
 
-def predict_files(model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None):
+def predict_files(
+    model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False
+):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
 
     Args:
@@ -91,7 +95,7 @@ def predict_files(model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=
                 raise
             skipped.append((error.path, error.problem))
             continue
-        probability = segment_angiogram(model, angiogram, clahe)
+        probability = segment_angiogram(model, angiogram, clahe, tta)
         written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
         log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
     return written
