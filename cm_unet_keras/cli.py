@@ -94,6 +94,8 @@ def cmd_finetune(args):
         clahe=True if args.clahe else None,
         deterministic=True if args.deterministic else None,
         frozen_encoder_epochs=args.frozen_encoder_epochs,
+        pretrained_lr_factor=args.pretrained_lr_factor,
+        select=args.select,
     )
     records = _records_from_layout(args)
     if args.skip_invalid:
@@ -112,7 +114,9 @@ def cmd_evaluate(args):
     from cm_unet_keras.inference.predict import load_model
 
     model = load_model(args.model)
-    report = evaluate_model(model, _records_from_layout(args), threshold=args.threshold, clahe=args.clahe)
+    report = evaluate_model(
+        model, _records_from_layout(args), threshold=args.threshold, clahe=args.clahe, tta=args.tta
+    )
     print(format_table(report))
     if args.json:
         write_report(report, args.json)
@@ -125,7 +129,7 @@ def cmd_predict(args):
     model = load_model(args.model)
     skipped = [] if args.skip_invalid else None
     written = predict_files(
-        model, args.inputs, args.output, threshold=args.threshold, clahe=args.clahe, skipped=skipped
+        model, args.inputs, args.output, threshold=args.threshold, clahe=args.clahe, skipped=skipped, tta=args.tta
     )
     if args.skip_invalid:
         _report_skipped(skipped)
@@ -144,6 +148,7 @@ def cmd_export(args):
         threshold=args.threshold,
         training_data=args.training_data,
         overwrite=args.overwrite,
+        tta=args.tta,
     )
     print(f"exported {args.model} ({args.format}) to {path}")
 
@@ -312,6 +317,12 @@ def build_parser():
     )
     finetune.add_argument("--init", help="start from a .keras U-Net, a pretraining run or a preset")
     finetune.add_argument("--frozen-encoder-epochs", type=int)
+    finetune.add_argument(
+        "--pretrained-lr-factor", type=float, help="learning-rate multiplier of the layers loaded by --init"
+    )
+    finetune.add_argument(
+        "--select", choices=["best", "last"], help="model.keras: best validation epoch, or the last epoch"
+    )
     finetune.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"])
     finetune.add_argument("--clahe", action="store_true", help="CLAHE before normalisation")
     finetune.add_argument(
@@ -326,6 +337,7 @@ def build_parser():
     evaluate.add_argument("--json", help="write the report here")
     evaluate.add_argument("--threshold", type=float, default=0.5)
     evaluate.add_argument("--clahe", action="store_true")
+    evaluate.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="segment angiograms (files, folders, DICOM)")
@@ -334,6 +346,7 @@ def build_parser():
     predict.add_argument("--output", required=True)
     predict.add_argument("--threshold", type=float, default=0.5)
     predict.add_argument("--clahe", action="store_true")
+    predict.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
     predict.add_argument(
         "--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr) instead of stopping"
     )
@@ -348,6 +361,7 @@ def build_parser():
     export.add_argument("--threshold", type=float, help="mask threshold (default: the training run's)")
     export.add_argument("--training-data", help="note on the training data, saved in the metadata")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
     export.set_defaults(run=cmd_export)
 
     pretrain = commands.add_parser(

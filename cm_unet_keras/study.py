@@ -221,22 +221,21 @@ def run_pretraining(study, data_root, split_path, runs_dir, log=print, verbose=2
 
 # --- Frangi ---------------------------------------------------------------------
 def frangi_vesselness(angiogram, sigmas):
-    """Frangi vesselness of dark vessels, scaled to [0, 1] inside the field of view."""
+    """Frangi vesselness of dark vessels, scaled to [0, 1], under the U-Nets' rules.
+
+    The filter sees the angiogram as the U-Nets do (z-scored inside the field
+    of view, 0 outside, `preprocess_angiogram`) and its response is cleared
+    outside the same `prediction_region` as theirs (issue 12: one
+    field-of-view rule for every method in the study).
+    """
     from skimage.filters import frangi
 
-    from cm_unet_keras.data.normalize import field_of_view
+    from cm_unet_keras.data.normalize import prediction_region
+    from cm_unet_keras.data.pipeline import preprocess_angiogram
 
-    angiogram = np.asarray(angiogram, np.float32)
-    fov = field_of_view(angiogram[..., None]).numpy()[..., 0]
-    low, high = float(angiogram.min()), float(angiogram.max())
-    scaled = (angiogram - low) / max(high - low, 1e-6)
-    response = frangi(scaled, sigmas=list(sigmas), black_ridges=True)
-    # The collimator edge is the strongest "ridge" of a CIMAT image: erode
-    # the field of view so that its rim does not count as vessel.
-    from scipy import ndimage
-
-    fov = ndimage.binary_erosion(fov, iterations=2 * max(sigmas) + 1)
-    response = response * fov
+    normalized, fov = preprocess_angiogram(np.asarray(angiogram, np.float32), return_fov=True)
+    response = frangi(normalized[..., 0], sigmas=list(sigmas), black_ridges=True)
+    response = response * prediction_region(fov).numpy()[..., 0]
     return response / max(float(response.max()), 1e-12)
 
 

@@ -165,3 +165,64 @@ def test_init_transfers_weights_and_writes_a_report(synthetic_records, tmp_path)
     mismatched.save(tmp_path / "narrow.keras")
     with pytest.raises(ValueError, match="shapes"):
         finetune(_tiny_config(init=str(tmp_path / "narrow.keras")), synthetic_records, tmp_path / "bad", verbose=0)
+
+
+def test_layerwise_adamw_steps_slow_layers_at_their_factor(tmp_path):
+    from cm_unet_keras.training.optimizers import LayerwiseAdamW
+
+    def one_step(factor):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="body"), keras.layers.Dense(1, name="head")])
+        before = [w.copy() for w in model.get_weights()]
+        optimizer = LayerwiseAdamW(slow_layers=["body"], slow_factor=factor, learning_rate=1e-2, weight_decay=0.0)
+        model.compile(optimizer=optimizer, loss="mse")
+        data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+        model.train_on_batch(data, data[:, :1])
+        return model, [after - start for after, start in zip(model.get_weights(), before)]
+
+    _, full = one_step(1.0)
+    model, slow = one_step(0.1)
+    for index in (0, 1):  # body kernel and bias: a tenth of the step
+        np.testing.assert_allclose(slow[index], 0.1 * full[index], rtol=1e-4, atol=1e-9)
+    for index in (2, 3):  # the head: unchanged
+        np.testing.assert_allclose(slow[index], full[index], rtol=1e-5, atol=1e-9)
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras", safe_mode=True).optimizer
+    assert isinstance(restored, LayerwiseAdamW)
+    assert restored.slow_layers == ["body"] and restored.slow_factor == 0.1
+
+
+def test_pretrained_lr_factor_zero_keeps_the_transferred_layers(synthetic_records, tmp_path):
+    from cm_unet_keras.inference.predict import load_model
+
+    # The pretrained preset: encoder and decoder are transferred, the head is this run's own.
+    source = load_model("cmunet_small_pretrained")
+    config = _tiny_config(base_filters=16, depth=4, epochs=2, steps_per_epoch=3, weight_decay=0.0,
+                          pretrained_lr_factor=0.0, init="cmunet_small_pretrained")
+    result = finetune(config, synthetic_records, tmp_path / "run", verbose=0)
+    trained = result["model"]
+    loaded = json.loads((tmp_path / "run" / "transfer_report.json").read_text())["loaded"]
+    assert "segmentation_head" not in loaded and len(loaded) > 20
+    for layer in trained.layers:
+        if not layer.trainable_weights:
+            continue
+        source_weights = source.get_layer(layer.name).trainable_weights
+        moved = max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in zip(layer.trainable_weights, source_weights))
+        if layer.name in loaded:
+            assert moved == 0.0, layer.name
+        else:
+            assert moved > 0.0, layer.name
+
+
+def test_select_last_keeps_the_last_epoch_whatever_validation_says(synthetic_records, tmp_path):
+    result = finetune(_tiny_config(epochs=3, steps_per_epoch=4, select="last"), synthetic_records, tmp_path / "run",
+                      verbose=0)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert result["best_epoch"] == 3 and state["best_epoch"] == 3
+    assert result["best_val_dice"] == pytest.approx(state["history"][-1]["val_dice"])
+    kept = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    last = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras", safe_mode=True)
+    for a, b in zip(kept.get_weights(), last.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="select"):
+        finetune(_tiny_config(select="median"), synthetic_records, tmp_path / "bad", verbose=0)

@@ -41,6 +41,12 @@ class FinetuneConfig:
     foreground_fraction: float = 0.33
     # Epochs at the start during which the pretrained encoder stays frozen.
     frozen_encoder_epochs: int = 0
+    # Learning-rate multiplier of the layers loaded from `init` (the fresh
+    # head always trains at `lr`).
+    pretrained_lr_factor: float = 1.0
+    # Which epoch's weights become model.keras: "best" (highest validation
+    # Dice) or "last" (the end of the fixed budget; validation only watched).
+    select: str = "best"
     val_fraction: float = 0.2
     seed: int = 0
     limit: Optional[int] = None

@@ -21,6 +21,7 @@ Run folder:
 
 import csv
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -40,10 +41,13 @@ from cm_unet_keras.training.checkpoints import (
 )
 from cm_unet_keras.training.config import write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
+from cm_unet_keras.training.optimizers import LayerwiseAdamW
 from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
 from cm_unet_keras.training.transfer import load_initial_weights
 
+# How model.keras is chosen among the epochs (FinetuneConfig.select).
+SELECT_RULES = ("best", "last")
 # Parameters that take no weight decay (biases, BatchNorm scale and offset).
 NO_DECAY = ["bias", "gamma", "beta"]
 
@@ -84,19 +88,25 @@ def validation_dice(model, items, threshold=0.5):
     """Mean hard Dice over whole validation angiograms at native resolution."""
     scores = []
     for item in items:
-        probability = predict_normalized(model, item.angiogram).numpy()
+        probability = predict_normalized(model, item.angiogram, fov=item.fov).numpy()
         scores.append(hard_dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
     return float(np.mean(scores))
 
 
-def make_optimizer(config, total_steps):
+def make_optimizer(config, total_steps, transferred_layers=()):
+    """AdamW with warm-up + cosine; `transferred_layers` step at `config.pretrained_lr_factor` x lr."""
     schedule = WarmupCosine(
         peak=config.lr,
         total_steps=total_steps,
         warmup_steps=round(config.warmup_fraction * total_steps),
         warmup_start_factor=0.01,
     )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    optimizer = LayerwiseAdamW(
+        slow_layers=transferred_layers,
+        slow_factor=config.pretrained_lr_factor,
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+    )
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     return optimizer
 
@@ -135,8 +145,6 @@ class FinetuneRun:
 
     # --- resume -----------------------------------------------------------
     def load_state(self):
-        import json
-
         if self.state_path.is_file() and self.last_path.is_file():
             self.state = json.loads(self.state_path.read_text())
             return True
@@ -163,7 +171,8 @@ class FinetuneRun:
                 f"loss became {row['loss']} at epoch {epoch + 1}; the last good checkpoint "
                 f"{self.last_path} and best weights are kept. Lower --lr or check the inputs."
             )
-        improved = (not self.val_items) or val_dice > self.state["best_val_dice"]
+        keep_last = config.select == "last" or not self.val_items
+        improved = keep_last or val_dice > self.state["best_val_dice"]
         if improved:
             self.state["best_val_dice"] = val_dice if self.val_items else -1.0
             self.state["best_epoch"] = epoch + 1
@@ -181,7 +190,7 @@ class FinetuneRun:
             self.write_history()
         self.log(
             f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
-            + ("  (best)" if improved and self.val_items else "")
+            + ("  (best)" if improved and not keep_last else "")
         )
 
     def save_best_weights(self, path):
@@ -225,6 +234,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.patch_size % 2**config.depth:
         raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
+    if config.select not in SELECT_RULES:
+        raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
     policy = set_precision(config.precision)
     strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
     keras.utils.set_random_seed(config.seed)
@@ -251,6 +262,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     total_steps = config.epochs * config.steps_per_epoch
 
     resumed = run.load_state()
+    transferred = []
     with strategy.scope():
         if resumed:
             try:
@@ -263,12 +275,16 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
                 ) from error
             run.reconcile(log)
             log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
+            report_path = run_dir / "transfer_report.json"
+            if report_path.is_file():  # a new phase's optimizer needs them
+                transferred = json.loads(report_path.read_text())["loaded"]
         else:
             run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
             if initial_weights is not None:
                 run.model.set_weights(initial_weights)
             elif config.init:
                 report = load_initial_weights(run.model, config.init)
+                transferred = report["loaded"]
                 if run.chief:
                     atomic_write_json(run_dir / "transfer_report.json", report)
                 log(f"initialised {len(report['loaded'])} layers from {config.init}")
@@ -282,7 +298,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             if not resumed or first_epoch == phase_start:
                 set_encoder_trainable(run.model, encoder_trainable)
                 run.model.compile(
-                    optimizer=make_optimizer(config, total_steps),
+                    optimizer=make_optimizer(config, total_steps, transferred),
                     loss=DiceBCELoss(config.dice_weight),
                     jit_compile=False,
                 )
