@@ -80,7 +80,10 @@ def run_one(n, init, steps, factor, seed, data_root, split):
     state = json.loads((ROOT / "runs" / "finetune_budget" / name / "state.json").read_text())
     row = {"key": name, "n_labels": n, "init": init, "steps": steps, "pretrained_lr_factor": factor, "seed": seed,
            "final_val_dice": result["best_val_dice"], "seconds": round(time.perf_counter() - started, 1),
-           "curve": [[r["epoch"] * STEPS_PER_EPOCH, r["val_dice"]] for r in state["history"]]}
+           "curve": [[r["epoch"] * STEPS_PER_EPOCH, r["val_dice"]] for r in state["history"]],
+           # Where the time goes (epochs of this process only, when resumed).
+           "train_seconds": round(sum(r.get("train_seconds", 0.0) for r in state["history"]), 1),
+           "val_seconds": round(sum(r.get("val_seconds", 0.0) for r in state["history"]), 1)}
     with open(OUT / "runs.jsonl", "a") as handle:
         handle.write(json.dumps(row) + "\n")
     return row

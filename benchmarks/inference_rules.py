@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from cm_unet_keras.data.layouts import read_pair  # noqa: E402
-from cm_unet_keras.data.normalize import field_of_view  # noqa: E402
+from cm_unet_keras.data.normalize import FOV_MARGIN, field_of_view  # noqa: E402
 from cm_unet_keras.data.pipeline import preprocess_angiogram  # noqa: E402
 from cm_unet_keras.evaluation.metrics import dice  # noqa: E402
 from cm_unet_keras.inference.predict import load_model  # noqa: E402
@@ -83,7 +83,7 @@ def frangi_rules(data_root, split):
     from cm_unet_keras import study
 
     train, validation = study_data(data_root, split)
-    grid = study.StudyConfig()
+    grid = study.StudyConfig  # the class attributes hold the grid's defaults
     rows = {}
     for rule, function in (("old rule", old_frangi_vesselness), ("U-Nets' rule", study.frangi_vesselness)):
         original = study.frangi_vesselness
@@ -165,6 +165,13 @@ def main(argv=None):
                      f"({near / max(total, 1):.1%}) lie within 6 px of the field-of-view rim or the image border.")
     lines.append(f"- One 512x512 angiogram: {timing[False] * 1000:.0f} ms without TTA, {timing[True] * 1000:.0f} ms "
                  f"with it ({timing[True] / timing[False]:.2f}x), same process, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads.")
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+
+    package = {tta: evaluate_model(model, validation, threshold=args.threshold, tta=tta)["mean"]["dice"]
+               for tta in (False, True)}
+    lines.append(f"- The package's path (`cm-unet evaluate`: mirror padding, square {FOV_MARGIN}-px field-of-view "
+                 f"margin that leaves the image border alone): Dice {package[False]:.4f}, with `--tta` "
+                 f"{package[True]:.4f}.")
     frangi_rows = frangi_rules(args.data, args.split) if args.frangi else {}
     for rule, (params, mean, sd) in frangi_rows.items():
         lines.append(f"- Frangi, {rule}: sigmas {params['sigmas']}, threshold {params['threshold']} (tuned on the 30 "
@@ -179,6 +186,7 @@ def main(argv=None):
         "dice": [{"padding": p, "tta": t, "clear_erode_px": e, "mean": m, "sd": s} for (p, t, e), (m, s) in rows.items()],
         "false_positives": [{"padding": p, "total": n, "near_rim": k} for p, n, k in fp_near_rim],
         "seconds_512": {"no_tta": timing[False], "tta": timing[True]},
+        "package_dice": {"no_tta": package[False], "tta": package[True]},
         "frangi": {rule: {"params": p, "mean": m, "sd": s} for rule, (p, m, s) in frangi_rows.items()},
     }, indent=2))
     return 0

@@ -103,10 +103,11 @@ def cmd_finetune(args):
 
         atomic_write_json(Path(args.out) / "skipped_inputs.json", args.skipped_inputs)
     result = finetune(config, records, args.out, verbose=args.verbose)
-    print(
-        f"best validation Dice {result['best_val_dice']:.4f} at epoch {result['best_epoch']}; "
-        f"{result['seconds']:.0f} s; model: {result['model_path']}"
-    )
+    if result["n_val"]:
+        kept = f"validation Dice {result['best_val_dice']:.4f} at the kept epoch {result['best_epoch']} ({config.select})"
+    else:
+        kept = f"kept epoch {result['best_epoch']} (no validation pairs)"
+    print(f"{kept}; {result['seconds']:.0f} s; model: {result['model_path']}")
 
 
 def cmd_evaluate(args):

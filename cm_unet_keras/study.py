@@ -13,13 +13,11 @@ Stage 2 (`run_sweep`) fine-tunes, for every N in `n_labels` and seed in
 with one shared `FinetuneConfig`. A seed draws the N labelled pairs (a
 prefix of one seeded permutation of the 30 training pairs, so the subsets
 are nested: 3 of seed s are among its 10, which are among its 30) and seeds
-the initialisation. The checkpoint is chosen on a validation split carved
-from the run's OWN N pairs when N >= `min_labels_for_validation` (5): 20%
-of them, so N=10 trains on 8 and selects on 2, N=30 on 24 and 6. Below that
-(N=3) a validation split would leave 2 pairs to train on and 1 image to
-select on, a noisier choice than none: the run trains the fixed epoch
-budget and keeps the LAST epoch. The 10 reported (holdout) pairs are never
-seen by training, selection or the Frangi tuning.
+the initialisation. Every run trains on all its N pairs for the fixed
+budget and keeps the LAST epoch (issue 12): picking a checkpoint on 20% of
+the run's own pairs meant choosing on 2 images at N=10 and 1 at N=3, a
+noisier choice than none, and cost those pairs to training. The 10 reported
+(holdout) pairs are never seen by training, selection or the Frangi tuning.
 
 A Frangi vesselness filter (scikit-image, `black_ridges=True`: vessels are
 dark) is the classical reference: its scales and threshold are grid-searched
@@ -82,13 +80,12 @@ class StudyConfig:
         pretrain: the `PretrainConfig` shared by the three variants (their
             loss weights are set per variant).
         finetune: the `FinetuneConfig` shared by every fine-tune (its
-            `seed`, `init` and `val_fraction` are set per run).
+            `seed` and `init` are set per run; it trains on all N pairs and
+            keeps the last epoch).
         n_labels: numbers of labelled training pairs.
         seeds: seeds of the subsets and initialisations.
         inits: `scratch` and/or pretraining variants.
         frangi: include the Frangi baseline.
-        min_labels_for_validation: below this N, no validation split: the
-            last epoch is kept.
         frangi_sigma_sets / frangi_thresholds: the Frangi grid; thresholds
             are fractions of each image's largest vesselness in its field
             of view.
@@ -102,7 +99,6 @@ class StudyConfig:
     seeds: tuple = (0, 1, 2)
     inits: tuple = INITS
     frangi: bool = True
-    min_labels_for_validation: int = 5
     frangi_sigma_sets: tuple = ((1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4), (1, 2, 3, 4, 5, 6), (2, 4, 6))
     frangi_thresholds: tuple = tuple(np.round(np.geomspace(0.01, 0.5, 24), 4))
     max_unlabeled: Optional[int] = None
@@ -183,13 +179,12 @@ def labelled_subset(train_records, n_labels, seed):
 
 
 def run_config(study, init, n_labels, seed, pretrain_dir):
-    """The `FinetuneConfig` of one sweep run (the shared budget, this run's seed,
-    init and validation rule)."""
+    """The `FinetuneConfig` of one sweep run: the shared budget, this run's seed and
+    init; all N pairs train and the last epoch is kept, whatever N."""
     config = copy.deepcopy(study.finetune)
     config.seed = seed
     config.init = None if init == "scratch" else str(Path(pretrain_dir) / init)
-    if n_labels < study.min_labels_for_validation:
-        config.val_fraction = 0.0  # no validation: the last epoch is kept
+    config.val_fraction, config.select = 0.0, "last"
     return config
 
 
@@ -334,8 +329,7 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
             config = run_config(study, init, n_labels, seed, runs_dir / "pretrain")
             fit = finetune(config, subset, run_dir, log=log, verbose=verbose)
             report = evaluate_model(load_model(fit["model_path"]), holdout, threshold=config.threshold)
-            selection = "last epoch" if config.val_fraction == 0 else "best validation Dice on the run's own pairs"
-            extra = {"selection": selection, "best_epoch": fit["best_epoch"], "n_train": fit["n_train"],
+            extra = {"selection": "last epoch of the fixed budget", "best_epoch": fit["best_epoch"], "n_train": fit["n_train"],
                      "n_val": fit["n_val"], "best_val_dice": fit["best_val_dice"]}
         write_report(report, run_dir / "holdout.json")
         record = {

@@ -107,7 +107,8 @@ class TuneConfig:
         seed: seeds the oracle and the assignment of pairs to folds.
         folds: k of the cross-validation; None picks k-fold (5, or one fold
             per pair below 5) for up to 10 pairs and one validation split of
-            `val_fraction` above; 1 forces that single split.
+            the base config's `val_fraction` (0.2 if it has none) above; 1
+            forces that single split.
         space: recipe file (YAML/JSON) of ranges by field; None uses
             `DEFAULT_SPACE`.
         initial_points: random trials before the Bayesian model guides the
@@ -128,6 +129,10 @@ class TuneConfig:
 
 
 # --- folds -------------------------------------------------------------------
+
+
+# Validation fraction of a one-split search when the base config sets none.
+SINGLE_SPLIT_FRACTION = 0.2
 
 
 def default_folds(n_pairs):
@@ -584,7 +589,9 @@ def tune(base_config, tune_config, records, out_dir, log=print, verbose="auto"):
     # A broken file must stop the search now, not fail every trial.
     validate_records(records)
     n_folds = tune_config.folds or default_folds(len(records))
-    folds = make_folds(records, n_folds, tune_config.seed, base_config.val_fraction)
+    # Fine-tuning trains on all pairs by default (val_fraction 0); a search
+    # with one split still needs a validation part.
+    folds = make_folds(records, n_folds, tune_config.seed, base_config.val_fraction or SINGLE_SPLIT_FRACTION)
     space, notes = resolve_space(load_space(tune_config.space), base_config, tune_config.algorithm)
     for note in notes:
         log(note)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -126,3 +127,23 @@ def test_presets_ship_inside_the_wheel(tmp_path, shared_data):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "angiogram_mask.png").is_file()
+
+
+def test_tta_flag_reaches_evaluate_and_predict(shared_data, tmp_path, monkeypatch):
+    from cm_unet_keras.data.readers import read_angiogram
+    from cm_unet_keras.inference.predict import segment_angiogram
+
+    monkeypatch.setenv(presets.ENV_VAR, str(SHIPPED))
+    train = shared_data / "xca_vessels" / "train"
+    model = presets.from_preset("cmunet_small_xca", SHIPPED)
+    _, validation = study_data(shared_data, SPLIT)
+    assert main(["evaluate", "--model", "cmunet_small_xca", "--pairs", str(train), "--split", str(SPLIT),
+                 "--part", "holdout", "--tta", "--json", str(tmp_path / "e.json")]) == 0
+    dice = json.loads((tmp_path / "e.json").read_text())["mean"]["dice"]
+    assert dice == pytest.approx(evaluate_model(model, validation, tta=True)["mean"]["dice"], abs=1e-6)
+    assert abs(dice - evaluate_model(model, validation)["mean"]["dice"]) > 1e-5  # the flips were averaged
+    assert main(["predict", "--model", "cmunet_small_xca", "--tta", "--output", str(tmp_path / "p"),
+                 str(train / "1.png")]) == 0
+    written = cv2.imread(str(tmp_path / "p" / "1_prob.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    expected = segment_angiogram(model, read_angiogram(train / "1.png"), tta=True) * 255.0
+    assert np.abs(written - expected).max() <= 0.51

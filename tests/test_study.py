@@ -73,13 +73,15 @@ def test_subsets_are_nested_and_never_touch_the_reported_pairs(shared_data):
     assert study.labelled_subset(train, 10, 0) != study.labelled_subset(train, 10, 1)
 
 
-def test_validation_rule_depends_on_n():
+def test_every_run_trains_on_all_its_pairs_and_keeps_the_last_epoch():
     config = study.cpu_config()
+    config.finetune.val_fraction, config.finetune.select = 0.2, "best"  # whatever the shared config says
     few = study.run_config(config, "cmunet", 3, seed=1, pretrain_dir="runs/pretrain")
-    many = study.run_config(config, "scratch", 10, seed=2, pretrain_dir="runs/pretrain")
-    assert few.val_fraction == 0.0 and few.init == str(Path("runs/pretrain/cmunet")) and few.seed == 1
-    assert many.val_fraction == config.finetune.val_fraction > 0 and many.init is None
-    assert config.finetune.val_fraction == study.cpu_config().finetune.val_fraction  # shared config untouched
+    many = study.run_config(config, "scratch", 30, seed=2, pretrain_dir="runs/pretrain")
+    for run in (few, many):
+        assert run.val_fraction == 0.0 and run.select == "last"
+    assert few.init == str(Path("runs/pretrain/cmunet")) and few.seed == 1 and many.init is None
+    assert config.finetune.val_fraction == 0.2 and config.finetune.select == "best"  # shared config untouched
 
 
 def test_frangi_baseline_scores_a_real_pair(shared_data):

@@ -109,7 +109,7 @@ def synthetic_records(tmp_path_factory):
 def _tiny_config(**overrides):
     values = dict(
         base_filters=8, depth=2, epochs=6, steps_per_epoch=8, batch_size=4, patch_size=64,
-        lr=5e-3, val_fraction=0.3, seed=0, precision="float32",
+        lr=5e-3, val_fraction=0.3, seed=0, precision="float32", select="best",
     )
     values.update(overrides)
     return FinetuneConfig(**values)

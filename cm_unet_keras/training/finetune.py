@@ -46,6 +46,8 @@ from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_c
 from cm_unet_keras.training.schedules import WarmupCosine
 from cm_unet_keras.training.transfer import load_initial_weights
 
+# Columns of history.csv: wall seconds of the epoch's steps and of its validation.
+HISTORY_FIELDS = ["epoch", "loss", "val_dice", "lr", "train_seconds", "val_seconds"]
 # How model.keras is chosen among the epochs (FinetuneConfig.select).
 SELECT_RULES = ("best", "last")
 # Parameters that take no weight decay (biases, BatchNorm scale and offset).
@@ -124,6 +126,9 @@ class EpochEnd(keras.callbacks.Callback):
         super().__init__()
         self.trainer = trainer
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trainer.epoch_started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         # The same dict: val_dice added here reaches the TensorBoard callback.
         self.trainer.end_epoch(epoch, logs if logs is not None else {})
@@ -142,6 +147,7 @@ class FinetuneRun:
         self.state = {"epochs_done": 0, "best_val_dice": -1.0, "best_epoch": None, "history": []}
         self.val_items = []
         self.model = None
+        self.epoch_started = time.perf_counter()
 
     # --- resume -----------------------------------------------------------
     def load_state(self):
@@ -161,9 +167,12 @@ class FinetuneRun:
     # --- epoch end ----------------------------------------------------------
     def end_epoch(self, epoch, logs):
         config = self.config
+        trained = time.perf_counter()
         val_dice = validation_dice(self.model, self.val_items, config.threshold) if self.val_items else float("nan")
         learning_rate = float(self.model.optimizer.learning_rate)
-        row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate}
+        row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate,
+               "train_seconds": round(trained - self.epoch_started, 2),
+               "val_seconds": round(time.perf_counter() - trained, 2)}
         logs["val_dice"] = val_dice
         if not math.isfinite(row["loss"]):
             self.model.stop_training = True
@@ -200,7 +209,7 @@ class FinetuneRun:
 
     def write_history(self):
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["epoch", "loss", "val_dice", "lr"])
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         writer.writerows(self.state["history"])
         atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
