@@ -11,6 +11,7 @@ trajectory of a run is its validation curve, and runs with other budgets
     python benchmarks/finetune_budget.py --plan lr --budget 2000   # scratch, pretrained_lr_factor 1.0 / 0.1, N=3 and 30
     python benchmarks/finetune_budget.py --plan budget --factor F  # N {30,3,10} x {scratch, pretrained} x {1000,2000,4000}
     python benchmarks/finetune_budget.py --n-labels 30 --inits scratch pretrained --steps 2000 --seeds 1 2 --factor F
+    python benchmarks/finetune_budget.py --frangi --n-labels 3 10 30 --seeds 0 1 2   # the tuned Frangi reference
     python benchmarks/finetune_budget.py --report                  # results.md + curves.png from runs.jsonl
 
 Runs are appended to `benchmarks/finetune_budget/runs.jsonl` (one line per
@@ -89,6 +90,23 @@ def run_one(n, init, steps, factor, seed, data_root, split):
     return row
 
 
+def run_frangi(n, seed, data_root, split):
+    """The study's Frangi baseline, tuned on the same N pairs, under the U-Nets' field-of-view rule."""
+    from cm_unet_keras import study
+
+    train, validation = study.study_data(data_root, split)
+    started = time.perf_counter()
+    params = study.tune_frangi(study.labelled_subset(train, n, seed), study.StudyConfig.frangi_sigma_sets,
+                               study.StudyConfig.frangi_thresholds)
+    report = study.evaluate_frangi(params, validation)
+    row = {"key": f"frangi_n{n}_seed{seed}", "n_labels": n, "init": "frangi", "steps": 0, "pretrained_lr_factor": 1.0,
+           "seed": seed, "final_val_dice": report["mean"]["dice"], "seconds": round(time.perf_counter() - started, 1),
+           "curve": [], "frangi": params}
+    with open(OUT / "runs.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", choices=["lr", "budget"])
@@ -100,9 +118,17 @@ def main(argv=None):
     parser.add_argument("--factor", type=float, default=1.0, help="pretrained_lr_factor of the pretrained runs")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--split", default=str(ROOT / "recipes" / "xca_split.json"))
+    parser.add_argument("--frangi", action="store_true", help="score the Frangi baseline on the --n-labels/--seeds subsets")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.frangi:
+        for n in args.n_labels:
+            for seed in args.seeds:
+                if f"frangi_n{n}_seed{seed}" not in finished():
+                    row = run_frangi(n, seed, args.data, args.split)
+                    print(f"{row['key']}: validation Dice {row['final_val_dice']:.4f}", flush=True)
+        args.n_labels = None
     runs = plan(args.plan, args.budget, args.factor) if args.plan else []
     if args.n_labels:
         inits = ["scratch" if init == "scratch" else PRETRAINED for init in args.inits]
@@ -119,8 +145,8 @@ def main(argv=None):
 
 
 def label(row):
-    if row["init"] == "scratch":
-        return "scratch"
+    if row["init"] in ("scratch", "frangi"):
+        return row["init"]
     return f"pretrained, lr factor {row['pretrained_lr_factor']:g}"
 
 
@@ -133,7 +159,7 @@ def write_report(rows):
 
     cells = {}
     for row in rows:
-        cells.setdefault((row["n_labels"], label(row), row["steps"]), []).append(row)
+        cells.setdefault((row["n_labels"], label(row), row["steps"] or "-"), []).append(row)
     lines = [
         "# Fine-tuning budget and learning rate of the pretrained layers (issue 12)",
         "",
@@ -147,9 +173,9 @@ def write_report(rows):
         "| N | start | steps | seeds | final Dice mean +- sd | per seed | best epoch's Dice (mean) | minutes per run |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (n, start, steps), group in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+    for (n, start, steps), group in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], str(item[0][2]))):
         final = np.array([row["final_val_dice"] for row in group])
-        best = np.mean([max(dice for _, dice in row["curve"]) for row in group])
+        best = np.mean([max(dice for _, dice in row["curve"]) if row["curve"] else row["final_val_dice"] for row in group])
         seeds = ", ".join(f"{row['seed']}: {row['final_val_dice']:.3f}" for row in sorted(group, key=lambda r: r["seed"]))
         minutes = np.mean([row["seconds"] for row in group]) / 60
         lines.append(f"| {n} | {start} | {steps} | {len(group)} | {final.mean():.4f} +- {final.std():.4f} | {seeds} "
@@ -162,7 +188,7 @@ def write_report(rows):
     figure, axes = plt.subplots(1, len(n_values), figsize=(5 * len(n_values), 4), squeeze=False)
     colours = {}
     for axis, n in zip(axes[0], n_values):
-        for row in sorted((r for r in rows if r["n_labels"] == n), key=lambda r: (label(r), r["steps"], r["seed"])):
+        for row in sorted((r for r in rows if r["n_labels"] == n and r["curve"]), key=lambda r: (label(r), r["steps"], r["seed"])):
             colour = colours.setdefault(label(row), f"C{len(colours)}")
             steps, dice = zip(*row["curve"])
             axis.plot(steps, dice, color=colour, alpha=0.8, linewidth=1.2,
