@@ -70,6 +70,12 @@ def _square_max(mask, half_width):
     return tf.nn.max_pool2d(tf.nn.max_pool2d(mask, [1, size], 1, "SAME"), [size, 1], 1, "SAME")
 
 
+def _is_edge(length):
+    """1.0 at the first and last of `length` positions, 0.0 between."""
+    index = tf.range(length)
+    return tf.cast(tf.logical_or(tf.equal(index, 0), tf.equal(index, length - 1)), tf.float32)
+
+
 def _pad(mask, rows, columns, value):
     return tf.pad(mask, [[0, 0], [rows, rows], [columns, columns], [0, 0]], constant_values=value)
 
@@ -106,10 +112,8 @@ def _wide_dark_regions(dark, half_width=FOV_MIN_DARK_HALF_WIDTH, steps=FOV_RECON
     rows = _pooled(-_pooled(-_pad(batch, 0, half_width, 1.0), [1, size]), [1, size], padding="SAME")
     columns = _pooled(-_pooled(-_pad(batch, half_width, 0, 1.0), [size, 1]), [size, 1], padding="SAME")
     shape = tf.shape(batch)
-    inner_rows = tf.zeros([shape[0], tf.maximum(shape[1] - 2, 0), shape[2], 1])
-    inner_columns = tf.zeros([shape[0], shape[1], tf.maximum(shape[2] - 2, 0), 1])
-    edge_rows = tf.pad(inner_rows, [[0, 0], [1, 1], [0, 0], [0, 0]], constant_values=1.0)[:, : shape[1]]
-    edge_columns = tf.pad(inner_columns, [[0, 0], [0, 0], [1, 1], [0, 0]], constant_values=1.0)[:, :, : shape[2]]
+    edge_rows = tf.reshape(_is_edge(shape[1]), [1, -1, 1, 1])
+    edge_columns = tf.reshape(_is_edge(shape[2]), [1, 1, -1, 1])
     wide = tf.maximum(wide, tf.maximum(rows * edge_rows, columns * edge_columns))
     for _ in range(steps):
         wide = tf.minimum(tf.nn.max_pool2d(wide, 3, 1, "SAME"), batch)
