@@ -67,12 +67,15 @@ def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     np.testing.assert_allclose([r["loss"] for r in state["history"]], [r["loss"] for r in expected], rtol=1e-4)
     # The resumed process reorders a few float sums (oneDNN picks its kernels
     # per process), and 72 more steps amplify it: measured 2e-4 to 1.2e-3 on
-    # the weights (BatchNorm variances) on an AVX512 CPU, while two
-    # uninterrupted runs are bit-identical. The loss check above is the
-    # sharp one; this one catches a checkpoint that was not restored at all.
+    # the weights (BatchNorm variances) on an AVX512 CPU, and 8.4e-3 on one
+    # of them after issue 12 (field of view, selection and optimizer changes;
+    # the epoch losses still agree to 1e-4), while two uninterrupted runs are
+    # bit-identical. The loss check above is the
+    # sharp one; this one catches a checkpoint that was not restored at all
+    # (weights off by 0.1 to 1).
     resumed = keras.models.load_model(run / "checkpoints" / "last.keras", safe_mode=True)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=5e-3, atol=5e-3)
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
     assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left behind"
 
 
