@@ -170,21 +170,25 @@ def write_report(rows):
         "`pretrained` = `cmunet_small_pretrained`. Produced by `python benchmarks/finetune_budget.py --plan ...` then "
         "`--report`; every run with its per-epoch curve is in `runs.jsonl`.",
         "",
-        "| N | start | steps | seeds | final Dice mean +- sd | per seed | best epoch's Dice (mean) | minutes per run |",
+        "| N | start | steps | seeds | final Dice mean +- sd | per seed | best epoch's Dice (mean) | training s/step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (n, start, steps), group in sorted(cells.items(), key=lambda item: (item[0][0], item[0][1], str(item[0][2]))):
         final = np.array([row["final_val_dice"] for row in group])
         best = np.mean([max(dice for _, dice in row["curve"]) if row["curve"] else row["final_val_dice"] for row in group])
         seeds = ", ".join(f"{row['seed']}: {row['final_val_dice']:.3f}" for row in sorted(group, key=lambda r: r["seed"]))
-        minutes = np.mean([row["seconds"] for row in group]) / 60
+        timed = [row["train_seconds"] / row["steps"] for row in group if row.get("train_seconds") and row["steps"]]
+        per_step = f"{np.mean(timed):.2f}" if timed else "-"
         lines.append(f"| {n} | {start} | {steps} | {len(group)} | {final.mean():.4f} +- {final.std():.4f} | {seeds} "
-                     f"| {best:.4f} | {minutes:.1f} |")
+                     f"| {best:.4f} | {per_step} |")
     lines += ["", "`best epoch's Dice` is what picking the epoch on these same 10 pairs would report: optimistic, "
-              "shown only to say how far the last epoch is from the curve's top.", ""]
+              "shown only to say how far the last epoch is from the curve's top. `training s/step`: the steps' wall "
+              "time (validation excluded) where the run recorded it, on the 2-core build machine, often beside "
+              "another job. Frangi rows: the study's grid search on the same N pairs, under the U-Nets' "
+              "field-of-view rule. sd is over seeds (0 with one seed).", ""]
     (OUT / "results.md").write_text("\n".join(lines))
 
-    n_values = sorted({row["n_labels"] for row in rows})
+    n_values = sorted({row["n_labels"] for row in rows if row["curve"]})
     figure, axes = plt.subplots(1, len(n_values), figsize=(5 * len(n_values), 4), squeeze=False)
     colours = {}
     for axis, n in zip(axes[0], n_values):
@@ -194,6 +198,9 @@ def write_report(rows):
             axis.plot(steps, dice, color=colour, alpha=0.8, linewidth=1.2,
                       linestyle={1000: ":", 2000: "--"}.get(row["steps"], "-"),
                       label=f"{label(row)}, {row['steps']} steps" if row["seed"] == 0 else None)
+        frangi = [row["final_val_dice"] for row in rows if row["n_labels"] == n and row["init"] == "frangi"]
+        if frangi:
+            axis.axhline(np.mean(frangi), color="grey", linestyle=":", label=f"tuned Frangi (mean of {len(frangi)} seeds)")
         axis.set(title=f"N = {n} labelled pairs", xlabel="fine-tuning step", ylabel="validation Dice", ylim=(0.4, 0.85))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower right")

@@ -13,8 +13,8 @@ its test set. Here:
   fold sees another's training and trials differ only by hyperparameters;
 - a fold's score is what `cm-unet finetune` would select and `cm-unet
   evaluate` would report on its validation pairs: mean per-image hard Dice
-  at full resolution of the best epoch. A trial's score is the mean over
-  folds;
+  at full resolution of the epoch the configuration keeps (`select`: the
+  last by default, or the best). A trial's score is the mean over folds;
 - the first trial of random and Bayesian searches is the base configuration
   (the defaults), so the search measures them under the same folds and
   `best.yaml` is never worse than them on cross-validation.
