@@ -226,3 +226,20 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(synthetic_rec
         np.testing.assert_allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="select"):
         finetune(_tiny_config(select="median"), synthetic_records, tmp_path / "bad", verbose=0)
+
+
+def test_recipe_values_are_coerced_to_the_field_types(tmp_path):
+    from cm_unet_keras.data.errors import InvalidInputError
+
+    recipe = tmp_path / "recipe.yaml"
+    # YAML 1.1 reads 1e-3 (no dot) as a string; "8" is quoted; yes is a YAML bool.
+    recipe.write_text('lr: 1e-3\nbatch_size: "8"\nepochs: 4.0\nclahe: "yes"\nlimit: null\n')
+    config = build_config(FinetuneConfig, recipe)
+    assert config.lr == 1e-3 and isinstance(config.lr, float)
+    assert config.batch_size == 8 and isinstance(config.batch_size, int) and config.epochs == 4
+    assert config.clahe is True and config.limit is None
+    for bad, field in (("lr: fast\n", "lr"), ("epochs: 2.5\n", "epochs"), ("clahe: maybe\n", "clahe"),
+                       ("init: [1, 2]\n", "init")):
+        recipe.write_text(bad)
+        with pytest.raises(InvalidInputError, match=f"recipe.yaml.*{field}: expected"):
+            build_config(FinetuneConfig, recipe)

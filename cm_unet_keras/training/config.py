@@ -7,6 +7,7 @@ must not silently fall back to a default).
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -96,6 +97,7 @@ def build_config(config_class, recipe=None, **overrides):
         An instance of `config_class`.
     """
     fields = {field.name: field for field in dataclasses.fields(config_class)}
+    types = typing.get_type_hints(config_class)
     values = {}
     if recipe is not None:
         values = read_recipe(recipe)
@@ -104,12 +106,61 @@ def build_config(config_class, recipe=None, **overrides):
             raise InvalidInputError(
                 recipe, f"unknown key(s) {unknown}; {config_class.__name__} has {sorted(fields)}"
             )
+        for name, value in values.items():
+            try:
+                values[name] = coerce(value, types[name])
+            except (TypeError, ValueError) as error:
+                raise InvalidInputError(recipe, f"{name}: {error}") from None
     for name, value in overrides.items():
         if name not in fields:
             raise ValueError(f"{config_class.__name__} has no field {name!r}")
         if value is not None:
             values[name] = value
     return config_class(**values)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce(value, field_type):
+    """`value` read from a recipe, as `field_type` (int, float, bool, str, tuple or Optional of one).
+
+    YAML 1.1 reads `1e-3` (no dot) as a string and a quoted `"8"` is one:
+    both are converted; what cannot be is a `ValueError` that says why.
+    """
+    if typing.get_origin(field_type) is typing.Union:
+        if value is None:
+            return None
+        (field_type,) = [arg for arg in typing.get_args(field_type) if arg is not type(None)]
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    if field_type is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        number = float(value) if isinstance(value, (int, float, str)) else None
+        if number is None or not number.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(number)
+    if field_type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if field_type is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if field_type is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(value)
+    return value
 
 
 def write_recipe(config, path):
