@@ -285,6 +285,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="cm-unet", description="Coronary artery segmentation in X-ray angiograms with few labels."
     )
+    parser.add_argument("--version", action="version", version=f"cm-unet-keras {cm_unet_keras.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic angiograms and vessel masks")
@@ -344,7 +345,7 @@ def build_parser():
     predict = commands.add_parser("predict", help="segment angiograms (files, folders, DICOM)")
     predict.add_argument("inputs", nargs="+")
     predict.add_argument("--model", required=True, help=".keras file or preset name")
-    predict.add_argument("--output", required=True)
+    predict.add_argument("--out", "--output", dest="output", required=True, help="folder for the masks (--output: alias)")
     predict.add_argument("--threshold", type=float, default=0.5)
     predict.add_argument("--clahe", action="store_true")
     predict.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")

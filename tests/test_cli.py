@@ -56,7 +56,7 @@ def test_predict_writes_mask_probability_and_overlay_for_any_size(tiny_model_pat
     odd = tmp_path / "odd.png"
     cv2.imwrite(str(odd), np.random.default_rng(0).integers(0, 255, (333, 517), dtype=np.uint8))
     arcade = shared_data / "arcade_stenosis" / "train" / "images" / "1.png"  # stored as RGB
-    code, _ = _run(["predict", "--model", str(tiny_model_path), "--output", str(tmp_path / "out"), str(odd), str(arcade)], capsys)
+    code, _ = _run(["predict", "--model", str(tiny_model_path), "--out", str(tmp_path / "out"), str(odd), str(arcade)], capsys)
     assert code == 0
     for name, shape in (("odd", (333, 517)), ("1", (512, 512))):
         mask = cv2.imread(str(tmp_path / "out" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
@@ -157,3 +157,12 @@ def test_predict_skip_invalid_segments_the_readable_files(tiny_model_path, tmp_p
     code, printed = _run(argv + ["--skip-invalid"], capsys)
     assert code == 0 and "broken.png" in printed.err and "skipped 1 invalid" in printed.err
     assert (tmp_path / "out" / "good_mask.png").is_file() and not (tmp_path / "out" / "broken_mask.png").exists()
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from cm_unet_keras import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cm-unet-keras {__version__}"
