@@ -215,9 +215,9 @@ def test_validate_records_raises_or_collects(tmp_path):
         write_mask(tmp_path / f"{stem}_gt.png")
     truncated = tmp_path / "2.png"
     truncated.write_bytes(truncated.read_bytes()[:30])
-    zero_one = np.zeros((8, 8), np.uint8)
-    zero_one[3, 3] = 1
-    write_png(tmp_path / "3_gt.png", zero_one)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[3, 3], labels[4, 4] = 1, 2  # a multi-label map, not a vessel mask
+    write_png(tmp_path / "3_gt.png", labels)
     records = index_pairs(tmp_path)
 
     with pytest.raises(InvalidInputError, match="2.png"):
@@ -229,7 +229,7 @@ def test_validate_records_raises_or_collects(tmp_path):
         str(tmp_path / "3_gt.png"),
     ]
     assert "cannot be decoded" in skipped[0][1]
-    assert "0/1 mask" in skipped[1][1]
+    assert "neither a 0/1 mask" in skipped[1][1]
 
 
 def test_record_is_frozen():

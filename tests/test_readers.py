@@ -264,12 +264,20 @@ def test_empty_mask_is_allowed(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_0_1_mask_is_rejected(tmp_path, dtype):
+def test_0_1_mask_is_read_as_it_is(tmp_path, dtype):
     mask = np.zeros((4, 4), dtype)
     mask[1:3, 1:3] = 1
     path = tmp_path / "zero_one.png"
     assert cv2.imwrite(str(path), mask)
-    with pytest.raises(InvalidInputError, match="zero_one.png.*0/1 mask.*0/255"):
+    np.testing.assert_array_equal(read_vessel_mask(path), mask.astype(np.uint8))
+
+
+def test_multi_label_map_is_rejected(tmp_path):
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1, 1], mask[2, 2] = 1, 2  # nnU-Net-style labels 0/1/2: not a binary vessel mask
+    path = tmp_path / "labels.png"
+    assert cv2.imwrite(str(path), mask)
+    with pytest.raises(InvalidInputError, match="labels.png.*neither a 0/1 mask.*0, 1, 2"):
         read_vessel_mask(path)
 
 
@@ -278,7 +286,7 @@ def test_mask_below_threshold_is_rejected(tmp_path):
     mask[0, 0] = 255  # an 8-bit 0/255 mask saved as 16-bit
     path = tmp_path / "faint.png"
     assert cv2.imwrite(str(path), mask)
-    with pytest.raises(InvalidInputError, match="faint.png.*largest value is 255"):
+    with pytest.raises(InvalidInputError, match="faint.png.*values 0, 255, none reaching the vessel threshold 32768"):
         read_vessel_mask(path)
 
 

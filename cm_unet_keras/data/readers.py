@@ -133,7 +133,9 @@ def read_vessel_mask(path):
 
     Returns:
         uint8 array of shape (H, W) holding 0 (background) and 1 (vessel).
-        A pixel is vessel when its value is >= `MASK_THRESHOLD` (128); this
+        A mask holding only 0 and 1 (nnU-Net's and MONAI's label maps) is
+        read as it is. Otherwise a pixel is vessel when its value is >=
+        `MASK_THRESHOLD` (128); this
         thresholds soft-edged masks, such as xca_vessels/train/29_gt.png, to
         the drawn outline. 16-bit masks are scaled to 8 bits first (vessel
         when >= 32768). In colour masks a pixel is vessel when any colour
@@ -142,10 +144,9 @@ def read_vessel_mask(path):
 
     Raises:
         InvalidInputError: the file is missing, empty or not decodable; is
-            neither 8- nor 16-bit; or has non-zero pixels none of which
-            reaches the threshold, which would silently give an empty mask;
-            a 0/1 mask (labels stored as 1) is the usual cause and must be
-            stored as 0/255 instead.
+            neither 8- nor 16-bit; or is neither a 0/1 mask nor one whose
+            non-zero pixels reach the threshold (a multi-label map, or a
+            mask saved faintly), which would silently give a wrong mask.
     """
     path = _check_file(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -169,28 +170,19 @@ def read_vessel_mask(path):
         mask = mask[..., :3].max(axis=2)
     elif mask.ndim != 2:
         raise InvalidInputError(path, f"unsupported mask shape {mask.shape}")
-    _check_mask_reaches_threshold(path, mask, threshold)
-    # A bool array viewed as uint8 is already 0/1: no second copy.
-    return (mask >= threshold).view(np.uint8)
-
-
-def _check_mask_reaches_threshold(path, mask, threshold):
     peak = int(mask.max())
-    if peak == 0 or peak >= threshold:
-        return
-    if peak == 1:
+    if peak == 1:  # a 0/1 label map
+        return mask.astype(np.uint8)
+    if 0 < peak < threshold:
+        values = np.unique(mask)
+        shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
         raise InvalidInputError(
             path,
-            "looks like a 0/1 mask (every non-zero pixel is 1), which the "
-            f"vessel threshold {threshold} would turn into an empty mask; "
-            "store vessel masks as 0/255",
+            f"neither a 0/1 mask nor a thresholdable one: values {shown}, none reaching the vessel threshold "
+            f"{threshold}; store vessel masks as 0/1, 0/255 (8-bit) or 0/65535 (16-bit)",
         )
-    raise InvalidInputError(
-        path,
-        f"no pixel reaches the vessel threshold {threshold} (largest value "
-        f"is {peak}), so the mask would be empty; store vessel masks as "
-        "0/255 (8-bit) or 0/65535 (16-bit)",
-    )
+    # A bool array viewed as uint8 is already 0/1: no second copy.
+    return (mask >= threshold).view(np.uint8)
 
 
 def _check_file(path):
