@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # A GPU machine can set EXTRA=cuda; CPU is the default.
 EXTRA ?= cpu
-STAMP := $(VENV)/.installed-$(EXTRA)
+# The demo needs the package and TensorFlow only; the tests add their tools and ONNX.
+DEMO_STAMP := $(VENV)/.installed-$(EXTRA)
+STAMP := $(VENV)/.installed-$(EXTRA)-dev
 
 .PHONY: demo test install clean
 
@@ -12,13 +14,17 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+$(DEMO_STAMP): setup.py | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(EXTRA)]"
+	touch $(DEMO_STAMP)
+
 $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(EXTRA),dev,onnx]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/cm-unet demo --out demo_out
 
 test: $(STAMP)

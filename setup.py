@@ -43,28 +43,36 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
+    # Upper bounds: below the next major release we have not tested (the
+    # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0).
     install_requires=[
-        "keras>=3.3",
-        "numpy>=1.24",
-        "opencv-python-headless>=4.8",
-        "scikit-image>=0.21",
-        "scipy>=1.10",
-        "pydicom>=3.0",
-        "keras-tuner>=1.4",
+        "keras>=3.3,<4",
+        "numpy>=1.24,<3",
+        "opencv-python-headless>=4.8,<6",
+        "scikit-image>=0.21,<1",
+        "scipy>=1.10,<2",
+        "pydicom>=3.0,<4",
+        "keras-tuner>=1.4,<2",
         # KerasTuner's Bayesian optimisation imports scikit-learn without declaring it.
-        "scikit-learn>=1.3",
+        "scikit-learn>=1.3,<2",
         # keras-tuner imports tensorboard's summary API but does not depend on it.
-        "tensorboard>=2.16",
-        "pyyaml>=6.0",
-        "matplotlib>=3.7",
+        "tensorboard>=2.16,<3",
+        "pyyaml>=6.0,<7",
+        "matplotlib>=3.7,<4",
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.16"],
-        "cuda": ["tensorflow[and-cuda]>=2.16"],
-        "onnx": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"],
-        "dev": ["pytest>=7.4", "hypothesis>=6.90", "pytest-timeout>=2.2"],
+        # No tensorflow-cpu wheel exists for macOS on Apple silicon: there
+        # the plain tensorflow wheel is the CPU build.
+        "cpu": [
+            "tensorflow-cpu>=2.16,<3; sys_platform != 'darwin' or platform_machine != 'arm64'",
+            "tensorflow>=2.16,<3; sys_platform == 'darwin' and platform_machine == 'arm64'",
+        ],
+        "cuda": ["tensorflow[and-cuda]>=2.16,<3"],
+        "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"],
+        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
     cmdclass={"build_py": BuildWithPresets},

@@ -11,6 +11,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ start-up chatter hides the messages users need.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+try:
+    import tensorflow  # noqa: F401
+except ImportError:  # TensorFlow is an extra: say which one to install
+    raise ImportError(
+        "cm-unet-keras needs TensorFlow, an extra of the package: pip install '.[cpu]' (CPU) "
+        "or '.[cuda]' (NVIDIA GPU) in the checkout, or 'cm-unet-keras[cpu]' from a wheel"
+    ) from None
+
 # Imported eagerly (not lazily): `import cm_unet_keras` must register CMUNet
 # with Keras so that `keras.models.load_model("model.keras")` finds it.
 from cm_unet_keras.models.unet import SIZES, CMUNet  # noqa: E402

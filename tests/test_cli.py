@@ -166,3 +166,12 @@ def test_version_flag_prints_the_package_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"cm-unet-keras {__version__}"
+
+
+def test_missing_tensorflow_names_the_extras():
+    code = "import sys; sys.modules['tensorflow'] = None; import cm_unet_keras"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: cm-unet-keras needs TensorFlow") and "[cpu]" in last and "[cuda]" in last
+    assert "During handling" not in done.stderr and "direct cause" not in done.stderr  # one error, not a chain
