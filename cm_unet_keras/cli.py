@@ -110,14 +110,24 @@ def cmd_finetune(args):
     print(f"{kept}; {result['seconds']:.0f} s; model: {result['model_path']}")
 
 
+def _model_and_settings(args):
+    """The model of `--model` and its (threshold, clahe): the flags', else the run's or card's."""
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.inference.settings import resolve_settings
+    from cm_unet_keras.models.presets import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    threshold, clahe, source = resolve_settings(path, args.threshold, args.clahe)
+    print(f"threshold {threshold:g}, CLAHE {'on' if clahe else 'off'} ({'from ' + source if source else 'defaults'}"
+          f"{'' if args.threshold is None and args.clahe is None else ', as given'})", file=sys.stderr)
+    return load_model(path), threshold, clahe
+
+
 def cmd_evaluate(args):
     from cm_unet_keras.evaluation.evaluate import evaluate_model, format_table, write_report
-    from cm_unet_keras.inference.predict import load_model
 
-    model = load_model(args.model)
-    report = evaluate_model(
-        model, _records_from_layout(args), threshold=args.threshold, clahe=args.clahe, tta=args.tta
-    )
+    model, threshold, clahe = _model_and_settings(args)
+    report = evaluate_model(model, _records_from_layout(args), threshold=threshold, clahe=clahe, tta=args.tta)
     print(format_table(report))
     if args.json:
         write_report(report, args.json)
@@ -125,12 +135,12 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from cm_unet_keras.inference.predict import load_model, predict_files
+    from cm_unet_keras.inference.predict import predict_files
 
-    model = load_model(args.model)
+    model, threshold, clahe = _model_and_settings(args)
     skipped = [] if args.skip_invalid else None
     written = predict_files(
-        model, args.inputs, args.output, threshold=args.threshold, clahe=args.clahe, skipped=skipped, tta=args.tta
+        model, args.inputs, args.output, threshold=threshold, clahe=clahe, skipped=skipped, tta=args.tta
     )
     if args.skip_invalid:
         _report_skipped(skipped)
@@ -337,8 +347,8 @@ def build_parser():
     _add_layout_arguments(evaluate, default_part="holdout")
     evaluate.add_argument("--model", required=True, help=".keras file or preset name")
     evaluate.add_argument("--json", help="write the report here")
-    evaluate.add_argument("--threshold", type=float, default=0.5)
-    evaluate.add_argument("--clahe", action="store_true")
+    evaluate.add_argument("--threshold", type=float, help="mask threshold (default: the training run's or card's, else 0.5)")
+    evaluate.add_argument("--clahe", action=argparse.BooleanOptionalAction, help="CLAHE before normalisation (default: as the model was trained)")
     evaluate.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -346,8 +356,8 @@ def build_parser():
     predict.add_argument("inputs", nargs="+")
     predict.add_argument("--model", required=True, help=".keras file or preset name")
     predict.add_argument("--out", "--output", dest="output", required=True, help="folder for the masks (--output: alias)")
-    predict.add_argument("--threshold", type=float, default=0.5)
-    predict.add_argument("--clahe", action="store_true")
+    predict.add_argument("--threshold", type=float, help="mask threshold (default: the training run's or card's, else 0.5)")
+    predict.add_argument("--clahe", action=argparse.BooleanOptionalAction, help="CLAHE before normalisation (default: as the model was trained)")
     predict.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
     predict.add_argument(
         "--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr) instead of stopping"

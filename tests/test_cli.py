@@ -175,3 +175,37 @@ def test_missing_tensorflow_names_the_extras():
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: cm-unet-keras needs TensorFlow") and "[cpu]" in last and "[cuda]" in last
     assert "During handling" not in done.stderr and "direct cause" not in done.stderr  # one error, not a chain
+
+
+def test_evaluate_and_predict_use_the_runs_clahe_and_threshold(pairs, tiny_model_path, tmp_path, capsys):
+    from cm_unet_keras.data.layouts import index_pairs
+    from cm_unet_keras.data.readers import read_angiogram
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.inference.predict import load_model, segment_angiogram
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_model_path, run / "model.keras")
+    (run / "config.yaml").write_text("clahe: true\nthreshold: 0.45\n")  # as `finetune --clahe` writes it
+    model, records = load_model(run / "model.keras"), index_pairs(pairs)
+
+    def evaluated(*flags):
+        out = tmp_path / "e.json"
+        code, printed = _run(["evaluate", "--model", str(run / "model.keras"), "--pairs", str(pairs),
+                              "--json", str(out), *flags], capsys)
+        assert code == 0
+        return json.loads(out.read_text())["mean"]["dice"], printed.err
+
+    dice, told = evaluated()
+    assert "threshold 0.45, CLAHE on (from" in told and "config.yaml" in told
+    assert dice == pytest.approx(evaluate_model(model, records, threshold=0.45, clahe=True)["mean"]["dice"])
+    plain = evaluate_model(model, records, threshold=0.5, clahe=False)["mean"]["dice"]
+    assert abs(dice - plain) > 1e-4  # the recorded settings change the result
+    assert evaluated("--no-clahe", "--threshold", "0.5")[0] == pytest.approx(plain)
+
+    code, _ = _run(["predict", "--model", str(run / "model.keras"), "--out", str(tmp_path / "p"),
+                    str(pairs / "1.png")], capsys)
+    assert code == 0
+    written = cv2.imread(str(tmp_path / "p" / "1_mask.png"), cv2.IMREAD_UNCHANGED) > 0
+    expected = segment_angiogram(model, read_angiogram(pairs / "1.png"), clahe=True) >= 0.45
+    np.testing.assert_array_equal(written, expected)

@@ -4,13 +4,14 @@
 `serving` for the signatures and `layout` for the atomic version folders.
 """
 
-from cm_unet_keras.export.exporter import FORMATS, export_model, training_context
+from cm_unet_keras.export.exporter import FORMATS, export_model
 from cm_unet_keras.export.serving import (
     IMAGE_BYTES_SIGNATURE,
     SERVING_SIGNATURE,
     build_serving_module,
     write_saved_model,
 )
+from cm_unet_keras.inference.settings import training_context
 
 __all__ = [
     "FORMATS",

@@ -9,7 +9,6 @@ non-equalised angiograms would silently give worse masks.
 
 import datetime
 import hashlib
-import json
 from pathlib import Path
 
 import keras
@@ -25,46 +24,13 @@ from cm_unet_keras.export.serving import (
     SERVING_SIGNATURE,
     write_saved_model,
 )
+from cm_unet_keras.inference.settings import resolve_settings, training_context
 from cm_unet_keras.models.presets import resolve_model_path
-from cm_unet_keras.training.config import FinetuneConfig, read_recipe
 from cm_unet_keras.training.runtime import float32_policy
 from cm_unet_keras.training.transfer import load_unet
 from cm_unet_keras.version import __version__
 
 FORMATS = ("saved_model", "onnx")
-
-
-def training_context(model_path):
-    """How the model at `model_path` was trained, from the files beside it.
-
-    Returns:
-        dict with `source` (the file read, or None), `clahe`, `threshold`
-        (None if not recorded) and `training_data` (a note, or None).
-    """
-    folder = Path(model_path).parent
-    card, config = folder / "card.json", folder / "config.yaml"
-    if card.is_file():
-        values = json.loads(card.read_text())
-        source = card
-    elif config.is_file():
-        values = read_recipe(config)
-        source = config
-    else:
-        return {"source": None, "clahe": False, "threshold": None, "training_data": None}
-    training_data = values.get("training_data")
-    split = folder / "split.json"
-    if training_data is None and split.is_file():
-        names = json.loads(split.read_text())
-        training_data = (
-            f"fine-tuning run {folder.name}: {len(names.get('train', []))} training and "
-            f"{len(names.get('val', []))} validation angiograms (split.json)"
-        )
-    return {
-        "source": str(source),
-        "clahe": bool(values.get("clahe", False)),
-        "threshold": values.get("threshold"),
-        "training_data": training_data,
-    }
 
 
 def export_metadata(model, model_path, threshold, context, training_data, export_format, tta=False):
@@ -141,7 +107,7 @@ def export_model(
             f"trained with CLAHE ({context['source']}), which runs in OpenCV on the host and cannot "
             "be exported in the graph; retrain without --clahe to serve it",
         )
-    threshold = _resolve_threshold(threshold, context)
+    threshold, _, _ = resolve_settings(model_path, threshold)
     with float32_policy():  # never export bfloat16 convolutions (ONNX Runtime rejects them)
         unet = load_unet(model_path)
     metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format, tta)
@@ -152,14 +118,3 @@ def export_model(
     return publish_version(
         base_dir, name, version, lambda folder: write(unet, folder, threshold, metadata, tta=tta), overwrite
     )
-
-
-def _resolve_threshold(threshold, context):
-    if threshold is None:
-        threshold = context["threshold"]
-    if threshold is None:
-        threshold = FinetuneConfig.threshold
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return threshold

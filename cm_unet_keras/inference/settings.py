@@ -1,0 +1,72 @@
+"""How a model expects to be used, read from beside its file.
+
+A model trained with CLAHE must be fed CLAHE-equalised angiograms, and its
+mask threshold is part of the model. `predict`, `evaluate`, `export` and the
+Python API all take these settings from here: a preset's `card.json`, or a
+fine-tuning run's `config.yaml` (and `split.json`), unless the caller says
+otherwise.
+"""
+
+import json
+from pathlib import Path
+
+from cm_unet_keras.training.config import FinetuneConfig, read_recipe
+
+
+def training_context(model_path):
+    """How the model at `model_path` was trained, from the files beside it.
+
+    Returns:
+        dict with `source` (the file read, or None), `clahe`, `threshold`
+        (None if not recorded) and `training_data` (a note, or None).
+    """
+    folder = Path(model_path).parent
+    card, config = folder / "card.json", folder / "config.yaml"
+    if card.is_file():
+        values = json.loads(card.read_text())
+        # A fine-tuned preset's card records its training configuration.
+        values = {**values.get("training", {}).get("finetune_config", {}), **values}
+        source = card
+    elif config.is_file():
+        values = read_recipe(config)
+        source = config
+    else:
+        return {"source": None, "clahe": False, "threshold": None, "training_data": None}
+    training_data = values.get("training_data")
+    split = folder / "split.json"
+    if training_data is None and split.is_file():
+        names = json.loads(split.read_text())
+        training_data = (
+            f"fine-tuning run {folder.name}: {len(names.get('train', []))} training and "
+            f"{len(names.get('val', []))} validation angiograms (split.json)"
+        )
+    return {
+        "source": str(source),
+        "clahe": bool(values.get("clahe", False)),
+        "threshold": values.get("threshold"),
+        "training_data": training_data,
+    }
+
+
+def resolve_settings(model_path, threshold=None, clahe=None):
+    """The `(threshold, clahe)` to use the model at `model_path` with.
+
+    Args:
+        model_path: the `.keras` file (a preset's or a run's).
+        threshold: the caller's threshold, or None for the recorded one
+            (else `FinetuneConfig.threshold`).
+        clahe: the caller's choice, or None for the recorded one.
+
+    Returns:
+        `(threshold, clahe, source)`: `source` is the file the recorded
+        settings came from, or None.
+    """
+    context = training_context(model_path)
+    if threshold is None:
+        threshold = context["threshold"]
+    if threshold is None:
+        threshold = FinetuneConfig.threshold
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold, context["clahe"] if clahe is None else bool(clahe), context["source"]
