@@ -117,10 +117,10 @@ def cpu_config():
     for the three.
     Fine-tuning: the `FinetuneConfig` defaults (batch 8 of 128 px patches,
     AdamW 2e-3, warm-up + cosine over 2,000 steps, Dice + BCE, all N pairs
-    train, last epoch kept), the same for every init and N: where the
-    validation curves flatten (`benchmarks/finetune_budget/results.md`).
-    At the 0.2 s/step measured on the 2-core build machine, 36 runs take
-    about 4.5 hours: over the 3 hours the study was sized for (the step is
+    train, last epoch kept), the same for every init and N
+    (`benchmarks/finetune_budget/results.md`).
+    At the 0.23 s/step measured on the 2-core build machine, 36 runs take
+    about 4.6 hours: over the 3 hours the study was sized for (the step is
     the cost; the issue-17 speed-up of the small model's step is the lever).
     """
     pretrain = PretrainConfig(
