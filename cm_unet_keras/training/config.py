@@ -24,8 +24,8 @@ class FinetuneConfig:
     fine-tuning used Adam at 1e-3 without schedule, 128 epochs, batch 32 of
     whole 256 px images. We train on native-resolution patches with AdamW,
     warm-up and cosine decay over a fixed budget (2,000 steps: the N = 3
-    validation curves are flat from about 1,000, the N = 30 ones within
-    0.006 of a 4,000-step run: `benchmarks/finetune_budget/results.md`), on
+    validation curves are flat from about 1,000; at N = 30 4,000 steps
+    still add 0.006-0.016: `benchmarks/finetune_budget/results.md`), on
     every labelled pair, and keep the last epoch, as nnU-Net does: the paper
     picked its checkpoint on its test set, and picking it on 1 or 2 of a
     few labelled images is noisier than not picking at all.
