@@ -67,7 +67,7 @@ def _square_max(mask, half_width):
     add to a dilation nor take from an erosion.
     """
     size = 2 * half_width + 1
-    return tf.nn.max_pool2d(tf.nn.max_pool2d(mask, [1, size], 1, "SAME"), [size, 1], 1, "SAME")
+    return _pooled(mask, [1, size], [size, 1], padding="SAME")
 
 
 def _is_edge(length):
