@@ -167,11 +167,17 @@ def cmd_export(args):
 def cmd_pretrain(args):
     from cm_unet_keras.data.layouts import index_unlabeled
     from cm_unet_keras.training.config import build_config
-    from cm_unet_keras.training.pretrain import PretrainConfig, pretrain
+    from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig, default_recipe_name, pretrain
 
+    recipe = args.config if args.config is not None else default_recipe_name()
+    if recipe in PRETRAIN_RECIPES:
+        recipe = (recipe, PRETRAIN_RECIPES[recipe])
+    print(f"pretraining recipe: {recipe[0] if isinstance(recipe, tuple) else recipe}", file=sys.stderr)
     config = build_config(
         PretrainConfig,
-        args.config,
+        recipe,
+        minutes=args.minutes,
+        views=args.views,
         epochs=args.epochs,
         warmup_epochs=args.warmup_epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -382,7 +388,17 @@ def build_parser():
     pretrain.add_argument("--images", nargs="+", required=True,
                           help="folders (searched recursively; masks/ and annotations/ skipped), files or DICOM runs")
     pretrain.add_argument("--out", required=True, help="run folder (rerun to resume)")
-    pretrain.add_argument("--config", help="recipe file (YAML/JSON); flags override it")
+    pretrain.add_argument(
+        "--config",
+        help="recipe: 'cpu' (default without a GPU), 'paper' (default with one) or a YAML/JSON file; "
+        "flags override it",
+    )
+    pretrain.add_argument(
+        "--minutes", type=float,
+        help="time budget for training: sizes the epochs and the schedule to it from the measured step time",
+    )
+    pretrain.add_argument("--views", choices=["crops", "shift"],
+                          help="two overlapping jittered crops, or the original's shifted copy")
     _add_model_arguments(pretrain)
     pretrain.add_argument("--epochs", type=int)
     pretrain.add_argument("--warmup-epochs", type=int)

@@ -275,7 +275,7 @@ def test_pretrain_resumes_without_repeating_finished_epochs(tmp_path, shared_dat
         "pretrain", "--images", str(shared_data / "arcade_stenosis"), "--out", str(run_dir),
         "--max-images", "8", "--batch-size", "4", "--image-size", "64", "--working-size", "96",
         "--base-filters", "8", "--depth", "2", "--lr", "1e-3", "--warmup-epochs", "1",
-        "--verbose", "0",
+        "--steps-per-epoch", "2", "--verbose", "0",
     ]
     assert main(arguments + ["--epochs", "2"]) == 0
     state = json.loads((run_dir / "state.json").read_text())

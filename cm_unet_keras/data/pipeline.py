@@ -203,8 +203,9 @@ def seeded_stream(sample, batch_size, start_sample=0):
     )
 
 
-def _gaussian_blur(image, sigma):
-    radius = 2
+def gaussian_blur(image, sigma, radius=2):
+    """`[H, W, 1]` image blurred by a Gaussian of `sigma` px (a tensor is
+    fine), truncated at `radius` px, with mirrored borders."""
     offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel_1d = tf.exp(-0.5 * tf.square(offsets / sigma))
     kernel_1d = kernel_1d / tf.reduce_sum(kernel_1d)
@@ -263,7 +264,7 @@ def augment_patch(image, mask, config, seed_for):
     sigma = uniform(13, config.blur_sigma[0], config.blur_sigma[1])
     image = tf.cond(
         uniform(12) < config.blur_probability * min(s, 1.0),
-        lambda: _gaussian_blur(image, sigma),
+        lambda: gaussian_blur(image, sigma),
         lambda: image,
     )
     return image, mask

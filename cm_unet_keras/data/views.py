@@ -14,13 +14,33 @@ run resumed at sample `n` sees what an uninterrupted run would have seen.
 Within an epoch every angiogram is used once (a permutation seeded by the
 epoch).
 
-The two views (the CMAE "pixel shift" of the original code):
+Two ways of drawing the two views (`ViewConfig.views`):
+
+`"shift"`, the CMAE "pixel shift" of the original code:
 
 1. One random resized crop (area 0.2-1.0 of the image, aspect 3/4-4/3) and a
    horizontal flip, resized to a canvas of `image_size + shift` pixels.
 2. Online view: the canvas' top-left `image_size` square.
 3. Target view: the square shifted by 0..shift pixels on each axis, plus
    Gaussian noise. `shift` is 31 px at 224 px and scales with `image_size`.
+
+The two views then differ by at most 18 px at 128 px and a little noise:
+with 31 negatives the contrastive branch finds the positive 87% of the time
+and its loss ends near a tenth of the total (issue 13), too easy a task to
+shape the encoder.
+
+`"crops"` (SimCLR / BYOL-style, the CPU recipe's default since issue 13):
+
+1. Two independent random resized crops of the same angiogram (each its own
+   area, aspect and flip); the target crop's centre is drawn inside the
+   online crop, so the views always overlap (by how much varies).
+2. Each view gets its own intensity jitter, as X-ray exposures differ:
+   brightness and contrast (+-`jitter` z-score units / factor) and gamma
+   (exp(+-`jitter`)), each applied with probability 0.8.
+3. The target view alone is blurred (probability `blur_probability`, sigma
+   0.1-2 px) and gets the noise: the online view is also the
+   reconstruction target, which blur would smear (BYOL blurs its views
+   asymmetrically too).
 
 Deviations from the original code:
 
@@ -55,15 +75,25 @@ import tensorflow as tf
 
 from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.normalize import normalize_angiogram
-from cm_unet_keras.data.pipeline import seeded_stream
+from cm_unet_keras.data.pipeline import gaussian_blur, seeded_stream
 from cm_unet_keras.data.readers import read_angiogram
 
 # The original code's pixel shift: 31 px on 224 px views.
 REFERENCE_SHIFT = 31
 REFERENCE_SIZE = 224
 
+VIEW_MODES = ("shift", "crops")
+
 # Independent random streams of one sample (see `TwoViewSampler._seed`).
 _ORDER, _AREA, _ASPECT, _CORNER_Y, _CORNER_X, _FLIP, _SHIFT_Y, _SHIFT_X, _NOISE = range(9)
+# The "crops" mode's second crop, and the jitter of view v at 30 + 10 v.
+_AREA_B, _ASPECT_B, _CENTER_Y_B, _CENTER_X_B, _FLIP_B, _BLUR, _BLUR_SIGMA = range(20, 27)
+_JITTER_STREAMS = 30
+
+# Probability of each intensity jitter (brightness, contrast, gamma) in
+# "crops" mode, as SimCLR's colour jitter; blur sigma range in pixels.
+JITTER_PROBABILITY = 0.8
+BLUR_SIGMA = (0.1, 2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +110,13 @@ class ViewConfig:
             `image_size`.
         noise_fraction: target-view noise sigma as a fraction of the view's
             intensity range (max - min); 0 switches the noise off.
+        views: `"shift"` (the original's one crop and a shifted copy) or
+            `"crops"` (two overlapping crops with intensity jitter and blur);
+            see the module docstring.
+        jitter: `"crops"` only: strength of each view's brightness,
+            contrast and gamma jitter; 0 switches it off.
+        blur_probability: `"crops"` only: probability of blurring the
+            target view.
     """
 
     image_size: int = 224
@@ -88,6 +125,13 @@ class ViewConfig:
     flip: bool = True
     max_shift: int = REFERENCE_SHIFT
     noise_fraction: float = 0.1
+    views: str = "shift"
+    jitter: float = 0.4
+    blur_probability: float = 0.5
+
+    def __post_init__(self):
+        if self.views not in VIEW_MODES:
+            raise ValueError(f"views must be one of {', '.join(VIEW_MODES)}, got {self.views!r}")
 
     @property
     def shift_pixels(self):
@@ -296,30 +340,101 @@ class TwoViewSampler:
         )
         return tf.argsort(noise)[position]
 
-    def _crop(self, sample_index, image_index):
-        """The shared random resized crop, as a canvas of image_size + shift."""
+    def _crop_size(self, sample_index, size, area_stream, aspect_stream):
+        """(height, width) of a random crop of an image of `size`."""
         config = self.config
-        size = self.sizes[image_index]
         height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
-        area = height * width * self._uniform(sample_index, _AREA, *config.crop_area)
+        area = height * width * self._uniform(sample_index, area_stream, *config.crop_area)
         log_aspect = self._uniform(
-            sample_index, _ASPECT, math.log(config.crop_aspect[0]), math.log(config.crop_aspect[1])
+            sample_index, aspect_stream, math.log(config.crop_aspect[0]), math.log(config.crop_aspect[1])
         )
         aspect = tf.exp(log_aspect)
         crop_width = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32), 1, size[1])
         crop_height = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32), 1, size[0])
-        top = self._random_int(sample_index, _CORNER_Y, size[0] - crop_height)
-        left = self._random_int(sample_index, _CORNER_X, size[1] - crop_width)
-        crop = self.images[image_index, top : top + crop_height, left : left + crop_width]
-        canvas_size = config.image_size + config.shift_pixels
-        canvas = tf.image.resize(
-            tf.cast(crop, tf.float32), [canvas_size, canvas_size], method="bilinear", antialias=True
-        )
-        if config.flip:
-            canvas = tf.cond(
-                self._uniform(sample_index, _FLIP) < 0.5, lambda: tf.reverse(canvas, [1]), lambda: canvas
+        return crop_height, crop_width
+
+    def _resized(self, sample_index, image_index, box, side, flip_stream):
+        """The `box` (top, left, height, width) of an image, resized to `side` and maybe flipped."""
+        top, left, height, width = box
+        crop = self.images[image_index, top : top + height, left : left + width]
+        view = tf.image.resize(tf.cast(crop, tf.float32), [side, side], method="bilinear", antialias=True)
+        if self.config.flip:
+            view = tf.cond(
+                self._uniform(sample_index, flip_stream) < 0.5, lambda: tf.reverse(view, [1]), lambda: view
             )
-        return canvas
+        return view
+
+    def crop_boxes(self, sample_index, image_index):
+        """(top, left, height, width) of the online crop and, in "crops" mode,
+        of the target crop (whose centre lies inside the online crop)."""
+        size = self.sizes[image_index]
+        height, width = self._crop_size(sample_index, size, _AREA, _ASPECT)
+        top = self._random_int(sample_index, _CORNER_Y, size[0] - height)
+        left = self._random_int(sample_index, _CORNER_X, size[1] - width)
+        online = (top, left, height, width)
+        if self.config.views != "crops":
+            return online, None
+        height_b, width_b = self._crop_size(sample_index, size, _AREA_B, _ASPECT_B)
+        center_y = top + self._random_int(sample_index, _CENTER_Y_B, height - 1)
+        center_x = left + self._random_int(sample_index, _CENTER_X_B, width - 1)
+        top_b = tf.clip_by_value(center_y - height_b // 2, 0, size[0] - height_b)
+        left_b = tf.clip_by_value(center_x - width_b // 2, 0, size[1] - width_b)
+        return online, (top_b, left_b, height_b, width_b)
+
+    def _jitter(self, view, sample_index, which):
+        """Brightness, contrast and gamma jitter of view `which` (0 or 1)."""
+        strength = float(self.config.jitter)
+        if strength <= 0:
+            return view
+        base = _JITTER_STREAMS + 10 * which
+
+        def chance(offset):
+            return self._uniform(sample_index, base + offset) < JITTER_PROBABILITY
+
+        shift = self._uniform(sample_index, base + 1, -strength, strength)
+        view = tf.where(chance(0), view + shift, view)
+        factor = self._uniform(sample_index, base + 3, 1.0 - strength, 1.0 + strength)
+        mean = tf.reduce_mean(view)
+        view = tf.where(chance(2), (view - mean) * factor + mean, view)
+        gamma = tf.exp(self._uniform(sample_index, base + 5, -strength, strength))
+        low, high = tf.reduce_min(view), tf.reduce_max(view)
+        span = tf.maximum(high - low, 1e-6)
+        view = tf.where(chance(4), tf.pow((view - low) / span, gamma) * span + low, view)
+        return view
+
+    def _blur(self, view, sample_index):
+        sigma = self._uniform(sample_index, _BLUR_SIGMA, *BLUR_SIGMA)
+        return tf.cond(
+            self._uniform(sample_index, _BLUR) < self.config.blur_probability,
+            lambda: gaussian_blur(view, sigma, radius=int(math.ceil(2 * BLUR_SIGMA[1]))),
+            lambda: view,
+        )
+
+    def _noisy(self, view, sample_index):
+        if self.config.noise_fraction <= 0:
+            return view
+        sigma = self.config.noise_fraction * (tf.reduce_max(view) - tf.reduce_min(view))
+        noise = tf.random.stateless_normal(tf.shape(view), seed=self._seed(sample_index, _NOISE))
+        return view + sigma * noise
+
+    def _shift_views(self, sample_index, image_index):
+        config = self.config
+        size, shift = config.image_size, config.shift_pixels
+        box, _ = self.crop_boxes(sample_index, image_index)
+        canvas = self._resized(sample_index, image_index, box, size + shift, _FLIP)
+        online = canvas[:size, :size]
+        dy = self._random_int(sample_index, _SHIFT_Y, shift)
+        dx = self._random_int(sample_index, _SHIFT_X, shift)
+        return online, self._noisy(canvas[dy : dy + size, dx : dx + size], sample_index)
+
+    def _crop_views(self, sample_index, image_index):
+        size = self.config.image_size
+        online_box, target_box = self.crop_boxes(sample_index, image_index)
+        online = self._resized(sample_index, image_index, online_box, size, _FLIP)
+        target = self._resized(sample_index, image_index, target_box, size, _FLIP_B)
+        online = self._jitter(online, sample_index, 0)
+        target = self._noisy(self._blur(self._jitter(target, sample_index, 1), sample_index), sample_index)
+        return online, target
 
     def sample(self, sample_index):
         """Sample `sample_index` of the stream.
@@ -329,17 +444,9 @@ class TwoViewSampler:
             `sample_index` (int64, which seeds the sample's mask).
         """
         sample_index = tf.cast(sample_index, tf.int64)
-        config = self.config
-        size, shift = config.image_size, config.shift_pixels
-        canvas = self._crop(sample_index, self.image_index(sample_index))
-        online = canvas[:size, :size]
-        dy = self._random_int(sample_index, _SHIFT_Y, shift)
-        dx = self._random_int(sample_index, _SHIFT_X, shift)
-        target = canvas[dy : dy + size, dx : dx + size]
-        if config.noise_fraction > 0:
-            sigma = config.noise_fraction * (tf.reduce_max(target) - tf.reduce_min(target))
-            noise = tf.random.stateless_normal(tf.shape(target), seed=self._seed(sample_index, _NOISE))
-            target = target + sigma * noise
+        size = self.config.image_size
+        draw = self._crop_views if self.config.views == "crops" else self._shift_views
+        online, target = draw(sample_index, self.image_index(sample_index))
         return {
             "online": tf.ensure_shape(online, [size, size, 1]),
             "target": tf.ensure_shape(target, [size, size, 1]),

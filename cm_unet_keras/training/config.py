@@ -91,7 +91,8 @@ def build_config(config_class, recipe=None, **overrides):
 
     Args:
         config_class: the dataclass of the job.
-        recipe: path of a YAML/JSON recipe, or None.
+        recipe: path of a YAML/JSON recipe, a (name, mapping) pair of a
+            built-in recipe, or None.
         **overrides: field values (None means "not given" and is ignored).
 
     Returns:
@@ -100,8 +101,11 @@ def build_config(config_class, recipe=None, **overrides):
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     types = typing.get_type_hints(config_class)
     values = {}
-    if recipe is not None:
+    if isinstance(recipe, tuple):
+        recipe, values = f"built-in recipe {recipe[0]!r}", dict(recipe[1])
+    elif recipe is not None:
         values = read_recipe(recipe)
+    if values:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise InvalidInputError(

@@ -94,8 +94,13 @@ class PretrainConfig:
     crop_area: tuple = (0.2, 1.0)
     crop_aspect: tuple = (0.75, 4.0 / 3.0)
     flip: bool = True
-    max_shift: int = 31  # pixels at 224 px, scaled with image_size
+    max_shift: int = 31  # pixels at 224 px, scaled with image_size ("shift" views)
     noise_fraction: float = 0.1
+    # "shift": the original's crop + shifted noisy copy; "crops": two
+    # overlapping crops with intensity jitter and blur (data/views.py).
+    views: str = "shift"
+    jitter: float = 0.4  # "crops" views: brightness/contrast/gamma strength
+    blur_probability: float = 0.5  # "crops" views: chance the target view is blurred
     epochs: int = 300
     warmup_epochs: int = 40
     # None: one pass over the angiograms (count // batch_size).
@@ -114,6 +119,10 @@ class PretrainConfig:
     skip_invalid: bool = False
     grid_every: int = 5  # epochs between reconstruction grids
     precision: str = "auto"
+    # Time budget in minutes for the training epochs: when set, `epochs` and
+    # `warmup_epochs` are sized to it from the measured step time (the
+    # warm-up keeps its share of the recipe's epochs); see `fit_to_budget`.
+    minutes: Optional[float] = None
 
     def view_config(self):
         return ViewConfig(
@@ -123,6 +132,9 @@ class PretrainConfig:
             flip=self.flip,
             max_shift=self.max_shift,
             noise_fraction=self.noise_fraction,
+            views=self.views,
+            jitter=self.jitter,
+            blur_probability=self.blur_probability,
         )
 
     def peak_lr(self):
@@ -142,6 +154,72 @@ class PretrainConfig:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of the {replicas} replicas")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+
+
+# Built-in recipes (`cm-unet pretrain --config NAME`); a recipe file holds
+# the same keys. `cpu` is the default on a machine without a GPU, `paper`
+# (the dataclass defaults: width 16, 224 px, batch 256, 300 epochs) with one.
+PRETRAIN_RECIPES = {
+    # Issue 13's CPU recipe: a 16-wide, 4-level U-Net on 128 px views cropped
+    # from angiograms decoded with their shorter side at 256 px, batch 32,
+    # two overlapping crops with intensity jitter and blur, 6,000 steps
+    # (about 55 minutes at 0.55 s/step on 2 AVX512_BF16 cores); `--minutes`
+    # resizes it.
+    "cpu": {
+        "base_filters": 16, "depth": 4, "image_size": 128, "working_size": 256, "batch_size": 32,
+        "lr": 1e-3, "epochs": 125, "warmup_epochs": 10, "steps_per_epoch": 48, "grid_every": 25,
+        "views": "crops",
+    },
+    "paper": {},
+}
+
+
+def default_recipe_name():
+    """`paper` where TensorFlow sees a GPU, else `cpu`."""
+    return "paper" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+# Share of a --minutes budget kept for epoch ends (checkpoints, grids, logs).
+BUDGET_OVERHEAD = 0.05
+
+
+def fit_to_budget(config, steps_per_epoch, step_seconds, spent_seconds=0.0, epochs_done=0):
+    """`config` with `epochs` and `warmup_epochs` sized to `config.minutes`.
+
+    Args:
+        config: a `PretrainConfig` with `minutes` set; its `epochs` and
+            `warmup_epochs` give the warm-up's share of the run.
+        steps_per_epoch: steps in one epoch.
+        step_seconds: measured seconds per training step.
+        spent_seconds: budget already used (measuring the step, or the
+            epochs already done).
+        epochs_done: epochs already done; the remaining time adds to them.
+
+    Returns:
+        A new `PretrainConfig` (at least one epoch, at least one warm-up
+        epoch when the recipe has one).
+    """
+    seconds = max(config.minutes * 60.0 - spent_seconds, 0.0) * (1.0 - BUDGET_OVERHEAD)
+    epochs = max(1, epochs_done + int(seconds / (step_seconds * steps_per_epoch)))
+    share = min(config.warmup_epochs, config.epochs) / config.epochs
+    warmup = min(epochs, max(1 if share > 0 else 0, int(round(share * epochs))))
+    return dataclasses.replace(config, epochs=epochs, warmup_epochs=warmup)
+
+
+def measure_step_seconds(config, dataset, strategy, steps=5, warm_steps=2):
+    """(seconds per training step, seconds of the first `warm_steps`) of a
+    throwaway pretrainer (same model, batch, precision and strategy); the
+    warm steps hold the graph tracing, which the real run pays again."""
+    with strategy.scope():
+        probe = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
+        probe.compile(optimizer=make_optimizer(config, 1000, 10), jit_compile=False)
+    ends = []
+    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+    started = time.perf_counter()
+    probe.fit(dataset, epochs=1, steps_per_epoch=warm_steps + steps, callbacks=[clock], verbose=0, shuffle=False)
+    return (ends[-1] - ends[warm_steps - 1]) / steps, ends[warm_steps - 1] - started
 
 
 def select_records(records, max_images, seed):
@@ -237,13 +315,17 @@ class PretrainRun:
         self.state = state
         return True
 
-    def check_same_architecture(self):
+    def saved_config(self):
+        """The run's `config.yaml` as a dict ({} when there is none)."""
         saved = self.run_dir / "config.yaml"
         if not saved.is_file():
-            return
+            return {}
         import yaml
 
-        previous = yaml.safe_load(saved.read_text()) or {}
+        return yaml.safe_load(saved.read_text()) or {}
+
+    def check_same_architecture(self):
+        previous = self.saved_config()
         current = config_to_dict(self.config)
         changed = [name for name in _ARCHITECTURE_FIELDS if name in previous and previous[name] != current[name]]
         if changed:
@@ -399,6 +481,32 @@ def write_curves(history, path):
     plt.close(figure)
 
 
+def _sized_to_budget(config, run, sampler, strategy, log):
+    """`config` sized to its `minutes`: a resumed run with the same budget keeps
+    its epochs; otherwise the step time comes from the run's history, or
+    from a few steps of a throwaway pretrainer on a fresh run."""
+    saved = run.saved_config()
+    if run.state["epochs_done"] and saved.get("minutes") == config.minutes:
+        log(f"--minutes {config.minutes:g}: keeping the run's {saved['epochs']} epochs")
+        return dataclasses.replace(config, epochs=saved["epochs"], warmup_epochs=saved["warmup_epochs"])
+    history = [row["step_seconds"] for row in run.state["history"]]
+    spent = 0.0
+    if history:
+        step_seconds = float(np.median(history))
+        spent = float(sum(row["seconds"] for row in run.state["history"]))
+        source = f"median of the run's {len(history)} epochs"
+    else:
+        started = time.perf_counter()
+        step_seconds, tracing = measure_step_seconds(config, sampler.dataset(config.batch_size), strategy)
+        # The probe's time, and the tracing the run will pay again.
+        spent = time.perf_counter() - started + tracing
+        source = f"measured in {time.perf_counter() - started:.0f} s"
+    sized = fit_to_budget(config, run.steps_per_epoch, step_seconds, spent, run.state["epochs_done"])
+    log(f"--minutes {config.minutes:g}: {step_seconds:.3f} s/step ({source}) -> {sized.epochs} epochs of "
+        f"{run.steps_per_epoch} steps, {sized.warmup_epochs} of warm-up")
+    return sized
+
+
 def pretrain(config, records, run_dir, log=print, verbose="auto"):
     """Pretrain a U-Net on unlabeled angiograms; resume if `run_dir` holds a run.
 
@@ -438,6 +546,10 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     run.steps_per_epoch = config.steps_per_epoch or max(1, len(angiograms) // config.batch_size)
     samples_per_epoch = run.steps_per_epoch * config.batch_size
     sampler = TwoViewSampler(angiograms, config.view_config(), config.seed, samples_per_epoch)
+    if config.minutes is not None:
+        config = _sized_to_budget(config, run, sampler, strategy, log)
+        run.config = config
+        keras.utils.set_random_seed(config.seed)  # the probe drew from the global seed
     total_steps = config.epochs * run.steps_per_epoch
     warmup_steps = min(config.warmup_epochs, config.epochs) * run.steps_per_epoch
 
