@@ -108,7 +108,7 @@ class StudyConfig:
 def cpu_config():
     """Sized so that each stage fits in 90 minutes on 2 CPU cores.
 
-    Pretraining: `recipes/pretrain_arcade_cpu.yaml`'s model and views
+    Pretraining: `recipes/pretrain_cpu.yaml`'s model and views
     (16-wide, 4-level U-Net, 128 px views from a 256 px working size,
     lr 1e-3) with batch 32 (31 negatives for InfoNCE) and 25 epochs of 48
     steps (1,200 steps, 38,400 views: about 25 passes over the 1,530
