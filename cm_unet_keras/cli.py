@@ -252,7 +252,9 @@ def cmd_study(args):
         raise SystemExit("--quick and --gpu-paper exclude each other")
     config = study.quick_config() if args.quick else study.gpu_paper_config() if args.gpu_paper else study.cpu_config()
     if args.seeds:
-        config.seeds = tuple(args.seeds)
+        config.seeds, config.seeds_by_n = tuple(args.seeds), {}
+    if args.inits:
+        config.inits = tuple(args.inits)
     if args.n_labels:
         config.n_labels = tuple(args.n_labels)
     root = _Path(__file__).resolve().parents[1]
@@ -451,8 +453,10 @@ def build_parser():
     study_parser.add_argument("--out", help="results folder (default benchmarks/label_efficiency[_gpu_paper])")
     study_parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
     study_parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
-    study_parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
+    study_parser.add_argument("--seeds", type=int, nargs="+", help="the seeds of every N (default 0 1 2, and 0-4 at N = 3)")
     study_parser.add_argument("--n-labels", type=int, nargs="+", help="default 3 10 30")
+    study_parser.add_argument("--inits", nargs="+", choices=["cmunet", "scratch", "mae_only", "contrastive_only"],
+                              help="default cmunet scratch mae_only")
     study_parser.add_argument("--verbose", default=2, help="Keras progress: auto, 0, 1 or 2 (default 2)")
     study_parser.set_defaults(run=cmd_study)
 

@@ -119,3 +119,32 @@ def test_from_preset_loads_finetuned_and_pretrained_presets(quick_study, tmp_pat
     (tmp_path / "tiny_xca" / "model.keras").write_bytes(b"swapped")
     with pytest.raises(ValueError, match="does not match its card"):
         presets.from_preset("tiny_xca", tmp_path)
+
+
+def test_cpu_study_has_more_seeds_at_few_labels_and_a_longer_budget_at_many():
+    config = study.cpu_config()
+    plan = study.sweep_plan(config)
+    for n, expected in ((3, 5), (10, 3), (30, 3)):
+        assert {seed for _, m, seed in plan if m == n} == set(range(expected))
+    assert {init for init, _, _ in plan} == {study.FRANGI, "cmunet", "scratch", "mae_only"}
+    steps = {n: (lambda c: c.epochs * c.steps_per_epoch)(study.run_config(config, "scratch", n, 0, "p"))
+             for n in (3, 10, 30)}
+    assert steps == {3: 2000, 10: 2000, 30: 4000}
+    assert config.pretrain.views == "crops" and config.pretrain.epochs * config.pretrain.steps_per_epoch == 6000
+
+
+def test_intervals_of_the_paired_difference_and_of_the_relative_drop():
+    mean, low, high = study.mean_interval([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.3027; sd 1; n 3.
+    assert mean == 2.0 and high - mean == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4) and mean - low == high - mean
+    assert study.mean_interval([0.5])[1:] == (None, None)
+    records = [{"init": "cmunet", "n_labels": n, "seed": s, "metrics": {"dice": d}}
+               for n, values in ((30, [0.80, 0.78, 0.79]), (3, [0.70, 0.72, 0.66, 0.69, 0.73]))
+               for s, d in enumerate(values)]
+    drop = study.relative_drop(records, "cmunet", 30, 3)
+    low, high = study.relative_drop_interval(records, "cmunet", 30, 3)
+    assert low < drop < high and 0.0 < low and high < 0.25
+    # The same seed values with less spread give a narrower interval.
+    tight = [dict(r, metrics={"dice": 0.79 if r["n_labels"] == 30 else 0.70}) for r in records]
+    tight_low, tight_high = study.relative_drop_interval(tight, "cmunet", 30, 3)
+    assert tight_high - tight_low < 1e-9 < high - low
