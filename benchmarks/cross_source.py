@@ -1,0 +1,168 @@
+"""Score models on every labelled source in one command (issue 14).
+
+    python benchmarks/cross_source.py                                   # the shipped presets
+    python benchmarks/cross_source.py --model cmunet_small_xca --model runs/general/model.keras
+
+Sources (validation parts only; their training parts are for training):
+
+- `cimat`: the 10 validation pairs of `recipes/xca_split.json`
+  (`xca_vessels/train`, 300x300, full vessel trees).
+- `arcade`: the 60 validation pairs of `recipes/arcade_split.json`
+  (`arcade_vessels/val`, 512x512). Their masks hold the main coronary
+  segments only (the union of the SYNTAX segments); side branches are
+  visible but unlabelled, so a correct side branch counts as a false
+  positive: Dice and specificity are not comparable with full-tree sources.
+  The headline is sensitivity (recall of the annotated segments), read with
+  specificity.
+- `xcad`: the 2 pairs of `xcad_sample/test` (512x512, full trees).
+
+Each model segments whole angiograms with its own settings (threshold and
+CLAHE from its card or run folder, `inference.settings.resolve_settings`),
+mirror padding and the field-of-view rule. The table gives mean +- sd over
+the images of a source. Writes `benchmarks/cross_source/results.md` and
+`results.json` (per-image metrics too).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "cross_source"
+SOURCES = ("cimat", "arcade", "xcad")
+HEADLINE = {"cimat": "dice", "arcade": "sensitivity", "xcad": "dice"}
+DEFAULT_MODELS = ("cmunet_small_xca",)
+
+
+def source_records(name, data_root):
+    """The labelled validation records of one source."""
+    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
+    from cm_unet_keras.data.splits import select_part
+
+    data_root = Path(data_root)
+    if name == "cimat":
+        records = index_pairs(data_root / "xca_vessels" / "train", mask_suffix="_gt")
+        return select_part(records, ROOT / "recipes" / "xca_split.json", "holdout")
+    if name == "arcade":
+        folder = data_root / "arcade_vessels" / "val"
+        records = index_images_masks(folder / "images", folder / "masks")
+        return select_part(records, ROOT / "recipes" / "arcade_split.json", "holdout")
+    if name == "xcad":
+        folder = data_root / "xcad_sample" / "test"
+        return index_images_masks(folder / "images", folder / "masks")
+    raise ValueError(f"unknown source {name!r}; sources: {', '.join(SOURCES)}")
+
+
+def score(model_name, sources, data_root, tta=False, log=print):
+    """{source: evaluate_model report} of one model, with its settings."""
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.inference.settings import resolve_settings
+    from cm_unet_keras.models.presets import resolve_model_path
+
+    path = resolve_model_path(model_name)
+    model = load_model(path)
+    threshold, clahe, source = resolve_settings(path)
+    settings = {"threshold": threshold, "clahe": clahe, "from": source}
+    reports = {}
+    for source in sources:
+        records = source_records(source, data_root)
+        started = time.perf_counter()
+        report = evaluate_model(model, records, threshold=settings["threshold"], clahe=settings["clahe"], tta=tta)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        reports[source] = report
+        log(f"{model_name} on {source} ({len(records)} images): Dice {report['mean']['dice']:.3f}, "
+            f"sensitivity {report['mean']['sensitivity']:.3f}, specificity {report['mean']['specificity']:.3f}")
+    return {"settings": settings, "reports": reports}
+
+
+def results_markdown(results, command, data_root):
+    from cm_unet_keras.training.runtime import resolve_precision
+
+    lines = [
+        "# Cross-source evaluation (issue 14)",
+        "",
+        f"Written by `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores "
+        f"(precision auto = {resolve_precision('auto')}); models run in float32.",
+        "",
+        "Validation parts only: CIMAT = the 10 validation pairs of `recipes/xca_split.json` (300x300, full",
+        "trees); ARCADE = the 60 validation pairs of `recipes/arcade_split.json` (512x512, main coronary",
+        "segments only); XCAD = the 2 pairs of `xcad_sample/test` (512x512, full trees). Mean +- sd over the",
+        "images of each source; each model at its own threshold and CLAHE setting.",
+        "",
+        "ARCADE's masks annotate the main segments, not the side branches that are visible beside them: a",
+        "correctly segmented side branch counts as a false positive, so Dice and specificity there are not",
+        "comparable with the full-tree sources. Its headline is **sensitivity** (recall of the annotated",
+        "segments), read together with specificity.",
+        "",
+        "| model | CIMAT Dice | CIMAT clDice | ARCADE sensitivity | ARCADE specificity | ARCADE Dice | "
+        "XCAD Dice | XCAD clDice | XCAD sensitivity |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(reports, source, key):
+        report = reports.get(source)
+        if report is None:
+            return "-"
+        values = [row[key] for row in report["per_image"] if row[key] is not None and np.isfinite(row[key])]
+        if not values:
+            return "-"
+        return f"{np.mean(values):.3f} +- {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+    for name, result in results.items():
+        r = result["reports"]
+        lines.append(
+            f"| {name} | {cell(r, 'cimat', 'dice')} | {cell(r, 'cimat', 'cldice')} | "
+            f"{cell(r, 'arcade', 'sensitivity')} | {cell(r, 'arcade', 'specificity')} | {cell(r, 'arcade', 'dice')} | "
+            f"{cell(r, 'xcad', 'dice')} | {cell(r, 'xcad', 'cldice')} | {cell(r, 'xcad', 'sensitivity')} |"
+        )
+    lines += ["", "## Every metric", "", "| model | source | images | " + " | ".join(_keys()) + " |",
+              "|---|---|---|" + "---|" * len(_keys())]
+    for name, result in results.items():
+        for source, report in result["reports"].items():
+            lines.append(f"| {name} | {source} | {report['n_images']} | "
+                         + " | ".join(cell(result["reports"], source, key) for key in _keys()) + " |")
+    lines += ["", "Settings: " + "; ".join(
+        f"{name}: threshold {result['settings']['threshold']:g}, CLAHE {'on' if result['settings']['clahe'] else 'off'}"
+        for name, result in results.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _keys():
+    from cm_unet_keras.evaluation.metrics import METRIC_KEYS
+
+    return METRIC_KEYS
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", help="preset, .keras file or run folder; repeat (default: presets)")
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--out", default=str(OUT), help="folder for results.md and results.json")
+    args = parser.parse_args(argv)
+    models = args.model or list(DEFAULT_MODELS)
+    command = "python benchmarks/cross_source.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {name: score(name, args.sources, args.data, args.tta) for name in models}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(results_markdown(results, command.strip(), args.data))
+    safe = {name: {"settings": r["settings"], "reports": r["reports"]} for name, r in results.items()}
+    from cm_unet_keras.evaluation.evaluate import _json_safe
+
+    (out / "results.json").write_text(json.dumps(_json_safe(safe), indent=2, default=float) + "\n")
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
