@@ -43,7 +43,18 @@ class FinetuneConfig:
     # Fraction of the loss that is soft Dice; the rest is binary cross-entropy.
     dice_weight: float = 0.5
     augment_strength: float = 1.0
+    # Zoom range of the training patches (log-uniform; > 1 widens vessels).
+    augment_scale: tuple = (1.0, 1.0)
+    # Chance of a simulated dark frame border / collimator edge per patch.
+    augment_borders: float = 0.0
     foreground_fraction: float = 0.33
+    # Partially labelled pairs (`finetune(..., partial_records=...)`, e.g.
+    # ARCADE's main segments without side branches): loss weight of their
+    # background pixels, whether unlabelled vessel-like pixels are ignored,
+    # and the share of patches drawn from them (None: by image count).
+    partial_background_weight: float = 1.0
+    partial_ignore_vessel_like: bool = False
+    partial_share: Optional[float] = None
     # Epochs at the start during which the pretrained encoder stays frozen.
     frozen_encoder_epochs: int = 0
     # Learning-rate multiplier of the layers loaded from `init` (the fresh

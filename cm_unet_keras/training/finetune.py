@@ -215,7 +215,19 @@ class FinetuneRun:
         atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
-def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto", initial_weights=None):
+def partial_image_weights(n_complete, n_partial, share=None):
+    """Per-item drawing weights: complete pairs first, then partial ones; with
+    `share`, partial pairs get that share of the patches, else every pair
+    is equally likely."""
+    if share is None or n_complete == 0 or n_partial == 0:
+        return None
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"partial_share must be in (0, 1), got {share}")
+    return [(1.0 - share) / n_complete] * n_complete + [share / n_partial] * n_partial
+
+
+def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto", initial_weights=None,
+             partial_records=None):
     """Train a U-Net on labelled angiograms; resume if `run_dir` holds a run.
 
     Args:
@@ -231,6 +243,11 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             U-Net of the config's shape, instead of `config.init` or the
             seeded random initialisation (a hyperparameter search starts every
             fold of every trial from the same weights). Ignored on resume.
+        partial_records: more training pairs whose masks label only some
+            vessels (e.g. ARCADE's main segments); their loss weights follow
+            `config.partial_background_weight` and
+            `config.partial_ignore_vessel_like`, their share of the patches
+            `config.partial_share`. Never used for validation.
 
     Returns:
         dict with `best_val_dice`, `best_epoch`, `epochs_done`, `seconds`,
@@ -260,14 +277,27 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         write_recipe(config, run_dir / "config.yaml")
         atomic_write_json(
             run_dir / "split.json",
-            {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]},
+            {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records],
+             **({"partial": [str(r.image_path) for r in partial_records]} if partial_records else {})},
         )
-    log(f"{len(train_records)} training and {len(val_records)} validation angiograms; precision {policy}")
+    log(f"{len(train_records)} training and {len(val_records)} validation angiograms"
+        + (f" (+ {len(partial_records)} partially labelled)" if partial_records else "") + f"; precision {policy}")
 
     train_items = load_labelled(train_records, clahe=config.clahe)
+    image_weights = None
+    if partial_records:
+        partial = {"background_weight": config.partial_background_weight,
+                   "ignore_vessel_like": config.partial_ignore_vessel_like}
+        partial_items = load_labelled(partial_records, clahe=config.clahe, partial=partial)
+        image_weights = partial_image_weights(len(train_items), len(partial_items), config.partial_share)
+        train_items = train_items + partial_items
     run.val_items = load_labelled(val_records, clahe=config.clahe)
-    augment = AugmentConfig(strength=config.augment_strength) if config.augment_strength >= 0 else None
-    sampler = PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment)
+    augment = None
+    if config.augment_strength >= 0:
+        augment = AugmentConfig(strength=config.augment_strength, scale=tuple(config.augment_scale),
+                                border_probability=config.augment_borders)
+    sampler = PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment,
+                           image_weights)
     total_steps = config.epochs * config.steps_per_epoch
 
     resumed = run.load_state()

@@ -16,6 +16,11 @@ class DiceBCELoss(keras.losses.Loss):
     cross-entropy alone). Both terms are computed in float32, which keeps a
     512x512 all-vessel patch finite under mixed precision.
 
+    `y_true` is the mask `[B, H, W, 1]`, or `[B, H, W, 2]` with a per-pixel
+    loss weight as second channel (partially labelled pairs,
+    `data.pipeline.partial_label_weights`): both terms then count each
+    pixel by its weight (weight 0: the pixel is ignored).
+
     Args:
         dice_weight: weight of the soft Dice term in [0, 1].
     """
@@ -30,12 +35,17 @@ class DiceBCELoss(keras.losses.Loss):
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1.0 - 1e-7)
         axes = [1, 2, 3]
-        intersection = tf.reduce_sum(y_true * y_pred, axis=axes)
-        total = tf.reduce_sum(y_true, axis=axes) + tf.reduce_sum(y_pred, axis=axes)
+        if y_true.shape[-1] == 2:
+            y_true, weight = y_true[..., :1], y_true[..., 1:]
+        else:
+            weight = tf.ones_like(y_true)
+        intersection = tf.reduce_sum(weight * y_true * y_pred, axis=axes)
+        total = tf.reduce_sum(weight * y_true, axis=axes) + tf.reduce_sum(weight * y_pred, axis=axes)
         soft_dice = 1.0 - (2.0 * intersection + SMOOTH) / (total + SMOOTH)
-        bce = -tf.reduce_mean(
-            y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred), axis=axes
-        )
+        cross_entropy = -(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
+        # Weighted mean over the pixels (the plain mean when every weight is 1).
+        count = tf.cast(tf.reduce_prod(tf.shape(y_true)[1:]), tf.float32)
+        bce = tf.reduce_sum(weight * cross_entropy, axis=axes) / count
         return self.dice_weight * soft_dice + (1.0 - self.dice_weight) * bce
 
     def get_config(self):
