@@ -10,11 +10,13 @@ Three layouts are indexed, each into a list of `AngiogramRecord`:
   self-supervised pretraining; DICOM cine runs expand to one record per frame.
 
 Indexing looks at names only (and DICOM headers, to count frames); pixels
-are decoded by `read_pair` or checked up front by `validate_records`.
+are decoded by `read_pair`, streamed by `iter_angiograms` (a cine run's
+frames from one read of its file) or checked up front by `validate_records`.
 """
 
 import collections
 import dataclasses
+import itertools
 import os
 import re
 from pathlib import Path
@@ -25,6 +27,7 @@ from cm_unet_keras.data.readers import count_frames
 from cm_unet_keras.data.readers import is_angiogram_file
 from cm_unet_keras.data.readers import is_dicom_file
 from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.data.readers import read_frames
 from cm_unet_keras.data.readers import read_vessel_mask
 
 NON_ANGIOGRAM_FOLDERS = frozenset({"masks", "annotations"})
@@ -241,12 +244,51 @@ def read_pair(record):
     return angiogram, vessel_mask
 
 
+def iter_angiograms(records):
+    """Yield each record's angiogram, reading each file once.
+
+    Consecutive records of one DICOM cine run (as `index_unlabeled` gives
+    them) are decoded frame by frame from a single read of the file.
+
+    Args:
+        records: `AngiogramRecord`s; masks are not read.
+
+    Yields:
+        `(record, angiogram)`, in the order of `records`; for a record that
+        cannot be read, `(record, InvalidInputError)` instead (a cine whose
+        frame cannot be decoded gives it for that frame and the ones after).
+    """
+    for path, group in itertools.groupby(records, key=lambda record: record.image_path):
+        group = list(group)
+        frames = [record.frame for record in group]
+        streamed = len(group) > 1 and None not in frames and frames == sorted(set(frames))
+        done = 0
+        try:
+            if streamed:
+                for record, (_, angiogram) in zip(group, read_frames(path, frames)):
+                    done += 1
+                    yield record, angiogram
+            else:
+                for record in group:
+                    angiogram = read_angiogram(record.image_path, record.frame)
+                    done += 1
+                    yield record, angiogram
+        except InvalidInputError as error:
+            if not streamed:  # the others of the group are read on their own
+                yield group[done], error
+                yield from iter_angiograms(group[done + 1 :])
+                continue
+            for record in group[done:]:
+                yield record, error
+
+
 def validate_records(records, skip_invalid=False):
     """Read every record once, to find broken files before training starts.
 
     Pixels are decoded in full rather than judged from headers: a truncated
     PNG or DICOM has an intact header and fails only when decoded. Labelled
-    records are read with `read_pair`, so size mismatches are caught too.
+    records are read with `read_pair`, so size mismatches are caught too;
+    unlabeled ones with `iter_angiograms` (a cine run is read once).
 
     Args:
         records: `AngiogramRecord`s from an index function.
@@ -260,11 +302,15 @@ def validate_records(records, skip_invalid=False):
     Raises:
         InvalidInputError: the first problem, unless skip_invalid.
     """
+    records = list(records)
+    unlabeled = iter_angiograms([record for record in records if record.mask_path is None])
     valid, skipped = [], []
     for record in records:
         try:
             if record.mask_path is None:
-                read_angiogram(record.image_path, record.frame)
+                result = next(unlabeled)[1]
+                if isinstance(result, InvalidInputError):
+                    raise result
             else:
                 read_pair(record)
         except InvalidInputError as error:

@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 
 from cm_unet_keras.data.errors import InvalidInputError
-from cm_unet_keras.data.layouts import index_unlabeled
+from cm_unet_keras.data.layouts import index_unlabeled, iter_angiograms
 from cm_unet_keras.data.pipeline import preprocess_angiogram
-from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.presets import resolve_model_path
 from cm_unet_keras.training.transfer import load_unet
@@ -78,6 +77,8 @@ def predict_files(
 ):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
 
+    A DICOM cine run is read once and segmented frame by frame.
+
     Args:
         skipped: None to stop at the first unreadable file; or a list to
             which `(path, problem)` of each unreadable file is appended, the
@@ -87,13 +88,11 @@ def predict_files(
         The list of written path dicts, one per angiogram (per frame).
     """
     written = []
-    for record in index_unlabeled(inputs):
-        try:
-            angiogram = read_angiogram(record.image_path, frame=record.frame)
-        except InvalidInputError as error:
+    for record, angiogram in iter_angiograms(index_unlabeled(inputs)):
+        if isinstance(angiogram, InvalidInputError):
             if skipped is None:
-                raise
-            skipped.append((error.path, error.problem))
+                raise angiogram
+            skipped.append((angiogram.path, angiogram.problem))
             continue
         probability = segment_angiogram(model, angiogram, clahe, tta)
         written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
