@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import cm_unet_keras  # noqa: F401  (sets the backend and log level first)
+from cm_unet_keras.data.layouts import NNUNET_SUBSETS
 
 
 def _add_layout_arguments(parser, default_part="train"):
@@ -12,7 +13,16 @@ def _add_layout_arguments(parser, default_part="train"):
     group.add_argument("--pairs", help="folder of N.png + N<suffix>.png pairs")
     group.add_argument("--mask-suffix", default="_gt", help="mask file suffix for --pairs (default _gt)")
     group.add_argument("--images", help="folder of angiograms (with --masks: same file names)")
-    group.add_argument("--masks", help="folder of vessel masks, 0/255, values >= 128 are vessel")
+    group.add_argument("--masks", help="folder of vessel masks: 0/1, or 0/255 with values >= 128 vessel")
+    group.add_argument("--nnunet", help="nnU-Net raw dataset folder: dataset.json, imagesTr/CASE_0000.png, labelsTr/CASE.png")
+    group.add_argument(
+        "--nnunet-set", choices=sorted(NNUNET_SUBSETS), default="train",
+        help="with --nnunet: imagesTr/labelsTr (train) or imagesTs/labelsTs (test) (default train)",
+    )
+    group.add_argument(
+        "--nnunet-labels", nargs="+", metavar="NAME",
+        help="with --nnunet: the dataset.json labels that are vessel (default: every label but background)",
+    )
     group.add_argument("--split", help="split file written by `cm-unet split`: use one part of the dataset")
     group.add_argument("--part", default=default_part, help=f"part of --split to use (default {default_part})")
     group.add_argument(
@@ -22,17 +32,21 @@ def _add_layout_arguments(parser, default_part="train"):
 
 
 def _records_from_layout(args):
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs, validate_records
+    from cm_unet_keras.data.layouts import index_images_masks, index_nnunet, index_pairs, validate_records
 
-    if args.pairs and (args.images or args.masks):
-        raise SystemExit("error: give either --pairs or --images/--masks, not both")
+    if sum(map(bool, (args.pairs, args.images or args.masks, args.nnunet))) > 1:
+        raise SystemExit("error: give one of --pairs, --images/--masks or --nnunet")
     skipped = [] if args.skip_invalid else None
     if args.pairs:
         records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped)
     elif args.images and args.masks:
         records = index_images_masks(args.images, args.masks, skipped=skipped)
+    elif args.nnunet:
+        records = index_nnunet(args.nnunet, args.nnunet_set, args.nnunet_labels, skipped=skipped)
     else:
-        raise SystemExit("error: a labelled dataset is needed: --pairs DIR or --images DIR --masks DIR")
+        raise SystemExit(
+            "error: a labelled dataset is needed: --pairs DIR, --images DIR --masks DIR or --nnunet DIR"
+        )
     if getattr(args, "split", None):
         from cm_unet_keras.data.splits import select_part
 
@@ -60,7 +74,7 @@ def cmd_split(args):
     from cm_unet_keras.data.splits import make_split, write_split
 
     records = _records_from_layout(args)
-    split = make_split(records, args.holdout, args.seed, source=args.pairs or args.images)
+    split = make_split(records, args.holdout, args.seed, source=args.pairs or args.images or args.nnunet)
     write_split(split, args.out)
     print(f"{len(split['train'])} train / {len(split['holdout'])} holdout pairs written to {args.out}")
 

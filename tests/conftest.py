@@ -18,3 +18,31 @@ def shared_data():
             "angiograms from ../shared/data next to the project root"
         )
     return folder
+
+
+@pytest.fixture
+def nnunet_dataset(tmp_path, shared_data):
+    """An nnU-Net raw dataset written from 6 CIMAT pairs: 4 training and
+    2 test cases, 0/1 label maps, `dataset.json` as nnU-Net v2 writes it."""
+    import json
+
+    import cv2
+
+    folder = tmp_path / "Dataset501_XCA"
+    source = shared_data / "xca_vessels" / "train"
+    for subset, stems in (("Tr", ("1", "2", "3", "4")), ("Ts", ("5", "6"))):
+        (folder / f"images{subset}").mkdir(parents=True)
+        (folder / f"labels{subset}").mkdir()
+        for stem in stems:
+            case = f"xca_{int(stem):03d}"
+            cv2.imwrite(str(folder / f"images{subset}" / f"{case}_0000.png"), cv2.imread(str(source / f"{stem}.png")))
+            vessel = cv2.imread(str(source / f"{stem}_gt.png"), cv2.IMREAD_GRAYSCALE) >= 128
+            cv2.imwrite(str(folder / f"labels{subset}" / f"{case}.png"), vessel.astype("uint8"))
+    dataset = {
+        "channel_names": {"0": "X-ray"},
+        "labels": {"background": 0, "vessel": 1},
+        "numTraining": 4,
+        "file_ending": ".png",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder

@@ -209,3 +209,32 @@ def test_evaluate_and_predict_use_the_runs_clahe_and_threshold(pairs, tiny_model
     written = cv2.imread(str(tmp_path / "p" / "1_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     expected = segment_angiogram(model, read_angiogram(pairs / "1.png"), clahe=True) >= 0.45
     np.testing.assert_array_equal(written, expected)
+
+
+def test_nnunet_dataset_for_split_finetune_evaluate_and_tune(nnunet_dataset, tmp_path, capsys):
+    dataset = ["--nnunet", str(nnunet_dataset)]
+    split = tmp_path / "split.json"
+    assert _run(["split", *dataset, "--holdout", "1", "--out", str(split)], capsys)[0] == 0
+    train = json.loads(split.read_text())["train"]
+    assert len(train) == 3 and all(name.startswith("xca_") for name in train)
+
+    tiny = ["--base-filters", "4", "--depth", "2", "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "1"]
+    run = tmp_path / "run"
+    code, _ = _run(["finetune", *dataset, "--split", str(split), "--out", str(run), *tiny, "--verbose", "0"], capsys)
+    assert code == 0 and json.loads((run / "split.json").read_text())["train"] == sorted(train)
+
+    report = tmp_path / "test.json"
+    code, _ = _run(["evaluate", "--model", str(run / "model.keras"), *dataset, "--nnunet-set", "test",
+                    "--json", str(report)], capsys)
+    assert code == 0
+    assert [row["name"] for row in json.loads(report.read_text())["per_image"]] == ["xca_005", "xca_006"]
+
+    code, printed = _run(["tune", *dataset, "--split", str(split), "--part", "train",
+                    "--out", str(tmp_path / "tune"), "--max-trials", "1", "--folds", "2", *tiny], capsys)
+    assert code == 0, printed.err
+    folds = sorted((tmp_path / "tune").rglob("fold_*/split.json"))
+    assert len(folds) == 2
+    assert sorted(name for fold in folds for name in json.loads(fold.read_text())["val"]) == sorted(train)
+
+    with pytest.raises(SystemExit, match="one of --pairs, --images/--masks or --nnunet"):
+        main(["evaluate", "--model", str(run / "model.keras"), *dataset, "--pairs", str(tmp_path)])

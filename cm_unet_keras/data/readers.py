@@ -22,6 +22,7 @@ of the package.
 Every problem with a file raises `InvalidInputError` naming that file.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -29,11 +30,10 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-
-from cm_unet_keras.data.errors import InvalidInputError
-
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels import iter_pixels
+
+from cm_unet_keras.data.errors import InvalidInputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 """Suffixes (lower case) of angiograms and masks decoded with OpenCV."""
@@ -56,6 +56,20 @@ _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Elements larger than this (the pixel data) are skipped while the header is
 # parsed; the frames are then decoded one at a time from the same open file.
 _DICOM_DEFER_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class VesselLabels:
+    """Which values of a label map are vessel.
+
+    Args:
+        vessel: the values read as vessel.
+        declared: every value the dataset declares (background included);
+            a label map holding another value is refused.
+    """
+
+    vessel: tuple
+    declared: tuple
 
 
 def is_dicom_file(path):
@@ -162,11 +176,15 @@ def count_frames(path):
     return 1
 
 
-def read_vessel_mask(path):
-    """Read a binary vessel mask.
+def read_vessel_mask(path, labels=None):
+    """Read a binary vessel mask, or the vessel labels of a label map.
 
     Args:
         path: an 8- or 16-bit image file (see `IMAGE_SUFFIXES`).
+        labels: None for a binary mask (below); or a `VesselLabels` (from
+            nnU-Net's `dataset.json`): the file is read as integer labels, a
+            pixel is vessel when its value is one of `labels.vessel`, and a
+            value the dataset does not declare is refused.
 
     Returns:
         uint8 array of shape (H, W) holding 0 (background) and 1 (vessel).
@@ -193,6 +211,8 @@ def read_vessel_mask(path):
             f"{_suffix_list(IMAGE_SUFFIXES)}",
         )
     mask = _decode_image(path)
+    if labels is not None:
+        return _vessel_labels(path, mask, labels)
     if mask.dtype == np.uint8:
         threshold = MASK_THRESHOLD
     elif mask.dtype == np.uint16:
@@ -220,6 +240,24 @@ def read_vessel_mask(path):
         )
     # A bool array viewed as uint8 is already 0/1: no second copy.
     return (mask >= threshold).view(np.uint8)
+
+
+def _vessel_labels(path, label_map, labels):
+    if label_map.dtype not in (np.uint8, np.uint16):
+        raise InvalidInputError(path, f"label map pixels are {label_map.dtype}; expected 8- or 16-bit integers")
+    if label_map.ndim == 3 and label_map.shape[2] in (3, 4):
+        colour = label_map[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise InvalidInputError(path, "a label map must be one channel (its colour channels differ)")
+        label_map = colour[..., 0]
+    elif label_map.ndim != 2:
+        raise InvalidInputError(path, f"unsupported label map shape {label_map.shape}")
+    undeclared = sorted(set(np.unique(label_map).tolist()) - set(labels.declared))
+    if undeclared:
+        raise InvalidInputError(
+            path, f"label values {undeclared} are not among the dataset's labels {sorted(labels.declared)}"
+        )
+    return np.isin(label_map, labels.vessel).view(np.uint8)
 
 
 def _check_file(path):
