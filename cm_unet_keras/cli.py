@@ -126,15 +126,21 @@ def cmd_finetune(args):
 
 def _model_and_settings(args):
     """The model of `--model` and its (threshold, clahe): the flags', else the run's or card's."""
-    from cm_unet_keras.inference.predict import load_model
-    from cm_unet_keras.inference.settings import resolve_settings
-    from cm_unet_keras.models.presets import resolve_model_path
+    import warnings
 
-    path = resolve_model_path(args.model)
-    threshold, clahe, source = resolve_settings(path, args.threshold, args.clahe)
-    print(f"threshold {threshold:g}, CLAHE {'on' if clahe else 'off'} ({'from ' + source if source else 'defaults'}"
+    from cm_unet_keras.inference.predict import load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(args.model)
+    for warning in caught:  # one line, not Python's warning format
+        print(f"warning: {warning.message}", file=sys.stderr)
+    settings = model.segmentation_settings.overridden(args.threshold, args.clahe)
+    source = settings.source
+    print(f"threshold {settings.threshold:g}, CLAHE {'on' if settings.clahe else 'off'} "
+          f"({'from ' + source if source else 'defaults'}"
           f"{'' if args.threshold is None and args.clahe is None else ', as given'})", file=sys.stderr)
-    return load_model(path), threshold, clahe
+    return model, settings.threshold, settings.clahe
 
 
 def cmd_evaluate(args):

@@ -461,37 +461,15 @@ def _cine_frames(shared_data, count=4, size=64):
     return np.stack(frames)
 
 
-def _write_cine(path, frames, syntax, encoded=None):
-    """An 8-bit XA cine in `syntax`: compressed by pydicom, or `encoded` frames encapsulated as given."""
-    from pydicom.encaps import encapsulate
-
-    path = write_dicom(path, frames.astype(np.uint16), bits_stored=8)
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelData = frames.astype(np.uint8).tobytes()
-    if encoded is None:
-        ds.compress(syntax, frames.astype(np.uint8), encoding_plugin="pylibjpeg" if "2000" in syntax.name else "")
-    else:
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.PixelData = encapsulate(encoded)
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.parametrize("syntax_name", ["RLELossless", "JPEG2000Lossless"])
-def test_losslessly_compressed_cine_streams_every_frame_exactly(syntax_name, shared_data, tmp_path):
+def test_losslessly_compressed_cine_streams_every_frame_exactly(syntax_name, shared_data, tmp_path, xa_cine_writer):
     import pydicom.uid
 
     from cm_unet_keras.data.readers import read_frames
 
     syntax = getattr(pydicom.uid, syntax_name)
     frames = _cine_frames(shared_data)
-    path = _write_cine(tmp_path / "cine.dcm", frames, syntax)
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, syntax)
     assert count_frames(path) == 4
     streamed = list(read_frames(path))
     assert [frame for frame, _ in streamed] == [0, 1, 2, 3]
@@ -501,20 +479,20 @@ def test_losslessly_compressed_cine_streams_every_frame_exactly(syntax_name, sha
     assert [frame for frame, _ in read_frames(path, [1, 3])] == [1, 3]
 
 
-def test_jpeg_baseline_cine_decodes_each_frame_as_its_jpeg(shared_data, tmp_path):
+def test_jpeg_baseline_cine_decodes_each_frame_as_its_jpeg(shared_data, tmp_path, xa_cine_writer):
     from pydicom.uid import JPEGBaseline8Bit
 
     from cm_unet_keras.data.readers import read_frames
 
     frames = _cine_frames(shared_data)
     encoded = [cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for frame in frames]
-    path = _write_cine(tmp_path / "cine.dcm", frames, JPEGBaseline8Bit, encoded)
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, JPEGBaseline8Bit, encoded)
     for (_, angiogram), jpeg in zip(read_frames(path), encoded):
         expected = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
         assert np.abs(angiogram - expected).max() <= 2  # two IDCT implementations
 
 
-def test_frames_of_a_compressed_cine_are_read_from_one_open_of_the_file(shared_data, tmp_path, monkeypatch):
+def test_frames_of_a_compressed_cine_are_read_from_one_open_of_the_file(shared_data, tmp_path, monkeypatch, xa_cine_writer):
     import builtins
 
     from pydicom.uid import RLELossless
@@ -522,7 +500,7 @@ def test_frames_of_a_compressed_cine_are_read_from_one_open_of_the_file(shared_d
     from cm_unet_keras.data.layouts import index_unlabeled, validate_records
 
     frames = _cine_frames(shared_data, count=6)
-    path = _write_cine(tmp_path / "cine.dcm", frames, RLELossless)
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, RLELossless)
     records = index_unlabeled(path)
     assert len(records) == 6
     opened, real_open = [], builtins.open
