@@ -238,3 +238,17 @@ def test_nnunet_dataset_for_split_finetune_evaluate_and_tune(nnunet_dataset, tmp
 
     with pytest.raises(SystemExit, match="one of --pairs, --images/--masks or --nnunet"):
         main(["evaluate", "--model", str(run / "model.keras"), *dataset, "--pairs", str(tmp_path)])
+
+
+def test_finetune_rerun_with_other_settings_stops_and_keeps_the_record(pairs, tiny_model_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["finetune", "--pairs", str(pairs), "--out", str(run), "--base-filters", "4", "--depth", "2",
+            "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "1", "--verbose", "0"]
+    assert _run(base + ["--lr", "2e-3", "--init", str(tiny_model_path)], capsys)[0] == 0
+    record = {name: (run / name).read_bytes() for name in ("config.yaml", "split.json", "model.keras")}
+    code, printed = _run(base + ["--lr", "5e-4"], capsys)  # the issue's rerun: other lr, no --init
+    assert code == 2 and "Traceback" not in printed.err and "resuming" not in printed.out
+    (error,) = printed.err.strip().splitlines()
+    assert error.startswith(f"error: {run}: ") and "lr 0.002 -> 0.0005" in error and "init '" in error
+    assert "new --out" in error
+    assert {name: (run / name).read_bytes() for name in record} == record
