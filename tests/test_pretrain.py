@@ -306,7 +306,7 @@ def test_pretrain_rerun_is_refused_other_settings_and_records_an_extension(tmp_p
         "pretrain", "--images", str(shared_data / "arcade_stenosis" / "val" / "images"), "--out", str(run_dir),
         "--max-images", "4", "--batch-size", "2", "--image-size", "32", "--working-size", "64",
         "--base-filters", "4", "--depth", "2", "--lr", "1e-3", "--warmup-epochs", "1",
-        "--steps-per-epoch", "1", "--verbose", "0",
+        "--steps-per-epoch", "1", "--quiet",
     ]
     assert main(arguments + ["--epochs", "1"]) == 0
     recorded = (run_dir / "config.yaml").read_bytes()

@@ -7,6 +7,7 @@ at full size, threshold, write PNGs.
 """
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -206,17 +207,47 @@ def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT
     return paths
 
 
+class ProgressBar:
+    """`done/total` angiograms, rate and time left, redrawn on one line of a
+    terminal stream (as `keras.utils.Progbar`, which writes to stdout)."""
+
+    WIDTH = 30
+
+    def __init__(self, total, stream, label="angiograms"):
+        self.total, self.stream, self.label = total, stream, label
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def advance(self):
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate else 0.0
+        filled = round(self.WIDTH * self.done / max(self.total, 1))
+        self.stream.write(
+            f"\r{self.done}/{self.total} {self.label} [{'=' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{rate:.1f}/s, ETA {int(left) // 60}:{int(left) % 60:02d}"
+            + ("\n" if self.done >= self.total else "")
+        )
+        self.stream.flush()
+
+
 def predict_files(
-    model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False
+    model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False,
+    progress=None,
 ):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
 
     A DICOM cine run is read once and segmented frame by frame.
 
     Args:
+        log: a print-like function for one line per angiogram, or None.
         skipped: None to stop at the first unreadable file; or a list to
             which `(path, problem)` of each unreadable file is appended, the
             file being left out (`--skip-invalid`).
+        progress: a stream (a terminal's stderr) to draw a progress bar with
+            the time left on, one step per angiogram or cine frame; None:
+            no bar.
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
@@ -226,14 +257,19 @@ def predict_files(
             that cannot be read (unless `skipped`).
     """
     _settings_of(model)
+    records = index_unlabeled(inputs)
+    bar = ProgressBar(len(records), progress) if progress is not None else None
     written = []
-    for record, angiogram in iter_angiograms(index_unlabeled(inputs)):
+    for record, angiogram in iter_angiograms(records):
         if isinstance(angiogram, InvalidInputError):
             if skipped is None:
                 raise angiogram
             skipped.append((angiogram.path, angiogram.problem))
-            continue
-        probability = segment_angiogram(model, angiogram, clahe, tta)
-        written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
-        log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
+        else:
+            probability = segment_angiogram(model, angiogram, clahe, tta)
+            written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
+            if log:
+                log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
+        if bar:
+            bar.advance()
     return written
