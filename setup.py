@@ -47,7 +47,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
     # Upper bounds: below the next major release we have not tested (the
-    # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0).
+    # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0, pydicom 3.0,
+    # pylibjpeg 2.1 with libjpeg 2.5, openjpeg 2.6 and rle 2.2).
     install_requires=[
         "keras>=3.3,<4",
         "numpy>=1.24,<3",
@@ -55,6 +56,13 @@ setup(
         "scikit-image>=0.21,<1",
         "scipy>=1.10,<2",
         "pydicom>=3.0,<4",
+        # pydicom's decoders for the compressed syntaxes XA cines are stored in:
+        # JPEG baseline/extended/lossless and JPEG-LS (libjpeg), JPEG 2000
+        # (openjpeg), RLE (rle); without them such files cannot be read.
+        "pylibjpeg>=2.0,<3",
+        "pylibjpeg-libjpeg>=2.1,<3",
+        "pylibjpeg-openjpeg>=2.0,<3",
+        "pylibjpeg-rle>=2.0,<3",
         "keras-tuner>=1.4,<2",
         # KerasTuner's Bayesian optimisation imports scikit-learn without declaring it.
         "scikit-learn>=1.3,<2",

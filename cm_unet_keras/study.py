@@ -608,6 +608,29 @@ def check_same_protocol(study, runs_dir):
         path.write_text(json.dumps(protocol, indent=2))
 
 
+def checkout_paths(gpu_paper=False):
+    """The study's default paths when the package runs from its source
+    checkout (`setup.py` and `recipes/xca_split.json` beside the package):
+    `../shared/data` beside the checkout, its split, `runs/` and
+    `benchmarks/`. None for an installed package, which has no such places
+    (they would point into site-packages).
+
+    Returns:
+        `{"root", "data", "split", "runs", "out"}` or None.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if not ((root / "setup.py").is_file() and (root / "recipes" / "xca_split.json").is_file()):
+        return None
+    name = "label_efficiency_gpu_paper" if gpu_paper else "label_efficiency"
+    return {
+        "root": root,
+        "data": root.parent / "shared" / "data",
+        "split": root / "recipes" / "xca_split.json",
+        "runs": root / "runs" / name,
+        "out": root / "benchmarks" / name,
+    }
+
+
 def run_study(study, data_root, split_path, runs_dir, out_dir, stage="all", log=print, verbose=2, command=""):
     """Both stages (or one), then the three result files.
 

@@ -16,9 +16,10 @@
   rate: `benchmarks/finetune_budget/results.md`).
 
 Each preset folder holds `model.keras` (float32, loads with
-`safe_mode=True`) and `card.json` (data and licences, this command, the
-training configuration, validation metrics, input expectations and the
-file's SHA-256). A preset is written whole or not at all; an existing one is
+`safe_mode=True`), `card.json` (intended use, limitations, data and what
+their licences allow, this command, the training configuration, validation
+metrics, input expectations and the file's SHA-256) and `README.md`, the
+card rendered for people. A preset is written whole or not at all; an existing one is
 replaced only with `--overwrite`.
 """
 
@@ -62,6 +63,68 @@ DATA = {
         "recipes/xca_split.json (seed 0)."
     ),
 }
+# What every card says of its use, its limits and its data's licences
+# (rendered into README.md beside card.json by presets.write_preset).
+NOT_INTENDED_FOR = [
+    "Clinical decisions of any kind: diagnosis, grading of stenoses, treatment planning, or any use on patients. "
+    "It is not a medical device and has not been validated clinically or approved by any regulator.",
+    "Measuring vessel diameters or the degree of a stenosis: the mask is a thresholded probability, not a "
+    "calibrated outline.",
+]
+LICENCES = (
+    "The weights are derived from the training images, so the data's terms travel with them; the package's "
+    "Apache-2.0 licence covers the code, not the data. ARCADE is published under CC BY 4.0 (its Zenodo record): "
+    "redistributing the weights or models derived from them requires crediting its authors (Popov et al., "
+    "Scientific Data 2024). The CIMAT images come from the repository fercer/Coronary, under BSD-3-Clause: keep its "
+    "copyright notice and cite Cervantes-Sanchez et al. with the weights. Neither source was checked for terms on "
+    "commercial or clinical use: check both before using the weights beyond research."
+)
+SHARED_LIMITATIONS = [
+    "Failure modes were not studied systematically: look at the overlays `cm-unet predict` writes before trusting "
+    "a mask.",
+    "A small network (width 16, 1.95M parameters), sized to train on a laptop CPU; the paper's width-64 network was "
+    "not trained here.",
+]
+CARD_TEXT = {
+    PRETRAINED: {
+        "intended_use": (
+            "Research: the starting point for fine-tuning a U-Net on your own labelled X-ray angiograms "
+            "(`cm-unet finetune --init cmunet_small_pretrained`), and for studying self-supervised pretraining. "
+            "It does not segment by itself: `segment` and `cm-unet predict` refuse it."
+        ),
+        "not_intended_for": NOT_INTENDED_FOR,
+        "limitations": [
+            "Its segmentation head was never trained; only the encoder and decoder carry what pretraining learned.",
+            "Pretrained on about 1,530 angiograms of two public sources (ARCADE, and the CIMAT training images "
+            "without their masks); other scanners, centres, projections and image sizes are untested.",
+            "No metric of its own: it is judged through models fine-tuned from it. With 30 labels its gain over "
+            "a random start was +0.007 Dice at 2,000 fine-tuning steps and gone at 4,000 "
+            "(benchmarks/finetune_budget/results.md).",
+            *SHARED_LIMITATIONS,
+        ],
+        "licences": LICENCES,
+    },
+    XCA: {
+        "intended_use": (
+            "Research on coronary vessel segmentation in X-ray angiography: a baseline to compare with, a model "
+            "to try the package on real angiograms, and a starting point to fine-tune on your own labels. It "
+            "gives a vessel probability and mask for a grey angiogram frame of any size."
+        ),
+        "not_intended_for": NOT_INTENDED_FOR,
+        "limitations": [
+            "Trained on few images from few sources: 30 labelled 300x300 angiograms of one public database "
+            "(CIMAT), after pretraining on about 1,530 unlabeled angiograms of ARCADE and CIMAT. Scanners, "
+            "centres, projections, frame rates and patient groups outside these sources are untested.",
+            "Validated on only 10 angiograms of the same database as its training pairs, with no independent "
+            "test set; the fine-tuning budget was chosen on those 10, so their Dice (0.76) is optimistic for "
+            "new data.",
+            "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the "
+            "detected field of view.",
+            *SHARED_LIMITATIONS,
+        ],
+        "licences": LICENCES,
+    },
+}
 INPUT = (
     "One grey X-ray coronary angiogram at native resolution (trained on 300x300 CIMAT and 512x512 ARCADE frames; any "
     "size works, padded to a multiple of 16). `cm-unet predict`, `segment_angiogram` and the exported SavedModel take "
@@ -102,6 +165,7 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
                 "encoder and decoder pretrained, segmentation head untrained. Fine-tune it on your labelled "
                 "angiograms: `cm-unet finetune --init cmunet_small_pretrained ...`."
             ),
+            **CARD_TEXT[PRETRAINED],
             "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
                              "parameters": int(unet.count_params())},
             "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
@@ -143,6 +207,7 @@ def build_xca(data_root, split, runs, root, overwrite, log=print):
             "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms: "
             f"{PRETRAINED} fine-tuned 2,000 steps on 30 labelled CIMAT angiograms, last epoch kept."
         ),
+        **CARD_TEXT[XCA],
         "architecture": {"class": "CMUNet", "base_filters": config.base_filters, "depth": config.depth},
         "data": DATA,
         "training": {"finetune_config": config_to_dict(config), "n_train": fit["n_train"], "n_val": fit["n_val"],

@@ -18,3 +18,75 @@ def shared_data():
             "angiograms from ../shared/data next to the project root"
         )
     return folder
+
+
+@pytest.fixture
+def nnunet_dataset(tmp_path, shared_data):
+    """An nnU-Net raw dataset written from 6 CIMAT pairs: 4 training and
+    2 test cases, 0/1 label maps, `dataset.json` as nnU-Net v2 writes it."""
+    import json
+
+    import cv2
+
+    folder = tmp_path / "Dataset501_XCA"
+    source = shared_data / "xca_vessels" / "train"
+    for subset, stems in (("Tr", ("1", "2", "3", "4")), ("Ts", ("5", "6"))):
+        (folder / f"images{subset}").mkdir(parents=True)
+        (folder / f"labels{subset}").mkdir()
+        for stem in stems:
+            case = f"xca_{int(stem):03d}"
+            cv2.imwrite(str(folder / f"images{subset}" / f"{case}_0000.png"), cv2.imread(str(source / f"{stem}.png")))
+            vessel = cv2.imread(str(source / f"{stem}_gt.png"), cv2.IMREAD_GRAYSCALE) >= 128
+            cv2.imwrite(str(folder / f"labels{subset}" / f"{case}.png"), vessel.astype("uint8"))
+    dataset = {
+        "channel_names": {"0": "X-ray"},
+        "labels": {"background": 0, "vessel": 1},
+        "numTraining": 4,
+        "file_ending": ".png",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return folder
+
+
+def write_xa_cine(path, frames, syntax, encoded=None):
+    """Write 8-bit `frames` [N, H, W] as an XA cine run in transfer `syntax`:
+    compressed by pydicom (RLE; JPEG 2000 with pylibjpeg), or the already
+    `encoded` frames (e.g. JPEG from OpenCV) encapsulated as given."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = np.asarray(frames, np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "XA"
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    if encoded is None:
+        ds.PixelData = frames.tobytes()
+        ds.compress(syntax, frames, encoding_plugin="pylibjpeg" if "2000" in syntax.name else "")
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def xa_cine_writer():
+    """`write_xa_cine`, for the test modules."""
+    return write_xa_cine

@@ -1,5 +1,6 @@
 """The `cm-unet` commands end to end, and their errors on bad input."""
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -209,3 +210,161 @@ def test_evaluate_and_predict_use_the_runs_clahe_and_threshold(pairs, tiny_model
     written = cv2.imread(str(tmp_path / "p" / "1_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     expected = segment_angiogram(model, read_angiogram(pairs / "1.png"), clahe=True) >= 0.45
     np.testing.assert_array_equal(written, expected)
+
+
+def test_nnunet_dataset_for_split_finetune_evaluate_and_tune(nnunet_dataset, tmp_path, capsys):
+    dataset = ["--nnunet", str(nnunet_dataset)]
+    split = tmp_path / "split.json"
+    assert _run(["split", *dataset, "--holdout", "1", "--out", str(split)], capsys)[0] == 0
+    train = json.loads(split.read_text())["train"]
+    assert len(train) == 3 and all(name.startswith("xca_") for name in train)
+
+    tiny = ["--base-filters", "4", "--depth", "2", "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "1"]
+    run = tmp_path / "run"
+    code, _ = _run(["finetune", *dataset, "--split", str(split), "--out", str(run), *tiny, "--quiet"], capsys)
+    assert code == 0 and json.loads((run / "split.json").read_text())["train"] == sorted(train)
+
+    report = tmp_path / "test.json"
+    code, _ = _run(["evaluate", "--model", str(run / "model.keras"), *dataset, "--nnunet-set", "test",
+                    "--json", str(report)], capsys)
+    assert code == 0
+    assert [row["name"] for row in json.loads(report.read_text())["per_image"]] == ["xca_005", "xca_006"]
+
+    code, printed = _run(["tune", *dataset, "--split", str(split), "--part", "train",
+                    "--out", str(tmp_path / "tune"), "--max-trials", "1", "--folds", "2", *tiny], capsys)
+    assert code == 0, printed.err
+    folds = sorted((tmp_path / "tune").rglob("fold_*/split.json"))
+    assert len(folds) == 2
+    assert sorted(name for fold in folds for name in json.loads(fold.read_text())["val"]) == sorted(train)
+
+    with pytest.raises(SystemExit, match="one of --pairs, --images/--masks or --nnunet"):
+        main(["evaluate", "--model", str(run / "model.keras"), *dataset, "--pairs", str(tmp_path)])
+
+
+def test_finetune_rerun_with_other_settings_stops_and_keeps_the_record(pairs, tiny_model_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["finetune", "--pairs", str(pairs), "--out", str(run), "--base-filters", "4", "--depth", "2",
+            "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "1", "--quiet"]
+    assert _run(base + ["--lr", "2e-3", "--init", str(tiny_model_path)], capsys)[0] == 0
+    record = {name: (run / name).read_bytes() for name in ("config.yaml", "split.json", "model.keras")}
+    code, printed = _run(base + ["--lr", "5e-4"], capsys)  # the issue's rerun: other lr, no --init
+    assert code == 2 and "Traceback" not in printed.err and "resuming" not in printed.out
+    (error,) = printed.err.strip().splitlines()
+    assert error.startswith(f"error: {run}: ") and "lr 0.002 -> 0.0005" in error and "init '" in error
+    assert "new --out" in error
+    assert {name: (run / name).read_bytes() for name in record} == record
+
+
+def _subcommands():
+    from cm_unet_keras.cli import build_parser
+
+    parser = build_parser()
+    (choices,) = [action.choices for action in parser._actions if isinstance(action.choices, dict)]
+    return choices
+
+
+def _help_of(subparser, dest):
+    (action,) = [action for action in subparser._actions if action.dest == dest and action.option_strings[0] != "--quiet"]
+    return subparser._get_formatter()._expand_help(action)
+
+
+def test_help_shows_each_config_default_from_the_dataclass(monkeypatch):
+    import dataclasses
+
+    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig
+    from cm_unet_keras.tuning import TuneConfig
+
+    # Defaults are read from the dataclass when the parser is built, not written twice.
+    monkeypatch.setattr(FinetuneConfig.__dataclass_fields__["epochs"], "default", 37)
+    commands = _subcommands()
+    assert _help_of(commands["finetune"], "epochs").endswith("(default: 37)")
+    checked = 0
+    for command, config_class in (("finetune", FinetuneConfig), ("tune", FinetuneConfig), ("tune", TuneConfig)):
+        fields = {field.name: field.default for field in dataclasses.fields(config_class)}
+        for action in commands[command]._actions:
+            if action.dest in fields and action.option_strings and fields[action.dest] is not None:
+                value = fields[action.dest]
+                shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+                assert _help_of(commands[command], action.dest).endswith(f"(default: {shown})"), (command, action.dest)
+                checked += 1
+    assert checked >= 20
+    epochs = _help_of(commands["pretrain"], "epochs")
+    assert f"{PRETRAIN_RECIPES['cpu']['epochs']} with the cpu recipe" in epochs
+    assert f"{PretrainConfig.epochs} with the paper recipe" in epochs
+    # Options that have a value by default say so; none speaks of the process.
+    for name, subparser in commands.items():
+        text = subparser.format_help()
+        assert "issue" not in text.lower(), name
+        for action in subparser._actions:
+            if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+                assert "default" in _help_of(subparser, action.dest), (name, action.dest)
+
+
+def test_verbose_is_a_flag_with_levels_and_quiet(tmp_path):
+    from cm_unet_keras.cli import build_parser
+
+    parser = build_parser()
+    base = ["finetune", "--pairs", "p", "--out", "o"]
+    assert parser.parse_args(base).verbose == "auto"
+    assert parser.parse_args(base + ["--verbose"]).verbose == 2
+    assert parser.parse_args(base + ["--verbose", "1"]).verbose == 1
+    assert parser.parse_args(base + ["--quiet"]).verbose == 0
+    assert parser.parse_args(["pretrain", "--images", "i", "--out", "o", "--verbose"]).verbose == 2
+    assert parser.parse_args(["tune", "--pairs", "p", "--out", "o"]).verbose == 0
+    assert parser.parse_args(["tune", "--pairs", "p", "--out", "o", "--verbose"]).verbose == 2
+    assert parser.parse_args(["study", "--quiet"]).verbose == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--verbose", "3"])
+
+
+def test_study_paths_are_explicit_or_those_of_the_source_checkout(tmp_path, monkeypatch, capsys):
+    from cm_unet_keras import study
+
+    calls = []
+    monkeypatch.setattr(study, "run_study", lambda *args, **kwargs: calls.append(args) or
+                        {"stage_seconds": {}, "records": [], "new_runs": 0})
+    # From the source checkout: its paths, said on stderr.
+    assert main(["study", "--quick", "--out", str(tmp_path / "le")]) == 0
+    _, data, split, runs, out = calls.pop()
+    root = Path(__file__).resolve().parents[1]
+    assert (Path(data), Path(split)) == (root.parent / "shared" / "data", root / "recipes" / "xca_split.json")
+    assert (runs, out) == (tmp_path / "le" / "runs", tmp_path / "le")
+    err = capsys.readouterr().err
+    assert f"paths of the source checkout {root}" in err and "--data" in err and "--out" not in err
+    # Installed (no checkout beside the package): every path must be given.
+    monkeypatch.setattr(study, "__file__", str(tmp_path / "site-packages" / "cm_unet_keras" / "study.py"))
+    assert study.checkout_paths() is None
+    with pytest.raises(SystemExit, match="needs --data, --split, --runs, --out"):
+        main(["study"])
+    paths = ["--data", "d", "--split", "s.json", "--runs", str(tmp_path / "r"), "--out", str(tmp_path / "o")]
+    assert main(["study", *paths]) == 0
+    assert calls.pop()[1:] == ("d", "s.json", tmp_path / "r", tmp_path / "o")
+    assert "source checkout" not in capsys.readouterr().err
+
+
+def test_predict_shows_a_progress_bar_over_files_and_cine_frames(tiny_model_path, shared_data, tmp_path, capsys,
+                                                                 monkeypatch, xa_cine_writer):
+    import sys as system
+
+    from pydicom.uid import RLELossless
+
+    frames = [cv2.imread(str(shared_data / "xca_vessels" / "train" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)[:64, :64]
+              for n in (1, 2, 3)]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    xa_cine_writer(inputs / "run.dcm", np.stack(frames), RLELossless)
+    cv2.imwrite(str(inputs / "still.png"), frames[0])
+    argv = ["predict", "--model", str(tiny_model_path), "--out", str(tmp_path / "out"), str(inputs)]
+    # In a log (stderr not a terminal): one line per angiogram, no bar.
+    code, printed = _run(argv, capsys)
+    assert code == 0 and "run_f0002: " in printed.out and "ETA" not in printed.err
+    # On a terminal: the bar, one step per frame, with the time left.
+    monkeypatch.setattr(system.stderr, "isatty", lambda: True)
+    code, printed = _run(argv, capsys)
+    assert code == 0 and "run_f0002: " not in printed.out
+    steps = printed.err.split("\r")
+    assert [step.split(" ")[0] for step in steps if "ETA" in step] == ["1/4", "2/4", "3/4", "4/4"]
+    code, printed = _run(argv + ["--quiet"], capsys)
+    assert code == 0 and "ETA" not in printed.err and "run_f0002" not in printed.out
+    assert len(list((tmp_path / "out").glob("*_mask.png"))) == 4

@@ -331,3 +331,89 @@ def test_module_imports_no_tensorflow(module):
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"tensorflow", "keras"}
+
+
+# --- nnU-Net raw datasets --------------------------------------------------------
+
+
+def _edit_dataset_json(folder, **changes):
+    import json
+
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset.update(changes)
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+
+
+def test_nnunet_dataset_reads_cases_and_their_label_maps(nnunet_dataset, shared_data):
+    from cm_unet_keras.data.layouts import index_nnunet
+
+    records = index_nnunet(nnunet_dataset)
+    assert [record.name for record in records] == ["xca_001", "xca_002", "xca_003", "xca_004"]
+    angiogram, vessel_mask = read_pair(records[1])
+    original = index_pairs(shared_data / "xca_vessels" / "train")[1]  # "2"
+    expected_angiogram, expected_mask = read_pair(original)
+    np.testing.assert_array_equal(angiogram, expected_angiogram)
+    np.testing.assert_array_equal(vessel_mask, expected_mask)
+    assert [record.name for record in index_nnunet(nnunet_dataset, "test")] == ["xca_005", "xca_006"]
+
+
+def test_nnunet_labels_say_which_values_are_vessel(nnunet_dataset):
+    from cm_unet_keras.data.layouts import index_nnunet
+
+    label_path = nnunet_dataset / "labelsTr" / "xca_001.png"
+    labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    labels[:10, :10] = 2  # a second structure, e.g. the catheter
+    cv2.imwrite(str(label_path), labels)
+    with pytest.raises(InvalidInputError, match=r"xca_001.png: label values \[2\] are not among"):
+        read_pair(index_nnunet(nnunet_dataset)[0])
+
+    _edit_dataset_json(nnunet_dataset, labels={"background": 0, "artery": 1, "catheter": 2})
+    every_label = read_pair(index_nnunet(nnunet_dataset)[0])[1]
+    arteries = read_pair(index_nnunet(nnunet_dataset, vessel_labels=["artery"])[0])[1]
+    assert every_label[:10, :10].all() and not arteries[:10, :10].any()
+    np.testing.assert_array_equal(arteries[10:], (labels == 1)[10:])
+    with pytest.raises(InvalidInputError, match=r"no label\(s\) \['vein'\]"):
+        index_nnunet(nnunet_dataset, vessel_labels=["vein"])
+
+
+def test_nnunet_file_ending_picks_the_files(nnunet_dataset):
+    from cm_unet_keras.data.layouts import index_nnunet
+
+    for folder in ("imagesTr", "labelsTr"):
+        for path in (nnunet_dataset / folder).glob("*.png"):
+            if "xca_004" not in path.name:
+                cv2.imwrite(str(path.with_suffix(".tif")), cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    _edit_dataset_json(nnunet_dataset, file_ending=".tif", numTraining=3)
+    records = index_nnunet(nnunet_dataset)
+    assert [Path(record.image_path).name for record in records] == [f"xca_00{n}_0000.tif" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (dict(channel_names={"0": "X-ray", "1": "mask"}), "one X-ray channel"),
+        (dict(labels={"background": 0, "vessel": 1, "ignore": 2}), "'ignore' label"),
+        (dict(labels={"background": 0}), "no foreground label"),
+        (dict(numTraining=5), "numTraining is 5 but"),
+        (dict(file_ending=".nii.gz"), "must be 2D images"),
+    ],
+    ids=["two-channels", "ignore-label", "no-foreground", "case-count", "nifti"],
+)
+def test_unusable_dataset_json_is_refused(change, problem, nnunet_dataset):
+    from cm_unet_keras.data.layouts import index_nnunet
+
+    _edit_dataset_json(nnunet_dataset, **change)
+    with pytest.raises(InvalidInputError, match="dataset.json") as error:
+        index_nnunet(nnunet_dataset)
+    assert problem in str(error.value)
+
+
+def test_nnunet_case_without_its_label_names_the_expected_file(nnunet_dataset):
+    from cm_unet_keras.data.layouts import index_nnunet
+
+    (nnunet_dataset / "labelsTr" / "xca_002.png").unlink()
+    with pytest.raises(InvalidInputError, match=r"xca_002_0000.png: has no vessel mask: expected .*labelsTr/xca_002.png"):
+        index_nnunet(nnunet_dataset)
+    (nnunet_dataset / "dataset.json").unlink()
+    with pytest.raises(InvalidInputError, match="no dataset.json"):
+        index_nnunet(nnunet_dataset)

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
 SPLIT = ROOT / "recipes" / "xca_split.json"
 NAMES = ("cmunet_small_pretrained", "cmunet_small_xca")
-CARD_KEYS = {"name", "kind", "file", "sha256", "description", "architecture", "data", "training",
-             "validation_metrics", "input", "rebuild"}
+CARD_KEYS = {"name", "kind", "file", "sha256", "description", "intended_use", "not_intended_for", "limitations",
+             "licences", "architecture", "data", "training", "validation_metrics", "input", "rebuild"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,6 +42,18 @@ def test_shipped_preset_is_small_verified_documented_and_safe(name):
     image = np.random.default_rng(0).normal(size=(1, 96, 80, 1)).astype("float32")
     probability = np.asarray(model(image))
     assert probability.shape == (1, 96, 80, 1) and np.all((probability >= 0) & (probability <= 1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_card_readme_is_the_card_rendered_with_intended_use_and_limits(name):
+    card = presets.preset_card(name, SHIPPED)
+    readme = (SHIPPED / name / "README.md").read_text()
+    assert readme == presets.render_card(card), "README.md is stale: run presets.write_card_readme on the folder"
+    assert "## Intended use\n\n" + card["intended_use"] in readme
+    assert "Clinical decisions" in readme and "not a medical device" in readme
+    for limitation in card["limitations"]:
+        assert f"- {limitation}" in readme
+    assert "CC BY 4.0" in card["licences"] and "BSD-3-Clause" in card["licences"] and card["licences"] in readme
 
 
 def test_xca_preset_reproduces_the_dice_on_its_card(shared_data):
@@ -87,8 +99,12 @@ def test_xca_preset_in_evaluate_predict_and_export(shared_data, tmp_path, monkey
 def test_write_preset_is_atomic_and_refuses_to_overwrite(tmp_path):
     model = tmp_path / "model.keras"
     model.write_bytes(b"first")
-    presets.write_preset("p", [model], {"file": "model.keras"}, tmp_path)
+    presets.write_preset("p", [model], {"file": "model.keras", "intended_use": "tests only"}, tmp_path)
     assert presets.verified_preset_path("p", tmp_path).read_bytes() == b"first"
+    card = presets.preset_card("p", tmp_path)
+    readme = (tmp_path / "p" / "README.md").read_text()
+    assert readme == presets.render_card(card) and "## Intended use\n\ntests only" in readme
+    assert card["sha256"] in readme
     model.write_bytes(b"second")
     with pytest.raises(InvalidInputError, match="preset exists"):
         presets.write_preset("p", [model], {"file": "model.keras"}, tmp_path)

@@ -296,3 +296,35 @@ def test_pretrain_resumes_without_repeating_finished_epochs(tmp_path, shared_dat
     # Asking again for 3 epochs trains nothing.
     assert main(arguments + ["--epochs", "3"]) == 0
     assert len(json.loads((run_dir / "state.json").read_text())["history"]) == 3
+
+
+def test_pretrain_rerun_is_refused_other_settings_and_records_an_extension(tmp_path, shared_data, capsys):
+    from cm_unet_keras.cli import main
+
+    run_dir = tmp_path / "run"
+    arguments = [
+        "pretrain", "--images", str(shared_data / "arcade_stenosis" / "val" / "images"), "--out", str(run_dir),
+        "--max-images", "4", "--batch-size", "2", "--image-size", "32", "--working-size", "64",
+        "--base-filters", "4", "--depth", "2", "--lr", "1e-3", "--warmup-epochs", "1",
+        "--steps-per-epoch", "1", "--quiet",
+    ]
+    assert main(arguments + ["--epochs", "1"]) == 0
+    recorded = (run_dir / "config.yaml").read_bytes()
+    capsys.readouterr()
+    # The case: other settings on a finished run folder.
+    assert main(arguments + ["--epochs", "1", "--mask-ratio", "0.5", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err
+    assert "mask_ratio 0.65 -> 0.5" in error and "seed 60 -> 1" in error and "new --out" in error
+    # A longer run with its warm-up changed: an extension, noted in the state.
+    assert main(arguments + ["--epochs", "2", "--warmup-epochs", "2", "--skip-invalid"]) == 0
+    state = json.loads((run_dir / "state.json").read_text())
+    assert len(state["history"]) == 2
+    assert state["length_changed"] == [{"after_epoch": 1, "epochs": 2, "warmup_epochs": 2}]
+    assert (run_dir / "config.yaml").read_bytes() == recorded
+    capsys.readouterr()
+    # The same length with another warm-up is not an extension.
+    assert main(arguments + ["--epochs", "2", "--warmup-epochs", "1"]) == 2
+    assert "warmup_epochs 2 -> 1" in capsys.readouterr().err
+    assert main(arguments + ["--epochs", "2", "--warmup-epochs", "2"]) == 0

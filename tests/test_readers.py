@@ -415,3 +415,102 @@ def test_cine_run_with_one_frame_reads_as_one_image(tmp_path):
     image = read_angiogram(path)
     assert image.shape == stored.shape[1:]
     np.testing.assert_array_equal(image, stored[0].astype(np.float32))
+
+
+# --- compressed DICOM (pydicom's own test files) --------------------------------
+
+
+def _pydicom_file(name):
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"],
+    ids=["rle", "jpeg-ls-lossless", "jpeg2000-lossless"],
+)
+def test_lossless_compressed_dicom_equals_the_uncompressed_file(name):
+    np.testing.assert_array_equal(read_angiogram(_pydicom_file(name)), read_angiogram(_pydicom_file("MR_small.dcm")))
+
+
+def test_jpeg_lossless_sv1_dicom_equals_its_rle_copy():
+    # Process 14, selection value 1: the syntax many XA cines are stored in.
+    jpeg = read_angiogram(_pydicom_file("SC_rgb_jpeg_gdcm.dcm"))
+    np.testing.assert_array_equal(jpeg, read_angiogram(_pydicom_file("SC_rgb_rle.dcm")))
+
+
+def test_jpeg_extended_12_bit_dicom_decodes_to_pydicoms_reference_values():
+    angiogram = read_angiogram(_pydicom_file("JPGExtended.dcm"))
+    assert angiogram.shape == (1024, 256)
+    assert angiogram[420, 140] == 244 and angiogram[230, 120] == 95
+
+
+def test_jpeg_ls_near_lossless_dicom_decodes_to_pydicoms_reference_values():
+    angiogram = read_angiogram(_pydicom_file("JPEGLSNearLossless_16.dcm"))
+    assert [angiogram[row, 0] for row in (0, 5, 10, 40)] == [65535, 32765, 16385, 5]
+
+
+def _cine_frames(shared_data, count=4, size=64):
+    """Crops of real CIMAT angiograms, one per frame."""
+    frames = [
+        cv2.imread(str(shared_data / "xca_vessels" / "train" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)[100 : 100 + size, 80 : 80 + size]
+        for n in range(1, count + 1)
+    ]
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("syntax_name", ["RLELossless", "JPEG2000Lossless"])
+def test_losslessly_compressed_cine_streams_every_frame_exactly(syntax_name, shared_data, tmp_path, xa_cine_writer):
+    import pydicom.uid
+
+    from cm_unet_keras.data.readers import read_frames
+
+    syntax = getattr(pydicom.uid, syntax_name)
+    frames = _cine_frames(shared_data)
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, syntax)
+    assert count_frames(path) == 4
+    streamed = list(read_frames(path))
+    assert [frame for frame, _ in streamed] == [0, 1, 2, 3]
+    for (_, angiogram), stored in zip(streamed, frames):
+        np.testing.assert_array_equal(angiogram, stored)
+    np.testing.assert_array_equal(read_angiogram(path, frame=2), frames[2])
+    assert [frame for frame, _ in read_frames(path, [1, 3])] == [1, 3]
+
+
+def test_jpeg_baseline_cine_decodes_each_frame_as_its_jpeg(shared_data, tmp_path, xa_cine_writer):
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from cm_unet_keras.data.readers import read_frames
+
+    frames = _cine_frames(shared_data)
+    encoded = [cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for frame in frames]
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, JPEGBaseline8Bit, encoded)
+    for (_, angiogram), jpeg in zip(read_frames(path), encoded):
+        expected = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert np.abs(angiogram - expected).max() <= 2  # two IDCT implementations
+
+
+def test_frames_of_a_compressed_cine_are_read_from_one_open_of_the_file(shared_data, tmp_path, monkeypatch, xa_cine_writer):
+    import builtins
+
+    from pydicom.uid import RLELossless
+
+    from cm_unet_keras.data.layouts import index_unlabeled, validate_records
+
+    frames = _cine_frames(shared_data, count=6)
+    path = xa_cine_writer(tmp_path / "cine.dcm", frames, RLELossless)
+    records = index_unlabeled(path)
+    assert len(records) == 6
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    valid, skipped = validate_records(records)
+    assert len(valid) == 6 and skipped == []
+    assert len(opened) == 1, f"{len(opened)} opens for 6 frames"

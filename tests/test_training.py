@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
+from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
 from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.training.config import FinetuneConfig, build_config
@@ -243,3 +244,39 @@ def test_recipe_values_are_coerced_to_the_field_types(tmp_path):
         recipe.write_text(bad)
         with pytest.raises(InvalidInputError, match=f"recipe.yaml.*{field}: expected"):
             build_config(FinetuneConfig, recipe)
+
+
+def _record_files(run_dir):
+    return {name: (run_dir / name).read_bytes() for name in ("config.yaml", "split.json")}
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_record_kept(synthetic_records, tmp_path):
+    config = _tiny_config(epochs=1, steps_per_epoch=2)
+    finetune(config, synthetic_records, tmp_path / "run", verbose=0)
+    record = _record_files(tmp_path / "run")
+    state = (tmp_path / "run" / "state.json").read_bytes()
+    changed = _tiny_config(epochs=1, steps_per_epoch=2, lr=5e-4, init=str(tmp_path / "nowhere.keras"))
+    with pytest.raises(InvalidInputError) as refused:
+        finetune(changed, synthetic_records, tmp_path / "run", verbose=0)
+    message = str(refused.value)
+    assert "lr 0.005 -> 0.0005" in message and "init None -> " in message and "new --out" in message
+    assert "\n" not in message and "epochs" not in message
+    with pytest.raises(InvalidInputError, match=r"other pairs than these \(train pairs: .*missing \(synth_0000"):
+        finetune(config, synthetic_records[1:], tmp_path / "run", verbose=0)
+    assert _record_files(tmp_path / "run") == record
+    assert (tmp_path / "run" / "state.json").read_bytes() == state
+
+
+def test_more_epochs_extend_the_run_with_a_rebuilt_schedule_and_are_recorded(synthetic_records, tmp_path):
+    run = tmp_path / "run"
+    finetune(_tiny_config(epochs=2, steps_per_epoch=2), synthetic_records, run, verbose=0)
+    record = _record_files(run)
+    after_two = keras.models.load_model(run / "checkpoints" / "last.keras").get_layer("encoder_level0_conv1").get_weights()
+    finetune(_tiny_config(epochs=3, steps_per_epoch=2), synthetic_records, run, verbose=0)
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert state["epochs"] == 3 and state["epochs_changed"] == [{"after_epoch": 2, "from": 2, "to": 3}]
+    assert _record_files(run) == record  # config.yaml still says how the run started: epochs 2
+    after_three = keras.models.load_model(run / "checkpoints" / "last.keras").get_layer("encoder_level0_conv1").get_weights()
+    # The old schedule had decayed to 0 at epoch 2: epoch 3 trained only because it was rebuilt.
+    assert np.abs(after_three[0] - after_two[0]).max() > 1e-4

@@ -1,30 +1,38 @@
 """Find angiograms and their vessel masks in the folder layouts datasets use.
 
-Three layouts are indexed, each into a list of `AngiogramRecord`:
+Four layouts are indexed, each into a list of `AngiogramRecord`:
 
 - `index_pairs`: image and mask side by side, `N.png` + `N_gt.png`
   (the CIMAT / DCA1 layout of xca_vessels).
 - `index_images_masks`: `images/` and `masks/` folders matched by file stem
   (XCAD, ARCADE).
+- `index_nnunet`: nnU-Net's raw dataset folder, `imagesTr/CASE_0000.png`
+  + `labelsTr/CASE.png` (or `imagesTs`/`labelsTs`), read as its
+  `dataset.json` says (file ending, channels, labels).
 - `index_unlabeled`: any folders or files of angiograms, for
   self-supervised pretraining; DICOM cine runs expand to one record per frame.
 
 Indexing looks at names only (and DICOM headers, to count frames); pixels
-are decoded by `read_pair` or checked up front by `validate_records`.
+are decoded by `read_pair`, streamed by `iter_angiograms` (a cine run's
+frames from one read of its file) or checked up front by `validate_records`.
 """
 
 import collections
 import dataclasses
+import itertools
+import json
 import os
 import re
 from pathlib import Path
 
 from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.readers import IMAGE_SUFFIXES
+from cm_unet_keras.data.readers import VesselLabels
 from cm_unet_keras.data.readers import count_frames
 from cm_unet_keras.data.readers import is_angiogram_file
 from cm_unet_keras.data.readers import is_dicom_file
 from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.data.readers import read_frames
 from cm_unet_keras.data.readers import read_vessel_mask
 
 NON_ANGIOGRAM_FOLDERS = frozenset({"masks", "annotations"})
@@ -44,12 +52,15 @@ class AngiogramRecord:
         mask_path: the vessel mask file, or None for unlabeled frames.
         frame: the 0-based frame of a multi-frame DICOM cine run, or None
             for single-frame files.
+        mask_labels: None when the mask is a binary vessel mask; for a label
+            map (nnU-Net), the `VesselLabels` saying which values are vessel.
     """
 
     name: str
     image_path: str
     mask_path: str | None = None
     frame: int | None = None
+    mask_labels: VesselLabels | None = None
 
 
 def natural_sort_key(text):
@@ -157,6 +168,123 @@ def index_images_masks(images_dir, masks_dir, skipped=None):
     return _labelled_records(images, masks)
 
 
+NNUNET_SUBSETS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
+"""The labelled parts of an nnU-Net raw dataset (`labelsTs` is the custom
+some datasets add for their test cases)."""
+
+
+def index_nnunet(directory, subset="train", vessel_labels=None, skipped=None):
+    """Index an nnU-Net raw dataset: `imagesTr/CASE_0000<ending>` with `labelsTr/CASE<ending>`.
+
+    `dataset.json` is honoured: `file_ending` picks the files, `channel_names`
+    must name one channel (an X-ray frame; nnU-Net's RGB PNG convention, three
+    channel names and one `_0000` file, is read as grey), and `labels`
+    (`{"background": 0, "vessel": 1}`) says which values are vessel. Label
+    maps are read as integer labels, not as 0/255 masks.
+
+    Args:
+        directory: the dataset folder (`DatasetNNN_Name/`).
+        subset: "train" (`imagesTr`, `labelsTr`) or "test" (`imagesTs`,
+            `labelsTs`).
+        vessel_labels: names of the labels that are vessel; None: every
+            label but background (a region given as a list counts all its
+            values).
+        skipped: as in `index_pairs`.
+
+    Returns:
+        `AngiogramRecord`s named by case, in natural order.
+
+    Raises:
+        InvalidInputError: `dataset.json` is missing or unusable (no labels,
+            an unknown label name, an `ignore` label, several image channels,
+            a file ending we cannot read), a case lacks its image or label
+            file, or `numTraining` disagrees with `imagesTr`.
+    """
+    directory = Path(directory)
+    if subset not in NNUNET_SUBSETS:
+        raise ValueError(f"subset must be one of {sorted(NNUNET_SUBSETS)}, got {subset!r}")
+    dataset = _read_dataset_json(directory)
+    ending = dataset.get("file_ending", ".png")
+    if not str(ending).startswith(".") or Path(f"case{ending}").suffix.lower() not in IMAGE_SUFFIXES:
+        raise InvalidInputError(
+            directory / "dataset.json",
+            f"file_ending {ending!r}: angiograms must be 2D images ({' '.join(sorted(IMAGE_SUFFIXES))})",
+        )
+    labels = _nnunet_vessel_labels(directory / "dataset.json", dataset, vessel_labels)
+    images_dir, labels_dir = (directory / name for name in NNUNET_SUBSETS[subset])
+    images = {}
+    for path in _visible_files(images_dir):
+        match = re.fullmatch(rf"(.+)_(\d{{4}}){re.escape(ending)}", path.name)
+        if match is None:
+            continue
+        if match.group(2) != "0000":
+            raise InvalidInputError(
+                path, f"channel {match.group(2)}: this package reads one X-ray channel per case (_0000)"
+            )
+        _add_by_stem(images, match.group(1), path)
+    masks = {}
+    for path in _visible_files(labels_dir):
+        if path.name.endswith(ending):
+            _add_by_stem(masks, path.name[: -len(ending)], path)
+    if not images:
+        raise InvalidInputError(images_dir, f"holds no CASE_0000{ending} images")
+    expected = dataset.get("numTraining")
+    if subset == "train" and expected is not None and int(expected) != len(images):
+        raise InvalidInputError(
+            directory / "dataset.json", f"numTraining is {expected} but {images_dir} holds {len(images)} cases"
+        )
+    if skipped is not None:
+        _drop_unmatched(images, masks, skipped)
+    _check_every_image_has_mask(
+        images, masks, expected_mask=lambda image: labels_dir / f"{image.name[: -len(ending) - 5]}{ending}"
+    )
+    _check_every_mask_has_image(images, masks, expected_image=lambda case: images_dir / f"{case}_0000{ending}")
+    return [dataclasses.replace(record, mask_labels=labels) for record in _labelled_records(images, masks)]
+
+
+def _read_dataset_json(directory):
+    path = directory / "dataset.json"
+    if not directory.is_dir():
+        raise InvalidInputError(directory, "folder not found")
+    if not path.is_file():
+        raise InvalidInputError(directory, "no dataset.json: not an nnU-Net raw dataset folder")
+    try:
+        dataset = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidInputError(path, f"cannot be read: {error}") from None
+    if not isinstance(dataset, dict):
+        raise InvalidInputError(path, "must hold a JSON object")
+    channels = dataset.get("channel_names", dataset.get("modality", {"0": "X-ray"}))
+    if len(channels) != 1 and not (str(dataset.get("file_ending", ".png")).lower() == ".png" and len(channels) == 3):
+        raise InvalidInputError(
+            path, f"channel_names {channels}: this package segments one X-ray channel"
+        )
+    return dataset
+
+
+def _nnunet_vessel_labels(path, dataset, names):
+    """`VesselLabels` from dataset.json's `labels` (name -> value or list of values)."""
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise InvalidInputError(path, "has no labels (expected e.g. {\"background\": 0, \"vessel\": 1})")
+    if "ignore" in labels:
+        raise InvalidInputError(path, "an 'ignore' label (sparse annotation) is not supported: every pixel must be labelled")
+
+    def values(value):
+        return tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+    declared = sorted({v for value in labels.values() for v in values(value)})
+    if names is None:
+        names = [name for name, value in labels.items() if values(value) != (0,)]
+    unknown = [name for name in names if name not in labels]
+    if unknown:
+        raise InvalidInputError(path, f"no label(s) {unknown}; labels: {sorted(labels)}")
+    vessel = sorted({v for name in names for v in values(labels[name])} - {0})
+    if not vessel:
+        raise InvalidInputError(path, f"no foreground label among {labels}")
+    return VesselLabels(vessel=tuple(vessel), declared=tuple(declared))
+
+
 def index_unlabeled(paths, recursive=True, frame_step=1):
     """Index angiograms without masks, for self-supervised pretraining.
 
@@ -231,7 +359,7 @@ def read_pair(record):
     if record.mask_path is None:
         raise InvalidInputError(record.image_path, "has no vessel mask to read")
     angiogram = read_angiogram(record.image_path, record.frame)
-    vessel_mask = read_vessel_mask(record.mask_path)
+    vessel_mask = read_vessel_mask(record.mask_path, record.mask_labels)
     if angiogram.shape != vessel_mask.shape:
         raise InvalidInputError(
             record.image_path,
@@ -241,12 +369,51 @@ def read_pair(record):
     return angiogram, vessel_mask
 
 
+def iter_angiograms(records):
+    """Yield each record's angiogram, reading each file once.
+
+    Consecutive records of one DICOM cine run (as `index_unlabeled` gives
+    them) are decoded frame by frame from a single read of the file.
+
+    Args:
+        records: `AngiogramRecord`s; masks are not read.
+
+    Yields:
+        `(record, angiogram)`, in the order of `records`; for a record that
+        cannot be read, `(record, InvalidInputError)` instead (a cine whose
+        frame cannot be decoded gives it for that frame and the ones after).
+    """
+    for path, group in itertools.groupby(records, key=lambda record: record.image_path):
+        group = list(group)
+        frames = [record.frame for record in group]
+        streamed = len(group) > 1 and None not in frames and frames == sorted(set(frames))
+        done = 0
+        try:
+            if streamed:
+                for record, (_, angiogram) in zip(group, read_frames(path, frames)):
+                    done += 1
+                    yield record, angiogram
+            else:
+                for record in group:
+                    angiogram = read_angiogram(record.image_path, record.frame)
+                    done += 1
+                    yield record, angiogram
+        except InvalidInputError as error:
+            if not streamed:  # the others of the group are read on their own
+                yield group[done], error
+                yield from iter_angiograms(group[done + 1 :])
+                continue
+            for record in group[done:]:
+                yield record, error
+
+
 def validate_records(records, skip_invalid=False):
     """Read every record once, to find broken files before training starts.
 
     Pixels are decoded in full rather than judged from headers: a truncated
     PNG or DICOM has an intact header and fails only when decoded. Labelled
-    records are read with `read_pair`, so size mismatches are caught too.
+    records are read with `read_pair`, so size mismatches are caught too;
+    unlabeled ones with `iter_angiograms` (a cine run is read once).
 
     Args:
         records: `AngiogramRecord`s from an index function.
@@ -260,11 +427,15 @@ def validate_records(records, skip_invalid=False):
     Raises:
         InvalidInputError: the first problem, unless skip_invalid.
     """
+    records = list(records)
+    unlabeled = iter_angiograms([record for record in records if record.mask_path is None])
     valid, skipped = [], []
     for record in records:
         try:
             if record.mask_path is None:
-                read_angiogram(record.image_path, record.frame)
+                result = next(unlabeled)[1]
+                if isinstance(result, InvalidInputError):
+                    raise result
             else:
                 read_pair(record)
         except InvalidInputError as error:

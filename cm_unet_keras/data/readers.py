@@ -1,18 +1,28 @@
 """Decode angiograms and vessel masks from image and DICOM files.
 
-Two readers sit at the bottom of the data stage:
+Readers at the bottom of the data stage:
 
 - `read_angiogram` returns one X-ray frame as a float32 (H, W) array in the
   file's raw intensity scale: 0..255 for 8-bit images, 0..65535 for 16-bit
   ones, and the output of the Modality LUT (rescale slope and intercept) for
   DICOM. Normalisation happens later, in one place, so that every source
   reaches the network on the same scale.
+- `read_frames` yields the frames of a DICOM cine run one by one from a
+  single read of the file (`read_angiogram` per frame would parse the file,
+  and walk its compressed frames, again for every frame).
 - `read_vessel_mask` returns a uint8 (H, W) array of 0 (background) and
   1 (vessel).
+
+DICOM pixel data may be stored uncompressed or in any compressed transfer
+syntax X-ray angiography cines use: JPEG baseline and extended (12-bit),
+JPEG Lossless (process 14, SV1), JPEG-LS lossless and near-lossless,
+JPEG 2000 and RLE, decoded by the pylibjpeg plugins that are dependencies
+of the package.
 
 Every problem with a file raises `InvalidInputError` naming that file.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -20,18 +30,10 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import iter_pixels
 
 from cm_unet_keras.data.errors import InvalidInputError
-
-try:
-    from pydicom.pixels import apply_modality_lut
-    from pydicom.pixels import pixel_array
-except ImportError:  # pydicom < 3.0 has neither module nor per-frame reads
-    from pydicom.pixel_data_handlers.util import apply_modality_lut
-
-    def pixel_array(path, index=None):
-        pixels = pydicom.dcmread(path).pixel_array
-        return pixels if index is None else pixels[index]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 """Suffixes (lower case) of angiograms and masks decoded with OpenCV."""
@@ -51,9 +53,23 @@ _LUMA_RED, _LUMA_GREEN, _LUMA_BLUE = 0.299, 0.587, 0.114
 
 _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
-# Elements larger than this are left on disk while the header is parsed, so
-# that reading one frame of a long cine run does not load all of them.
+# Elements larger than this (the pixel data) are skipped while the header is
+# parsed; the frames are then decoded one at a time from the same open file.
 _DICOM_DEFER_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class VesselLabels:
+    """Which values of a label map are vessel.
+
+    Args:
+        vessel: the values read as vessel.
+        declared: every value the dataset declares (background included);
+            a label map holding another value is refused.
+    """
+
+    vessel: tuple
+    declared: tuple
 
 
 def is_dicom_file(path):
@@ -107,7 +123,8 @@ def read_angiogram(path, frame=None):
     """
     path = _check_file(path)
     if is_dicom_file(path):
-        return _read_dicom_frame(path, frame)
+        ((_, angiogram),) = _read_dicom_frames(path, [frame], frame_needed=True)
+        return angiogram
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InvalidInputError(path, _unsupported_suffix_problem(path))
     _check_single_frame(path, frame)
@@ -115,21 +132,59 @@ def read_angiogram(path, frame=None):
     return _to_float_grey(path, pixels, "bgr", np.issubdtype(pixels.dtype, np.floating))
 
 
+def read_frames(path, frames=None):
+    """Yield frames of one file, reading the file once.
+
+    A DICOM cine run is opened once: its header is parsed, then the
+    requested frames are decoded one at a time as the pixel data is read,
+    so that a long run is never held decoded in memory and never re-read.
+
+    Args:
+        path: an image file or a DICOM file.
+        frames: 0-based frame numbers in increasing order, or None for every
+            frame. A single-frame file has the one frame None (0 is accepted).
+
+    Yields:
+        `(frame, angiogram)`: the frame number (None for single-frame files)
+        and the frame as `read_angiogram` returns it.
+
+    Raises:
+        InvalidInputError: as `read_angiogram`; raised when the frame at
+            fault is reached (frames before it have been yielded).
+    """
+    path = _check_file(path)
+    if is_dicom_file(path):
+        yield from _read_dicom_frames(path, None if frames is None else list(frames), frame_needed=False)
+        return
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InvalidInputError(path, _unsupported_suffix_problem(path))
+    requested = [None] if frames is None else list(frames)
+    for frame in requested:
+        _check_single_frame(path, frame)
+    if requested:
+        yield requested[0], read_angiogram(path)
+
+
 def count_frames(path):
     """Number of frames in `path`: NumberOfFrames for DICOM, else 1."""
     path = _check_file(path)
     if is_dicom_file(path):
-        return _dicom_frame_count(path, _read_dicom_header(path))
+        with _open_dicom(path) as stream:
+            return _dicom_frame_count(path, _read_dicom_header(path, stream))
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InvalidInputError(path, _unsupported_suffix_problem(path))
     return 1
 
 
-def read_vessel_mask(path):
-    """Read a binary vessel mask.
+def read_vessel_mask(path, labels=None):
+    """Read a binary vessel mask, or the vessel labels of a label map.
 
     Args:
         path: an 8- or 16-bit image file (see `IMAGE_SUFFIXES`).
+        labels: None for a binary mask (below); or a `VesselLabels` (from
+            nnU-Net's `dataset.json`): the file is read as integer labels, a
+            pixel is vessel when its value is one of `labels.vessel`, and a
+            value the dataset does not declare is refused.
 
     Returns:
         uint8 array of shape (H, W) holding 0 (background) and 1 (vessel).
@@ -156,6 +211,8 @@ def read_vessel_mask(path):
             f"{_suffix_list(IMAGE_SUFFIXES)}",
         )
     mask = _decode_image(path)
+    if labels is not None:
+        return _vessel_labels(path, mask, labels)
     if mask.dtype == np.uint8:
         threshold = MASK_THRESHOLD
     elif mask.dtype == np.uint16:
@@ -183,6 +240,24 @@ def read_vessel_mask(path):
         )
     # A bool array viewed as uint8 is already 0/1: no second copy.
     return (mask >= threshold).view(np.uint8)
+
+
+def _vessel_labels(path, label_map, labels):
+    if label_map.dtype not in (np.uint8, np.uint16):
+        raise InvalidInputError(path, f"label map pixels are {label_map.dtype}; expected 8- or 16-bit integers")
+    if label_map.ndim == 3 and label_map.shape[2] in (3, 4):
+        colour = label_map[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise InvalidInputError(path, "a label map must be one channel (its colour channels differ)")
+        label_map = colour[..., 0]
+    elif label_map.ndim != 2:
+        raise InvalidInputError(path, f"unsupported label map shape {label_map.shape}")
+    undeclared = sorted(set(np.unique(label_map).tolist()) - set(labels.declared))
+    if undeclared:
+        raise InvalidInputError(
+            path, f"label values {undeclared} are not among the dataset's labels {sorted(labels.declared)}"
+        )
+    return np.isin(label_map, labels.vessel).view(np.uint8)
 
 
 def _check_file(path):
@@ -251,10 +326,17 @@ def _colour_to_grey(colour, colour_order):
     return colour.astype(np.float32) @ np.asarray(weights, dtype=np.float32)
 
 
-def _read_dicom_header(path):
-    """Parse a DICOM header, leaving the pixel data on disk."""
+def _open_dicom(path):
     try:
-        return pydicom.dcmread(path, defer_size=_DICOM_DEFER_BYTES)
+        return open(path, "rb")
+    except OSError as error:
+        raise InvalidInputError(path, f"cannot be opened: {error}") from None
+
+
+def _read_dicom_header(path, stream):
+    """Parse a DICOM header from `stream`, leaving the pixel data unread."""
+    try:
+        return pydicom.dcmread(stream, defer_size=_DICOM_DEFER_BYTES)
     except InvalidDicomError:
         pass
     except Exception as error:  # pydicom raises many types on corrupt files
@@ -264,7 +346,8 @@ def _read_dicom_header(path):
     # No 'DICM' marker: old ACR-NEMA style files are still DICOM, so parse
     # without it, and call the file foreign only if no pixel data turns up.
     try:
-        header = pydicom.dcmread(path, defer_size=_DICOM_DEFER_BYTES, force=True)
+        stream.seek(0)
+        header = pydicom.dcmread(stream, defer_size=_DICOM_DEFER_BYTES, force=True)
     except Exception:  # a forced parse of a non-DICOM file fails anyhow
         header = None
     if header is None or not _has_pixel_data(header):
@@ -289,28 +372,56 @@ def _dicom_frame_count(path, header):
         ) from None
 
 
-def _read_dicom_frame(path, frame):
-    header = _read_dicom_header(path)
-    frames = _dicom_frame_count(path, header)
-    if frame is None and frames > 1:
+def _read_dicom_frames(path, frames, frame_needed):
+    """Yield `(frame, angiogram)` of a DICOM file, opened and read once.
+
+    `frames` None means all of them; `frame_needed`: a cine run given no
+    frame number is an error (`read_angiogram`), not a request for all.
+    """
+    with _open_dicom(path) as stream:
+        header = _read_dicom_header(path, stream)
+        count = _dicom_frame_count(path, header)
+        if frames is None:
+            frames = list(range(count)) if count > 1 else [None]
+        for frame in frames:
+            _check_frame_number(path, frame, count, frame_needed)
+        indices = [frame or 0 for frame in frames]
+        if indices != sorted(set(indices)):
+            raise ValueError(f"frames must be distinct and in increasing order, got {frames}")
+        stream.seek(0)
+        decoded = iter_pixels(stream, indices=indices)
+        try:
+            for frame, index in zip(frames, indices):
+                try:
+                    stored = next(decoded)
+                except Exception as error:  # codecs and truncated data raise many types
+                    raise InvalidInputError(
+                        path, f"DICOM pixel data cannot be decoded: {error}"
+                    ) from None
+                yield frame, _dicom_intensity(path, header, stored, index)
+        finally:
+            # pydicom's generator restores the file position when closed:
+            # close it while the file is still open.
+            decoded.close()
+
+
+def _check_frame_number(path, frame, count, frame_needed):
+    if frame is None and count > 1 and frame_needed:
         raise InvalidInputError(
             path,
-            f"is a cine run of {frames} frames: pass frame=0..{frames - 1} "
+            f"is a cine run of {count} frames: pass frame=0..{count - 1} "
             "to pick one",
         )
-    if frame is not None and not 0 <= frame < frames:
+    if frame is not None and not 0 <= frame < count:
         raise InvalidInputError(
             path,
-            f"frame {frame} is out of range: the file holds {frames} "
-            f"frame{'s' if frames > 1 else ''}",
+            f"frame {frame} is out of range: the file holds {count} "
+            f"frame{'s' if count > 1 else ''}",
         )
-    try:
-        # From the path, pydicom reads only the bytes of the requested frame.
-        stored = pixel_array(path, index=frame if frames > 1 else None)
-    except Exception as error:  # codecs and truncated data raise many types
-        raise InvalidInputError(
-            path, f"DICOM pixel data cannot be decoded: {error}"
-        ) from None
+
+
+def _dicom_intensity(path, header, stored, frame):
+    """One decoded frame through the Modality LUT, as float32 grey."""
     # Only float pixel data can hold NaN or infinity: skip the scan otherwise.
     stored_as_float = np.issubdtype(stored.dtype, np.floating)
     transform = _pixel_value_transform(header, frame)

@@ -60,6 +60,7 @@ Deviations from the original code:
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -76,7 +77,7 @@ import tensorflow as tf
 from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.normalize import normalize_angiogram
 from cm_unet_keras.data.pipeline import gaussian_blur, seeded_stream
-from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.data.layouts import iter_angiograms
 
 # The original code's pixel shift: 31 px on 224 px views.
 REFERENCE_SHIFT = 31
@@ -216,20 +217,21 @@ def load_unlabeled(records, working_size=256, cache_dir=None, workers=None,
                 [tuple(pair) for pair in stored["skipped"].tolist()],
             )
 
-    def decode(record):
-        try:
-            raw = read_angiogram(record.image_path, record.frame)
-        except InvalidInputError as error:
-            if not skip_invalid:
-                raise
-            return error
-        return preprocess_unlabeled(raw, working_size)
+    def decode(file_records):
+        # One file per task: a cine run's frames come from one read of it.
+        images = []
+        for _, raw in iter_angiograms(file_records):
+            if isinstance(raw, InvalidInputError) and not skip_invalid:
+                raise raw
+            images.append(raw if isinstance(raw, InvalidInputError) else preprocess_unlabeled(raw, working_size))
+        return images
 
     if log:
         log(f"decoding {len(records)} angiograms (once; cached for later runs)")
     started = time.perf_counter()
+    by_file = [list(group) for _, group in itertools.groupby(records, key=lambda record: record.image_path)]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(decode, records))
+        decoded = [image for images in pool.map(decode, by_file) for image in images]
     if log:
         log(f"decoded in {time.perf_counter() - started:.0f} s")
     names, images, skipped = [], [], []

@@ -1,27 +1,161 @@
-"""Segmenting angiograms from files: normalise, predict at full size, write PNGs."""
+"""Segmenting angiograms: load a model with its settings, normalise, predict
+at full size, threshold, write PNGs.
 
+`load_model` and `segment` are the Python API (`cm_unet_keras.load_model`,
+`cm_unet_keras.segment`, `CMUNet.from_preset` and `CMUNet.segment`); the
+`predict` command writes what they compute.
+"""
+
+import os
+import time
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from cm_unet_keras.data.errors import InvalidInputError
-from cm_unet_keras.data.layouts import index_unlabeled
+from cm_unet_keras.data.layouts import index_unlabeled, iter_angiograms
 from cm_unet_keras.data.pipeline import preprocess_angiogram
-from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.data.readers import read_frames
+from cm_unet_keras.inference.settings import SegmentationSettings, segmentation_settings
+from cm_unet_keras.models import presets
 from cm_unet_keras.models.full_image import predict_normalized
-from cm_unet_keras.models.presets import resolve_model_path
-from cm_unet_keras.training.transfer import load_unet
 
 DEFAULT_THRESHOLD = 0.5
 # Vessels are drawn in this BGR colour on the overlays.
 OVERLAY_COLOUR = (40, 40, 230)
 OVERLAY_ALPHA = 0.55
+# Angiograms of one size segmented per forward pass by `segment`.
+SEGMENT_BATCH = 8
+_PRETRAINED_WEIGHTS = "pretrained.weights.h5"
+
+
+class Segmentation(NamedTuple):
+    """What `segment` returns: `probability, vessel_mask = segment(...)`.
+
+    Both are `[H, W]` for one angiogram and `[N, H, W]` for a batch or the
+    frames of a cine run; `vessel_mask` is boolean, `probability >= threshold`.
+    """
+
+    probability: np.ndarray
+    vessel_mask: np.ndarray
 
 
 def load_model(name_or_path):
-    """A U-Net from a `.keras` path or a preset name, loaded with `safe_mode`."""
-    return load_unet(resolve_model_path(name_or_path))
+    """A U-Net and the settings it segments with, from a preset or a file.
+
+    Args:
+        name_or_path: a preset name (checksum-verified), a `.keras` U-Net
+            (a fine-tuning run's `model.keras`), or a pretraining run folder
+            or its `pretrained.weights.h5`. Loaded with `safe_mode`: no code
+            from the file runs.
+
+    Returns:
+        A `CMUNet` whose `segmentation_settings` hold the threshold and CLAHE
+        setting of its card or run folder. A pretrained-only model (a
+        pretrained preset or a pretraining run) loads with a warning: its
+        segmentation head was never trained, and `segment` refuses it.
+    """
+    source = Path(str(name_or_path))
+    if source.is_dir() and (source / _PRETRAINED_WEIGHTS).is_file():
+        name_or_path = source / _PRETRAINED_WEIGHTS
+    path = presets.resolve_model_path(name_or_path)
+    if path.is_dir():
+        raise InvalidInputError(path, f"a folder without {_PRETRAINED_WEIGHTS}: give the model file")
+    model = presets.from_preset(path)
+    model.segmentation_settings = segmentation_settings(path)
+    if model.segmentation_settings.pretrained_only:
+        warnings.warn(f"{name_or_path}: {_PRETRAINED_ONLY}", UserWarning, stacklevel=2)
+    return model
+
+
+_PRETRAINED_ONLY = (
+    "pretrained only, its segmentation head was never trained: fine-tune it first "
+    "(cm-unet finetune --init ...) or use a fine-tuned model such as cmunet_small_xca"
+)
+
+
+def segment(model, angiograms, threshold=None, clahe=None, tta=False):
+    """Segment raw angiograms of any size and intensity range.
+
+    Args:
+        model: a `CMUNet` (from `load_model` or `CMUNet.from_preset`, which
+            carry their settings), or a preset name or model path.
+        angiograms: one angiogram as a `[H, W]` array (any dtype and
+            intensity range) or a file path (image or DICOM; a cine run gives
+            every frame); a `[N, H, W]` array (a batch, or the frames of a
+            cine); or a list of any of these.
+        threshold: the mask threshold; None: the model's card or run
+            (`model.segmentation_settings`), else 0.5.
+        clahe: CLAHE before normalisation; None: as the model was trained.
+        tta: average the four flips (4x the compute).
+
+    Returns:
+        A `Segmentation(probability, vessel_mask)`, `[H, W]` or `[N, H, W]`;
+        a list of them for a list.
+
+    Raises:
+        InvalidInputError: the model is pretrained only (its head was never
+            trained), or a file cannot be read.
+        ValueError: an array that is not `[H, W]` or `[N, H, W]`, or holds
+            NaN or infinity.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # refused below, with the reason
+            model = load_model(model)
+    settings = _settings_of(model).overridden(threshold, clahe)
+    threshold, clahe = settings.threshold, settings.clahe
+    if isinstance(angiograms, (list, tuple)):
+        return [segment(model, item, threshold, clahe, tta) for item in angiograms]
+    if isinstance(angiograms, (str, os.PathLike)):
+        numbered = list(read_frames(angiograms))
+        single = numbered[0][0] is None  # a cine run numbers its frames
+        frames = [angiogram for _, angiogram in numbered]
+    else:
+        batch = np.asarray(angiograms)
+        if batch.ndim == 4 and batch.shape[-1] == 1:
+            batch = batch[..., 0]
+        if batch.ndim not in (2, 3) or 0 in batch.shape:
+            raise ValueError(f"an angiogram is [H, W] and a batch [N, H, W]; got shape {batch.shape}")
+        single = batch.ndim == 2
+        frames = [batch] if single else list(batch)
+    probability = np.stack(_probabilities(model, frames, clahe, tta))
+    if single:
+        probability = probability[0]
+    return Segmentation(probability, probability >= threshold)
+
+
+def _settings_of(model):
+    """`model.segmentation_settings`, refusing a model that cannot segment."""
+    recorded = getattr(model, "segmentation_settings", None) or SegmentationSettings(DEFAULT_THRESHOLD, False)
+    if recorded.pretrained_only:
+        raise InvalidInputError(recorded.source or model.name, _PRETRAINED_ONLY)
+    return recorded
+
+
+def _probabilities(model, frames, clahe, tta):
+    """Vessel probabilities of raw `[H, W]` frames, a batch of up to
+    `SEGMENT_BATCH` same-sized frames per forward pass."""
+    probabilities, batch = [], []
+
+    def flush():
+        if batch:
+            normalized, fov = (np.stack(parts) for parts in zip(*batch))
+            probabilities.extend(predict_normalized(model, normalized, tta=tta, fov=fov).numpy()[..., 0])
+            batch.clear()
+
+    for frame in frames:
+        frame = np.asarray(frame, np.float32)
+        if not np.isfinite(frame).all():
+            raise ValueError("the angiogram holds NaN or infinite values")
+        if batch and (frame.shape != batch[0][0].shape[:2] or len(batch) == SEGMENT_BATCH):
+            flush()
+        batch.append(preprocess_angiogram(frame, clahe, return_fov=True))
+    flush()
+    return probabilities
 
 
 def segment_angiogram(model, angiogram, clahe=False, tta=False):
@@ -73,29 +207,69 @@ def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT
     return paths
 
 
+class ProgressBar:
+    """`done/total` angiograms, rate and time left, redrawn on one line of a
+    terminal stream (as `keras.utils.Progbar`, which writes to stdout)."""
+
+    WIDTH = 30
+
+    def __init__(self, total, stream, label="angiograms"):
+        self.total, self.stream, self.label = total, stream, label
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def advance(self):
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate else 0.0
+        filled = round(self.WIDTH * self.done / max(self.total, 1))
+        self.stream.write(
+            f"\r{self.done}/{self.total} {self.label} [{'=' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{rate:.1f}/s, ETA {int(left) // 60}:{int(left) % 60:02d}"
+            + ("\n" if self.done >= self.total else "")
+        )
+        self.stream.flush()
+
+
 def predict_files(
-    model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False
+    model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False,
+    progress=None,
 ):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
 
+    A DICOM cine run is read once and segmented frame by frame.
+
     Args:
+        log: a print-like function for one line per angiogram, or None.
         skipped: None to stop at the first unreadable file; or a list to
             which `(path, problem)` of each unreadable file is appended, the
             file being left out (`--skip-invalid`).
+        progress: a stream (a terminal's stderr) to draw a progress bar with
+            the time left on, one step per angiogram or cine frame; None:
+            no bar.
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
+
+    Raises:
+        InvalidInputError: as `segment`: a pretrained-only model, or a file
+            that cannot be read (unless `skipped`).
     """
+    _settings_of(model)
+    records = index_unlabeled(inputs)
+    bar = ProgressBar(len(records), progress) if progress is not None else None
     written = []
-    for record in index_unlabeled(inputs):
-        try:
-            angiogram = read_angiogram(record.image_path, frame=record.frame)
-        except InvalidInputError as error:
+    for record, angiogram in iter_angiograms(records):
+        if isinstance(angiogram, InvalidInputError):
             if skipped is None:
-                raise
-            skipped.append((error.path, error.problem))
-            continue
-        probability = segment_angiogram(model, angiogram, clahe, tta)
-        written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
-        log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
+                raise angiogram
+            skipped.append((angiogram.path, angiogram.problem))
+        else:
+            probability = segment_angiogram(model, angiogram, clahe, tta)
+            written.append(write_prediction(output_dir, record.name, angiogram, probability, threshold))
+            if log:
+                log(f"{record.name}: {int((probability >= threshold).sum())} vessel pixels")
+        if bar:
+            bar.advance()
     return written

@@ -2,8 +2,11 @@
 
 The list of presets is data: each preset is a folder `saved_models/NAME/`
 holding the model file and its card (`card.json`: at least `file` and
-`sha256`, plus the data, licences, the command that rebuilt it and its
-validation metrics). A name that is not a preset is taken as a path.
+`sha256`, plus its intended use, limitations, the data and the limits
+their licences put on the weights, the command that rebuilt it and its
+validation metrics), rendered for people as `README.md` beside it
+(`render_card`; edit the card, never the README). A name that is not a
+preset is taken as a path.
 
 A preset's file is checked against the SHA-256 in its card before it is
 loaded: a file swapped or corrupted after release is refused.
@@ -144,10 +147,14 @@ def write_preset(name, files, card, root=None, overwrite=False):
     so a preset is either the old one or the new one, never half of each;
     an existing preset is replaced only with `overwrite=True`.
 
+    `README.md`, the card rendered by `render_card`, is written beside it.
+
     Args:
         name: the preset name (a folder name).
         files: paths copied into the folder; `card["file"]` must be one of them.
-        card: the model card (JSON-serialisable); `file` is required.
+        card: the model card (JSON-serialisable); `file` is required, and
+            `intended_use`, `limitations` and `licences` belong on every
+            published card.
         root: the presets folder (default `saved_models/`).
         overwrite: replace an existing preset of that name.
 
@@ -173,6 +180,7 @@ def write_preset(name, files, card, root=None, overwrite=False):
             shutil.copyfile(file, staging / Path(file).name)
         full = {**card, "sha256": file_sha256(staging / card["file"])}
         (staging / "card.json").write_text(json.dumps(full, indent=2) + "\n")
+        (staging / CARD_README).write_text(render_card(full))
         if destination.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
             os.replace(destination, retired / name)
@@ -184,6 +192,69 @@ def write_preset(name, files, card, root=None, overwrite=False):
         if staging.exists():
             shutil.rmtree(staging)
     return destination / "card.json"
+
+
+CARD_README = "README.md"
+
+
+def render_card(card):
+    """The model card as Markdown, for `README.md` beside `card.json`.
+
+    Sections: what the model is, intended use (and what it is not for),
+    limitations, training data and the limits their licences put on the
+    weights, validation, input and output, how it was trained and rebuilt.
+    Fields a card lacks are left out.
+    """
+    lines = [f"# {card.get('name', 'model')}", "", card.get("description", ""), ""]
+    architecture = card.get("architecture", {})
+    facts = [("kind", card.get("kind")), ("file", f"`{card['file']}`" if "file" in card else None),
+             ("SHA-256", f"`{card['sha256']}`" if "sha256" in card else None),
+             ("architecture", ", ".join(f"{k} {v}" for k, v in architecture.items()) or None),
+             ("package version", card.get("package_version"))]
+    lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in facts if value is not None] + [""]
+    for title, key in (("Intended use", "intended_use"), ("Not intended for", "not_intended_for"),
+                       ("Limitations", "limitations"), ("Licences: what they allow the weights", "licences")):
+        if card.get(key):
+            lines += [f"## {title}", "", *_markdown_items(card[key]), ""]
+    if card.get("data"):
+        lines += ["## Training data", ""] + [f"- **{kind}**: {text}" for kind, text in card["data"].items()] + [""]
+    metrics = card.get("validation_metrics")
+    lines += ["## Validation", ""]
+    if isinstance(metrics, dict):
+        lines += [f"On {metrics['on']}." if metrics.get("on") else "", ""]
+        if "mean" in metrics:
+            lines += ["| metric | mean | std |", "|---|---|---|"]
+            lines += [f"| {key} | {value:g} | {metrics.get('std', {}).get(key, float('nan')):g} |"
+                      for key, value in metrics["mean"].items()]
+            lines.append("")
+        if metrics.get("caveat"):
+            lines += [f"Caveat: {metrics['caveat']}.", ""]
+    else:
+        lines += [str(metrics or "none recorded"), ""]
+    if card.get("input"):
+        lines += ["## Input and output", "", card["input"], ""]
+    if card.get("training"):
+        lines += ["## Training", "", "```json", json.dumps(card["training"], indent=2), "```", ""]
+    if card.get("rebuild"):
+        lines += ["## Rebuild", "", f"`{card['rebuild']}`", ""]
+    lines += ["---", "Rendered from `card.json` by `cm_unet_keras.models.presets.render_card`: edit the card, "
+              "then `write_card_readme(folder)`.", ""]
+    return "\n".join(lines)
+
+
+def _markdown_items(value):
+    if isinstance(value, (list, tuple)):
+        return [f"- {item}" for item in value]
+    return [str(value)]
+
+
+def write_card_readme(folder):
+    """(Re)write `folder/README.md` from `folder/card.json`; returns its path."""
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text())
+    path = folder / CARD_README
+    path.write_text(render_card(card))
+    return path
 
 
 def _pretrained_unet(weights_path):

@@ -47,10 +47,12 @@ class CMUNet(keras.Model):
     [Conv3x3-BN-ReLU]x2; a 1x1 convolution and a sigmoid give the vessel
     probability. The sigmoid runs in float32 under mixed precision.
 
-    The input is a 1-channel angiogram of any height and width, normalised by
-    `cm_unet_keras.data.normalize_angiogram`. The network itself needs sides
-    that are multiples of `2**depth`; `cm_unet_keras.inference` pads and crops
-    any other size.
+    The network's input is a 1-channel angiogram normalised by
+    `cm_unet_keras.data.normalize_angiogram`, with sides that are multiples
+    of `2**depth` (so `model(x)` and `model.predict(x)` are the bare
+    network). `segment` takes raw angiograms of any size and intensity
+    range, files and cine runs, and returns the probability and the mask
+    thresholded as the model's card or run folder says.
 
     Layers are named `encoder_level{i}_*`, `bottleneck_*`, `decoder_level{i}_*`
     and `segmentation_head`, so that the encoder and decoder can be moved as
@@ -66,8 +68,12 @@ class CMUNet(keras.Model):
     Example:
     ```python
     from cm_unet_keras import CMUNet
-    model = CMUNet(base_filters=16, depth=4)
-    probability = model(np.zeros((1, 256, 256, 1), "float32"))
+    model = CMUNet.from_preset("cmunet_small_xca")
+    probability, vessel_mask = model.segment("angiogram.png")  # any size
+    probability, vessel_mask = model.segment(frames)  # [N, H, W] raw frames
+
+    untrained = CMUNet(base_filters=16, depth=4)
+    probability = untrained(np.zeros((1, 256, 256, 1), "float32"))
     ```
 
     Reference:
@@ -110,13 +116,27 @@ class CMUNet(keras.Model):
         # === Config ===
         self.base_filters = base_filters
         self.depth = depth
+        # Set by `from_preset` / `cm_unet_keras.load_model` from the card or
+        # run folder (threshold, CLAHE); None: `segment`'s defaults.
+        self.segmentation_settings = None
 
     @classmethod
     def from_preset(cls, name):
-        """The U-Net of preset `name` (`saved_models/NAME`): checksum-verified, loaded with `safe_mode`."""
-        from cm_unet_keras.models.presets import from_preset
+        """The U-Net of preset `name` (`saved_models/NAME`) or a model path,
+        checksum-verified, loaded with `safe_mode`, with the threshold and
+        CLAHE setting of its card (see `cm_unet_keras.load_model`). A
+        pretrained-only preset (`cmunet_small_pretrained`) loads with a
+        warning: fine-tune it before segmenting."""
+        # Lazy: inference is a later stage that builds on this module.
+        from cm_unet_keras.inference.predict import load_model
 
-        return from_preset(name)
+        return load_model(name)
+
+    def segment(self, angiograms, threshold=None, clahe=None, tta=False):
+        """Vessel probability and mask of raw angiograms: see `cm_unet_keras.segment`."""
+        from cm_unet_keras.inference.predict import segment
+
+        return segment(self, angiograms, threshold=threshold, clahe=clahe, tta=tta)
 
     @property
     def size_multiple(self):

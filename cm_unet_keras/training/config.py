@@ -179,6 +179,51 @@ def coerce(value, field_type):
     return value
 
 
+def settings_changed(config, recorded, may_differ=()):
+    """Fields where `config` differs from the configuration a run recorded.
+
+    Args:
+        config: the configuration asked for now (a dataclass).
+        recorded: the run's `config.yaml` as a mapping; its values are
+            coerced to the field types first (YAML gives lists for tuples).
+            A field it lacks (written by an older version) is compared with
+            the field's default.
+        may_differ: names of fields that do not change what the run makes
+            (epochs of an extension, logging).
+
+    Returns:
+        `[(name, recorded_value, requested_value)]`, in field order.
+    """
+    types = typing.get_type_hints(type(config))
+    changed = []
+    for field in dataclasses.fields(config):
+        if field.name in may_differ:
+            continue
+        requested = getattr(config, field.name)
+        if field.name in recorded:
+            try:
+                before = coerce(recorded[field.name], types[field.name])
+            except (TypeError, ValueError):
+                before = recorded[field.name]
+        else:
+            before = field.default if field.default is not dataclasses.MISSING else None
+        if before != requested:
+            changed.append((field.name, before, requested))
+    return changed
+
+
+def refuse_changed_settings(run_dir, changed):
+    """Stop a rerun whose settings would make another model than the run
+    folder records: one line naming each field, its recorded and its asked value."""
+    if changed:
+        listed = ", ".join(f"{name} {before!r} -> {after!r}" for name, before, after in changed)
+        raise InvalidInputError(
+            run_dir,
+            f"holds a run made with other settings ({listed}); rerun with the settings of its "
+            "config.yaml to resume it, or give a new --out for a new run",
+        )
+
+
 def write_recipe(config, path):
     """Write a config as a YAML recipe that `build_config` reads back."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

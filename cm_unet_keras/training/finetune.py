@@ -6,15 +6,24 @@ epoch on the whole validation angiograms (hard Dice at full resolution, as
 `cm-unet evaluate` does), keeps the best weights, checkpoints every epoch and
 resumes where it stopped when called again with the same `run_dir`.
 
+A run folder is the record of how its model was made: once an epoch is
+finished, a rerun resumes only with the settings of its `config.yaml` and
+the pairs of its `split.json`, and is refused otherwise (`training.config.refuse_changed_settings`). Only
+`epochs` may change: the run is extended (or ended) at the new count, its
+learning-rate schedule rebuilt for it, and the change recorded in
+`state.json` (`epochs`, `epochs_changed`); `config.yaml` and `split.json`
+keep what the run started with and are never rewritten.
+
 Run folder:
-    model.keras           best U-Net on validation Dice (float32, no optimizer)
+    model.keras           the kept epoch's U-Net (float32, no optimizer)
     best.weights.h5       the same weights, updated as training goes
     checkpoints/last.keras   last finished epoch, with optimizer (resume)
-    state.json            finished epochs, best score, history
+    state.json            finished epochs, target epochs and changes to it,
+                          best score, history
     history.csv           one row per epoch (loss, val_dice, lr)
     curves.png            training curves
     split.json            names of training and validation pairs
-    config.yaml           the resolved configuration
+    config.yaml           the configuration the run started with
     transfer_report.json  what `init` loaded (when given)
     logs/                 TensorBoard
 """
@@ -39,7 +48,7 @@ from cm_unet_keras.training.checkpoints import (
     atomic_write_json,
     save_model_atomic,
 )
-from cm_unet_keras.training.config import write_recipe
+from cm_unet_keras.training.config import read_recipe, refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
 from cm_unet_keras.training.optimizers import LayerwiseAdamW
 from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_chief, set_precision
@@ -95,18 +104,22 @@ def validation_dice(model, items, threshold=0.5):
     return float(np.mean(scores))
 
 
-def make_optimizer(config, total_steps, transferred_layers=()):
-    """AdamW with warm-up + cosine; `transferred_layers` step at `config.pretrained_lr_factor` x lr."""
-    schedule = WarmupCosine(
+def make_schedule(config, total_steps):
+    """Warm-up over `config.warmup_fraction` of `total_steps`, then cosine to 0."""
+    return WarmupCosine(
         peak=config.lr,
         total_steps=total_steps,
         warmup_steps=round(config.warmup_fraction * total_steps),
         warmup_start_factor=0.01,
     )
+
+
+def make_optimizer(config, total_steps, transferred_layers=()):
+    """AdamW with warm-up + cosine; `transferred_layers` step at `config.pretrained_lr_factor` x lr."""
     optimizer = LayerwiseAdamW(
         slow_layers=transferred_layers,
         slow_factor=config.pretrained_lr_factor,
-        learning_rate=schedule,
+        learning_rate=make_schedule(config, total_steps),
         weight_decay=config.weight_decay,
     )
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
@@ -155,6 +168,51 @@ class FinetuneRun:
             self.state = json.loads(self.state_path.read_text())
             return True
         return False
+
+    def check_record(self, split):
+        """Refuse a rerun that would make another model than the folder
+        records (settings of `config.yaml`, pairs of `split.json`); only
+        `epochs` may change."""
+        config_path, split_path = self.run_dir / "config.yaml", self.run_dir / "split.json"
+        if config_path.is_file():
+            refuse_changed_settings(self.run_dir, settings_changed(self.config, read_recipe(config_path), ("epochs",)))
+        if split_path.is_file():
+            recorded = json.loads(split_path.read_text())
+            changed = [
+                (f"{part} pairs", _names_note(recorded.get(part, []), split[part]), "")
+                for part in ("train", "val") if sorted(recorded.get(part, [])) != sorted(split[part])
+            ]
+            if changed:
+                notes = "; ".join(f"{part}: {note}" for part, note, _ in changed)
+                raise InvalidInputError(
+                    self.run_dir,
+                    f"holds a run made on other pairs than these ({notes}, against its split.json); "
+                    "give the same dataset to resume it, or a new --out for a new run",
+                )
+
+    def record_epochs(self, log):
+        """Make `config.epochs` the run's target, noting a change in the state.
+
+        Returns:
+            True when the target changed (the schedule must follow it).
+        """
+        target = self.state.get("epochs")
+        if target is None:  # a fresh run, or one written before targets were recorded
+            recorded = self.run_dir / "config.yaml"
+            target = read_recipe(recorded).get("epochs", self.config.epochs) if recorded.is_file() else self.config.epochs
+        changed = self.config.epochs > self.state["epochs_done"] and self.config.epochs != target
+        if changed:
+            self.state.setdefault("epochs_changed", []).append(
+                {"after_epoch": self.state["epochs_done"], "from": target, "to": self.config.epochs}
+            )
+            log(f"epochs {target} -> {self.config.epochs} after epoch {self.state['epochs_done']} "
+                "(recorded in state.json; the learning-rate schedule is rebuilt for it)")
+            target = self.config.epochs
+        elif self.config.epochs < target:
+            log(f"{self.run_dir} already holds {self.state['epochs_done']} of its {target} epochs "
+                f"(asked for {self.config.epochs}): nothing to train")
+        self.state["epochs"] = target
+        return changed
 
     def reconcile(self, log):
         """Align the state with the loaded checkpoint (see `end_epoch`)."""
@@ -254,6 +312,10 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         `model_path`, `n_train`, `n_val`, and `model`: the trained Keras
         model as it is after the last epoch (the best epoch is in
         `model_path`).
+
+    Raises:
+        InvalidInputError: `run_dir` holds a run made with other settings
+            (any field but `epochs`) or other pairs; the message names them.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -273,13 +335,15 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     else:
         train_records = split_records(records, 0.0, config.seed, config.limit)[0]
     run = FinetuneRun(config, run_dir, log)
-    if run.chief:
+    split = {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]}
+    if partial_records:
+        split["partial"] = [str(r.image_path) for r in partial_records]
+    resumed = run.load_state()
+    if resumed:
+        run.check_record(split)
+    elif run.chief:  # the run's record: written when it starts, never by a rerun
         write_recipe(config, run_dir / "config.yaml")
-        atomic_write_json(
-            run_dir / "split.json",
-            {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records],
-             **({"partial": [str(r.image_path) for r in partial_records]} if partial_records else {})},
-        )
+        atomic_write_json(run_dir / "split.json", split)
     log(f"{len(train_records)} training and {len(val_records)} validation angiograms"
         + (f" (+ {len(partial_records)} partially labelled)" if partial_records else "") + f"; precision {policy}")
 
@@ -300,7 +364,6 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
                            image_weights)
     total_steps = config.epochs * config.steps_per_epoch
 
-    resumed = run.load_state()
     transferred = []
     with strategy.scope():
         if resumed:
@@ -327,6 +390,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
                 if run.chief:
                     atomic_write_json(run_dir / "transfer_report.json", report)
                 log(f"initialised {len(report['loaded'])} layers from {config.init}")
+    epochs_changed = run.record_epochs(log)
 
     phases = [(0, config.frozen_encoder_epochs, False), (config.frozen_encoder_epochs, config.epochs, True)]
     for phase_start, phase_end, encoder_trainable in phases:
@@ -344,6 +408,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
                 # A new optimizer starts at step 0: move it to where the
                 # schedule is after the epochs already trained.
                 run.model.optimizer.iterations.assign(first_epoch * config.steps_per_epoch)
+            elif epochs_changed:  # the checkpoint's optimizer decays over the old epochs
+                run.model.optimizer.learning_rate = make_schedule(config, total_steps)
             resumed = False
         dataset = sampler.dataset(
             config.batch_size * strategy.num_replicas_in_sync,
@@ -374,6 +440,14 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         "n_val": len(val_records),
         "model": run.model,
     }
+
+
+def _names_note(recorded, given):
+    added, removed = sorted(set(given) - set(recorded)), sorted(set(recorded) - set(given))
+    return ", ".join(
+        f"{len(names)} {verb} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for verb, names in (("added", added), ("missing", removed)) if names
+    ) or "same names, other order"
 
 
 def export_best(config, run_dir, model_path):

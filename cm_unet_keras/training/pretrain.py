@@ -4,7 +4,11 @@
 the run folder), trains a `ContrastiveMaskedPretrainer`, checkpoints every
 epoch and, called again with the same `run_dir`, resumes after the last
 finished epoch (asking for more epochs extends the run; the learning-rate
-schedule is rebuilt from the new epoch count).
+schedule is rebuilt from the new epoch count). A rerun may change only the
+run's length (`epochs`, `minutes`, with them `warmup_epochs`), `grid_every`
+and `skip_invalid`; other settings are refused, naming them, since the run
+folder records how its weights were made: `config.yaml` keeps the settings
+the run started with, and a new length is noted in `state.json`.
 
 Run folder:
     pretrained.weights.h5  the pretrainer's weights (U-Net encoder + decoder,
@@ -17,7 +21,7 @@ Run folder:
     history.csv            one row per epoch: losses, accuracy, lr, timing
     curves.png             reconstruction and contrastive loss per epoch
     grids/epoch_NNNN.png   original / masked / reconstructed views
-    config.yaml            the resolved configuration
+    config.yaml            the configuration the run started with
     cache/                 decoded angiograms (delete to re-decode)
     logs/                  TensorBoard
 
@@ -53,7 +57,7 @@ import tensorflow as tf
 from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
 from cm_unet_keras.models.pretrainer import PRETRAINER_ARGUMENTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
 from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
-from cm_unet_keras.training.config import config_to_dict, write_recipe
+from cm_unet_keras.training.config import refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
 
@@ -63,8 +67,10 @@ CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
 # Variables that take no weight decay: biases and BatchNorm scale/offset.
 NO_DECAY = ["bias", "gamma", "beta"]
 
-# Fields that fix the shapes of the weights: a resumed run must keep them.
-_ARCHITECTURE_FIELDS = ("base_filters", "depth", "projection_dim", "projection_hidden_dim")
+# The only fields a resumed run may change: its length (an extension, which
+# may also change the warm-up) and what it logs or skips; any other would
+# make another model than config.yaml records.
+_MAY_DIFFER_ON_RESUME = ("epochs", "minutes", "grid_every", "skip_invalid")
 
 
 @dataclasses.dataclass
@@ -324,15 +330,25 @@ class PretrainRun:
 
         return yaml.safe_load(saved.read_text()) or {}
 
-    def check_same_architecture(self):
+    def check_resumable(self):
+        """Refuse settings that would make another model than config.yaml records;
+        note a new length (epochs or minutes, with the warm-up) in the state,
+        which is written with the next epoch."""
         previous = self.saved_config()
-        current = config_to_dict(self.config)
-        changed = [name for name in _ARCHITECTURE_FIELDS if name in previous and previous[name] != current[name]]
-        if changed:
-            raise ValueError(
-                f"{self.run_dir} holds a run with other {', '.join(changed)} "
-                f"({', '.join(f'{n}={previous[n]}' for n in changed)}); use a new --out folder"
-            )
+        config = self.config
+        # The length the run has now: config.yaml's, or its last extension's.
+        now = {key: previous.get(key) for key in ("epochs", "minutes", "warmup_epochs")}
+        now.update((self.state.get("length_changed") or [{}])[-1])
+        length = {"minutes": config.minutes} if config.minutes is not None else {"epochs": config.epochs}
+        extending = any(now.get(key) != value for key, value in length.items())
+        changed = settings_changed(config, previous, _MAY_DIFFER_ON_RESUME + ("warmup_epochs",))
+        if not extending and config.minutes is None and config.warmup_epochs != now["warmup_epochs"]:
+            changed.append(("warmup_epochs", now["warmup_epochs"], config.warmup_epochs))
+        refuse_changed_settings(self.run_dir, changed)
+        if extending:
+            if config.minutes is None:
+                length["warmup_epochs"] = config.warmup_epochs
+            self.state.setdefault("length_changed", []).append({"after_epoch": self.state["epochs_done"], **length})
 
     def end_epoch(self, epoch, logs, seconds):
         row = {
@@ -520,6 +536,9 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     Returns:
         dict with `epochs_done`, `epochs_run` (this call), `seconds`,
         `n_images`, `steps_per_epoch`, `weights_path`, `history`.
+
+    Raises:
+        InvalidInputError: `run_dir` holds a run made with other settings.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -532,7 +551,7 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     run = PretrainRun(config, run_dir, log)
     resumed = run.load_state()
     if resumed:
-        run.check_same_architecture()
+        run.check_resumable()
     records = select_records(records, config.max_images, config.seed)
     angiograms = load_unlabeled(
         records, config.working_size, cache_dir=run_dir / "cache",
@@ -560,7 +579,8 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
             load_checkpoint(run.pretrainer, run_dir / run.state["checkpoint"])
             log(f"resuming after epoch {run.state['epochs_done']} from {run_dir / run.state['checkpoint']}")
     if run.chief:
-        write_recipe(config, run_dir / "config.yaml")
+        if not resumed:  # the run's record: a rerun never rewrites it
+            write_recipe(config, run_dir / "config.yaml")
         atomic_write_json(run_dir / PRETRAINER_CONFIG, run.pretrainer.get_config())
 
     first_epoch = run.state["epochs_done"]

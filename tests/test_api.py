@@ -1,0 +1,132 @@
+"""The flat Python API: `from cm_unet_keras import ...`, `CMUNet.from_preset`
+and `segment` on raw angiograms of any size, files, batches and cine runs."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+import cm_unet_keras
+from cm_unet_keras import CMUNet
+from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.inference.predict import segment_angiogram
+
+
+def test_the_flat_api_is_importable_from_the_top_and_lazy():
+    from cm_unet_keras import (  # noqa: F401
+        ContrastiveMaskedPretrainer, FinetuneConfig, PretrainConfig, finetune, load_model, pretrain,
+        read_angiogram, segment,
+    )
+    from cm_unet_keras.models.pretrainer import ContrastiveMaskedPretrainer as pretrainer_class
+    from cm_unet_keras.training.finetune import finetune as finetune_function
+
+    assert ContrastiveMaskedPretrainer is pretrainer_class and finetune is finetune_function
+    assert set(cm_unet_keras.__all__) >= {"CMUNet", "ContrastiveMaskedPretrainer", "read_angiogram", "finetune",
+                                          "pretrain", "segment", "load_model"}
+    with pytest.raises(AttributeError, match="no attribute 'segmnt'"):
+        cm_unet_keras.segmnt  # noqa: B018
+    code = "import sys, cm_unet_keras; print(sorted(m for m in sys.modules if m.startswith('cm_unet_keras.')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    for heavy in ("training.pretrain", "training.finetune", "inference.predict", "models.pretrainer"):
+        assert f"cm_unet_keras.{heavy}'" not in loaded, loaded
+
+
+@pytest.fixture(scope="module")
+def xca_model():
+    return CMUNet.from_preset("cmunet_small_xca")
+
+
+def test_from_preset_segments_a_raw_angiogram_of_any_size_and_range(xca_model, shared_data):
+    path = shared_data / "xca_vessels" / "train" / "1.png"
+    raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # 300x300: not a multiple of 16
+    probability, vessel_mask = xca_model.segment(raw)
+    expected = segment_angiogram(xca_model, read_angiogram(path))
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+    np.testing.assert_array_equal(vessel_mask, expected >= 0.5)  # the card's threshold
+    assert vessel_mask.dtype == bool and 0.01 < vessel_mask.mean() < 0.2
+    # Another intensity scale (a 16-bit export of the same frame): the same vessels.
+    rescaled = xca_model.segment(raw.astype(np.uint16) * 257 + 1000).vessel_mask
+    assert (rescaled == vessel_mask).mean() > 0.999
+    # A file path, and a 512x512 ARCADE frame stored as RGB.
+    np.testing.assert_allclose(cm_unet_keras.segment(xca_model, path).probability, probability, atol=1e-6)
+    arcade = xca_model.segment(shared_data / "arcade_stenosis" / "train" / "images" / "1.png")
+    assert arcade.probability.shape == (512, 512)
+
+
+def test_batches_lists_and_cine_runs(xca_model, shared_data, tmp_path, xa_cine_writer):
+    from pydicom.uid import RLELossless
+
+    frames = np.stack([
+        cv2.imread(str(shared_data / "xca_vessels" / "train" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)[:160, :144]
+        for n in (1, 2, 3)
+    ])
+    single = [segment_angiogram(xca_model, frame.astype(np.float32)) for frame in frames]
+    batch = xca_model.segment(frames)
+    assert batch.probability.shape == (3, 160, 144) and batch.vessel_mask.shape == (3, 160, 144)
+    np.testing.assert_allclose(batch.probability, np.stack(single), atol=1e-5)
+    listed = xca_model.segment([frames[0], frames[1][:100]])
+    assert [item.probability.shape for item in listed] == [(160, 144), (100, 144)]
+    cine = xa_cine_writer(tmp_path / "run.dcm", frames, RLELossless)
+    np.testing.assert_allclose(xca_model.segment(cine).probability, batch.probability, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        xca_model.segment(np.zeros((2, 3, 4, 5)))
+
+
+def test_threshold_and_clahe_come_from_the_run_folder(tmp_path, shared_data):
+    run = tmp_path / "run"
+    run.mkdir()
+    CMUNet(base_filters=4, depth=2).save(run / "model.keras")
+    (run / "config.yaml").write_text("clahe: true\nthreshold: 0.45\n")  # as `finetune --clahe` writes it
+    model = cm_unet_keras.load_model(run / "model.keras")
+    path = shared_data / "xca_vessels" / "train" / "2.png"
+    expected = segment_angiogram(model, read_angiogram(path), clahe=True)
+    probability, vessel_mask = model.segment(path)
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+    np.testing.assert_array_equal(vessel_mask, expected >= 0.45)
+    assert not np.array_equal(vessel_mask, expected >= 0.5)  # 0.45 made a difference
+    overridden = model.segment(path, threshold=0.5, clahe=False)
+    np.testing.assert_array_equal(overridden.vessel_mask, segment_angiogram(model, read_angiogram(path)) >= 0.5)
+
+
+def test_pretrained_only_models_warn_on_load_and_refuse_to_segment(tmp_path):
+    from cm_unet_keras import ContrastiveMaskedPretrainer
+    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG
+    from cm_unet_keras.training.pretrain import PRETRAINED_WEIGHTS, save_pretrained_weights
+
+    angiogram = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match="cmunet_small_pretrained: pretrained only"):
+        preset = CMUNet.from_preset("cmunet_small_pretrained")
+    with pytest.raises(InvalidInputError, match="segmentation head was never trained") as refused:
+        preset.segment(angiogram)
+    assert "\n" not in str(refused.value)
+
+    run = tmp_path / "pretraining"
+    run.mkdir()
+    pretrainer = ContrastiveMaskedPretrainer(base_filters=4, depth=2, projection_dim=8, projection_hidden_dim=8)
+    save_pretrained_weights(pretrainer, run / PRETRAINED_WEIGHTS)
+    (run / PRETRAINER_CONFIG).write_text(json.dumps(pretrainer.get_config()))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with pytest.raises(InvalidInputError, match="never trained"):
+            cm_unet_keras.segment(str(run), angiogram)
+    with pytest.warns(UserWarning, match="pretrained only"):
+        unet = cm_unet_keras.load_model(run)
+    assert unet.segmentation_settings.pretrained_only
+    with pytest.raises(InvalidInputError, match="never trained"):
+        unet.segment(angiogram)
+
+
+def test_predict_command_refuses_a_pretrained_only_model(tmp_path, shared_data, capsys):
+    from cm_unet_keras.cli import main
+
+    code = main(["predict", "--model", "cmunet_small_pretrained", "--out", str(tmp_path / "out"),
+                 str(shared_data / "xca_vessels" / "train" / "1.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "never trained" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
