@@ -138,6 +138,15 @@ def machine():
     return f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})"
 
 
+def pretraining_summary(config, history):
+    """One sentence: how long the pretraining ran, on what, with which views."""
+    steps = len(history) * int(config["steps_per_epoch"])
+    hours = sum(float(row["seconds"]) for row in history) / 3600.0
+    return (f"{steps:,} steps of batch {config['batch_size']} ({steps * int(config['batch_size']):,} view pairs) "
+            f"on {config['image_size']} px \"{config.get('views', 'shift')}\" views of 1,530 unlabeled angiograms, "
+            f"{hours:.1f} h on {machine()} in {config.get('precision', 'auto')} precision")
+
+
 def build_pretrained(pretrain_run, root, overwrite, log=print):
     """Extract the U-Net of a pretraining run into the pretrained preset."""
     import csv
@@ -161,9 +170,10 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
             "kind": "pretrained",
             "file": "model.keras",
             "description": (
-                "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining: "
-                "encoder and decoder pretrained, segmentation head untrained. Fine-tune it on your labelled "
-                "angiograms: `cm-unet finetune --init cmunet_small_pretrained ...`."
+                "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining "
+                f"({pretraining_summary(config, history)}): encoder and decoder pretrained, segmentation head "
+                "untrained. Fine-tune it on your labelled angiograms: `cm-unet finetune --init "
+                "cmunet_small_pretrained ...`."
             ),
             **CARD_TEXT[PRETRAINED],
             "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
@@ -171,6 +181,9 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
             "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
                      "(the 10 validation angiograms were never seen)."},
             "training": {"pretrain_config": config, "epochs_done": len(history),
+                         "steps": len(history) * int(config["steps_per_epoch"]),
+                         "views_seen": len(history) * int(config["steps_per_epoch"]) * int(config["batch_size"]),
+                         "summary": pretraining_summary(config, history),
                          "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
             "final_losses": {k: round(float(history[-1][k]), 4) for k in
                              ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
