@@ -67,6 +67,7 @@ def _report_skipped(skipped):
 
 
 PRECISIONS = ["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+SEGMENT_BATCH_DEFAULT = 8  # inference.predict.SEGMENT_BATCH (not imported: keeps --help light)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -236,7 +237,8 @@ def cmd_predict(args):
     progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
     written = predict_files(
         model, args.inputs, args.output, threshold=threshold, clahe=clahe, skipped=skipped, tta=args.tta,
-        log=None if args.quiet or progress else print, progress=progress,
+        log=None if args.quiet or progress else print, progress=progress, batch_size=args.batch_size,
+        precision=args.precision,
     )
     if args.skip_invalid:
         _report_skipped(skipped)
@@ -476,6 +478,11 @@ def build_parser():
         "--quiet", action="store_true",
         help="no progress bar (shown on a terminal) and no line per angiogram (printed otherwise)",
     )
+    predict.add_argument("--batch-size", type=int, default=SEGMENT_BATCH_DEFAULT,
+                         help="same-sized angiograms or cine frames per forward pass")
+    predict.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="compute precision: auto is the machine's fastest (bfloat16 on AVX512_BF16 CPUs, "
+                         "float16 on GPUs); float32 gives the exported model's outputs exactly")
     predict.set_defaults(run=cmd_predict)
 
     export = command("export", "export a model for TF Serving (SavedModel) or ONNX")

@@ -45,16 +45,17 @@ def xca_model():
 def test_from_preset_segments_a_raw_angiogram_of_any_size_and_range(xca_model, shared_data):
     path = shared_data / "xca_vessels" / "train" / "1.png"
     raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # 300x300: not a multiple of 16
-    probability, vessel_mask = xca_model.segment(raw)
+    probability, vessel_mask = xca_model.segment(raw, precision="float32")
     expected = segment_angiogram(xca_model, read_angiogram(path))
     np.testing.assert_allclose(probability, expected, atol=1e-6)
     np.testing.assert_array_equal(vessel_mask, expected >= 0.5)  # the card's threshold
     assert vessel_mask.dtype == bool and 0.01 < vessel_mask.mean() < 0.2
     # Another intensity scale (a 16-bit export of the same frame): the same vessels.
-    rescaled = xca_model.segment(raw.astype(np.uint16) * 257 + 1000).vessel_mask
+    rescaled = xca_model.segment(raw.astype(np.uint16) * 257 + 1000, precision="float32").vessel_mask
     assert (rescaled == vessel_mask).mean() > 0.999
     # A file path, and a 512x512 ARCADE frame stored as RGB.
-    np.testing.assert_allclose(cm_unet_keras.segment(xca_model, path).probability, probability, atol=1e-6)
+    np.testing.assert_allclose(cm_unet_keras.segment(xca_model, path, precision="float32").probability,
+                               probability, atol=1e-6)
     arcade = xca_model.segment(shared_data / "arcade_stenosis" / "train" / "images" / "1.png")
     assert arcade.probability.shape == (512, 512)
 
@@ -67,13 +68,14 @@ def test_batches_lists_and_cine_runs(xca_model, shared_data, tmp_path, xa_cine_w
         for n in (1, 2, 3)
     ])
     single = [segment_angiogram(xca_model, frame.astype(np.float32)) for frame in frames]
-    batch = xca_model.segment(frames)
+    batch = xca_model.segment(frames, precision="float32")
     assert batch.probability.shape == (3, 160, 144) and batch.vessel_mask.shape == (3, 160, 144)
     np.testing.assert_allclose(batch.probability, np.stack(single), atol=1e-5)
-    listed = xca_model.segment([frames[0], frames[1][:100]])
+    listed = xca_model.segment([frames[0], frames[1][:100]], precision="float32")
     assert [item.probability.shape for item in listed] == [(160, 144), (100, 144)]
     cine = xa_cine_writer(tmp_path / "run.dcm", frames, RLELossless)
-    np.testing.assert_allclose(xca_model.segment(cine).probability, batch.probability, atol=1e-6)
+    np.testing.assert_allclose(xca_model.segment(cine, precision="float32").probability, batch.probability,
+                               atol=1e-6)
     with pytest.raises(ValueError, match=r"\[N, H, W\]"):
         xca_model.segment(np.zeros((2, 3, 4, 5)))
 
@@ -86,11 +88,11 @@ def test_threshold_and_clahe_come_from_the_run_folder(tmp_path, shared_data):
     model = cm_unet_keras.load_model(run / "model.keras")
     path = shared_data / "xca_vessels" / "train" / "2.png"
     expected = segment_angiogram(model, read_angiogram(path), clahe=True)
-    probability, vessel_mask = model.segment(path)
+    probability, vessel_mask = model.segment(path, precision="float32")
     np.testing.assert_allclose(probability, expected, atol=1e-6)
     np.testing.assert_array_equal(vessel_mask, expected >= 0.45)
     assert not np.array_equal(vessel_mask, expected >= 0.5)  # 0.45 made a difference
-    overridden = model.segment(path, threshold=0.5, clahe=False)
+    overridden = model.segment(path, threshold=0.5, clahe=False, precision="float32")
     np.testing.assert_array_equal(overridden.vessel_mask, segment_angiogram(model, read_angiogram(path)) >= 0.5)
 
 
@@ -130,3 +132,40 @@ def test_predict_command_refuses_a_pretrained_only_model(tmp_path, shared_data, 
     err = capsys.readouterr().err
     assert code == 2 and "never trained" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bfloat16_inference_agrees_with_float32(xca_model, shared_data):
+    """The fast path (`precision="auto"` is bfloat16 on AVX512_BF16 CPUs):
+    masks agree with float32's to Dice >= 0.99 on CIMAT and ARCADE frames."""
+    paths = [shared_data / "xca_vessels" / "train" / f"{n}.png" for n in (2, 3)]
+    paths += [shared_data / "arcade_vessels" / "val" / "images" / f"{n}.png" for n in (1, 2)]
+    frames = [read_angiogram(path) for path in paths]
+    exact = xca_model.segment(frames, precision="float32")
+    fast = xca_model.segment(frames, precision="mixed_bfloat16")
+    for reference, result in zip(exact, fast):
+        a, b = reference.vessel_mask, result.vessel_mask
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
+        assert np.abs(reference.probability - result.probability).mean() < 0.01
+        assert not np.array_equal(reference.probability, result.probability)  # it did run in bfloat16
+
+
+def test_predict_files_batches_mixed_sizes_in_order_and_writes_every_output(xca_model, shared_data, tmp_path):
+    import shutil
+
+    from cm_unet_keras.inference.predict import predict_files
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = [shared_data / "xca_vessels" / "train" / f"{n}.png" for n in (1, 2, 3)]
+    sources += [shared_data / "arcade_vessels" / "val" / "images" / f"{n}.png" for n in (1, 2)]
+    for index, source in enumerate(sources):  # 300, 300, 300, 512, 512 px; a size change mid-batch
+        shutil.copy(source, folder / f"{index:02d}.png")
+    lines = []
+    batched = predict_files(xca_model, [folder], tmp_path / "b3", log=lines.append, batch_size=3, precision="float32")
+    single = predict_files(xca_model, [folder], tmp_path / "b1", log=None, batch_size=1, precision="float32")
+    assert [p["mask"].name for p in batched] == [f"{i:02d}_mask.png" for i in range(5)]
+    assert [line.split(":")[0] for line in lines] == [f"{i:02d}" for i in range(5)]
+    for one, three in zip(single, batched):
+        for kind in ("mask", "prob", "overlay"):
+            a, b = (cv2.imread(str(p[kind]), cv2.IMREAD_UNCHANGED).astype(int) for p in (one, three))
+            assert np.abs(a - b).max() <= 1, (one[kind], kind)

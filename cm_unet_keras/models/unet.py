@@ -132,11 +132,12 @@ class CMUNet(keras.Model):
 
         return load_model(name)
 
-    def segment(self, angiograms, threshold=None, clahe=None, tta=False):
+    def segment(self, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=8):
         """Vessel probability and mask of raw angiograms: see `cm_unet_keras.segment`."""
         from cm_unet_keras.inference.predict import segment
 
-        return segment(self, angiograms, threshold=threshold, clahe=clahe, tta=tta)
+        return segment(self, angiograms, threshold=threshold, clahe=clahe, tta=tta, precision=precision,
+                       batch_size=batch_size)
 
     @property
     def size_multiple(self):
