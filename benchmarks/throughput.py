@@ -14,11 +14,22 @@ Measures, for the small and base U-Nets, on the machine it runs on:
 - a pretraining step's time over a supervised step's (same batch and size);
 - the input pipeline alone in images/s against what training consumes.
 
-Writes `benchmarks/throughput/results.json` and `results.md`. Ratios are
+End to end (`--end-to-end`, issue 17): `cm-unet predict`'s pipeline
+(`predict_files`: decode, normalise, batched forward pass, PNGs written)
+with the `cmunet_small_xca` preset over a folder of 512x512 ARCADE
+angiograms and over a multi-frame DICOM cine made of the same frames, in
+images/s, against the bare forward pass (normalised batches through
+`predict_normalized`) in float32 batch 1, bfloat16 batch 1 and bfloat16
+batch 8, in the same run; and the pipeline as it ran before (float32, one
+frame at a time).
+
+Writes `benchmarks/throughput/results.json` and `results.md` (the
+end-to-end part to `end_to_end.json` and `end_to_end.md`). Ratios are
 measured in the same process, interleaved, so a noisy machine moves both
 sides alike.
 
     python benchmarks/throughput.py [--steps 6] [--batch 4] [--models small base]
+    python benchmarks/throughput.py --end-to-end [--images 48]
 """
 
 import argparse
@@ -211,6 +222,114 @@ def measure_model(name, base_filters, args, items, policy, ceilings):
     return result
 
 
+def _write_cine(path, frames):
+    """An uncompressed 8-bit XA multi-frame DICOM of `frames` [N, H, W]."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.NumberOfFrames = "XA", len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.asarray(frames, np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def measure_end_to_end(data_root, count, repeats=2):
+    """images/s of predict's pipeline and of the bare forward pass (see the module docstring)."""
+    import shutil
+    import tempfile
+
+    from cm_unet_keras.data.pipeline import preprocess_angiogram
+    from cm_unet_keras.data.readers import read_angiogram
+    from cm_unet_keras.inference.predict import inference_model, load_model, predict_files
+
+    files = sorted((Path(data_root) / "arcade_vessels" / "val" / "images").glob("*.png"))[:count]
+    if len(files) < count:
+        raise FileNotFoundError(f"need {count} angiograms in {data_root}/arcade_vessels/val/images")
+    model = load_model("cmunet_small_xca")
+    fast = inference_model(model, "auto")
+    frames = [read_angiogram(f) for f in files]
+    prepared = [preprocess_angiogram(f, return_fov=True) for f in frames[:8]]
+    normalized, fov = (np.stack(parts) for parts in zip(*prepared))
+
+    def forward_rate(network, batch):
+        predict_normalized(network, normalized[:batch], fov=fov[:batch]).numpy()  # trace
+        best = 0.0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(2):
+                for first in range(0, 8, batch):
+                    predict_normalized(network, normalized[first:first + batch], fov=fov[first:first + batch]).numpy()
+            best = max(best, 16 / (time.perf_counter() - started))
+        return best
+
+    result = {"images": count, "policy": resolve_precision("auto")}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "angiograms"
+        folder.mkdir()
+        for f in files:
+            shutil.copy(f, folder / f.name)
+        cine = tmp / "cine.dcm"
+        _write_cine(cine, np.stack([np.clip(f, 0, 255).astype(np.uint8) for f in frames]))
+
+        def pipeline_rate(inputs, **options):
+            predict_files(model, [folder / files[0].name], tmp / "warm", log=None, **options)  # trace
+            best = 0.0
+            for index in range(repeats):
+                started = time.perf_counter()
+                written = predict_files(model, inputs, tmp / f"out{index}", log=None, **options)
+                best = max(best, len(written) / (time.perf_counter() - started))
+            return best
+
+        for _ in range(1):  # interleaved: network rates, then the pipelines
+            result["forward_float32_batch1"] = forward_rate(model, 1)
+            result["forward_fast_batch1"] = forward_rate(fast, 1)
+            result["forward_fast_batch8"] = forward_rate(fast, 8)
+            result["predict_folder"] = pipeline_rate([folder], precision="auto", batch_size=8)
+            result["predict_cine"] = pipeline_rate([cine], precision="auto", batch_size=8)
+            result["predict_folder_before"] = pipeline_rate([folder], precision="float32", batch_size=1)
+    result["folder_of_forward"] = result["predict_folder"] / result["forward_fast_batch8"]
+    result["cine_of_forward"] = result["predict_cine"] / result["forward_fast_batch8"]
+    result["speedup_vs_before"] = result["predict_folder"] / result["predict_folder_before"]
+    return result
+
+
+def end_to_end_markdown(r, machine):
+    return "\n".join([
+        "# predict end to end (issue 17)",
+        "",
+        f"Machine: {machine}. `python benchmarks/throughput.py --end-to-end --images {r['images']}`; "
+        f"cmunet_small_xca on {r['images']} ARCADE angiograms of 512x512 (PNG files, and the same frames as one "
+        f"uncompressed XA cine); best of the repeats, images/s; all rows from one process.",
+        "",
+        "| path | images/s | of the bare fast forward (batch 8) |",
+        "|---|---|---|",
+        f"| bare forward, float32, batch 1 | {r['forward_float32_batch1']:.2f} | "
+        f"{r['forward_float32_batch1'] / r['forward_fast_batch8']:.0%} |",
+        f"| bare forward, {r['policy']}, batch 1 | {r['forward_fast_batch1']:.2f} | "
+        f"{r['forward_fast_batch1'] / r['forward_fast_batch8']:.0%} |",
+        f"| bare forward, {r['policy']}, batch 8 | {r['forward_fast_batch8']:.2f} | 100% |",
+        f"| `predict` folder ({r['policy']}, batch 8) | {r['predict_folder']:.2f} | {r['folder_of_forward']:.0%} |",
+        f"| `predict` cine ({r['policy']}, batch 8) | {r['predict_cine']:.2f} | {r['cine_of_forward']:.0%} |",
+        f"| `predict` folder as before (float32, one at a time) | {r['predict_folder_before']:.2f} | "
+        f"{r['predict_folder_before'] / r['forward_fast_batch8']:.0%} |",
+        "",
+        f"Pipeline speed-up over the previous predict: {r['speedup_vs_before']:.2f}x. The bare forward pass "
+        "includes mirror padding and the field-of-view rule on normalised inputs; the pipeline adds decoding, "
+        "normalisation (field of view), thresholding and writing three PNGs per angiogram.",
+    ]) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -218,7 +337,20 @@ def main():
     parser.add_argument("--models", nargs="+", default=["small", "base"], choices=list(SIZES))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default=str(HERE / "throughput"))
+    parser.add_argument("--end-to-end", action="store_true", help="only the predict pipeline rows")
+    parser.add_argument("--images", type=int, default=48, help="angiograms for --end-to-end")
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     args = parser.parse_args()
+    if args.end_to_end:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}"
+        result = measure_end_to_end(args.data, args.images)
+        result["machine"] = machine
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "end_to_end.json").write_text(json.dumps(result, indent=2))
+        (out / "end_to_end.md").write_text(end_to_end_markdown(result, machine))
+        print(end_to_end_markdown(result, machine))
+        return
 
     started = time.perf_counter()
     ceilings = {"float32": matmul_ceiling(tf.float32), "bfloat16": matmul_ceiling(tf.bfloat16)}
