@@ -222,32 +222,12 @@ def measure_model(name, base_filters, args, items, policy, ceilings):
     return result
 
 
-def _write_cine(path, frames):
-    """An uncompressed 8-bit XA multi-frame DICOM of `frames` [N, H, W]."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.NumberOfFrames = "XA", len(frames)
-    ds.Rows, ds.Columns = frames.shape[1:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = np.asarray(frames, np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def measure_end_to_end(data_root, count, repeats=2):
     """images/s of predict's pipeline and of the bare forward pass (see the module docstring)."""
     import shutil
     import tempfile
 
+    from cm_unet_keras.data.cine import write_xa_cine
     from cm_unet_keras.data.pipeline import preprocess_angiogram
     from cm_unet_keras.data.readers import read_angiogram
     from cm_unet_keras.inference.predict import inference_model, load_model, predict_files
@@ -280,7 +260,7 @@ def measure_end_to_end(data_root, count, repeats=2):
         for f in files:
             shutil.copy(f, folder / f.name)
         cine = tmp / "cine.dcm"
-        _write_cine(cine, np.stack([np.clip(f, 0, 255).astype(np.uint8) for f in frames]))
+        write_xa_cine(cine, np.stack([np.clip(f, 0, 255).astype(np.uint8) for f in frames]))
 
         def pipeline_rate(inputs, **options):
             predict_files(model, [folder / files[0].name], tmp / "warm", log=None, **options)  # trace

@@ -48,45 +48,9 @@ def nnunet_dataset(tmp_path, shared_data):
     return folder
 
 
-def write_xa_cine(path, frames, syntax, encoded=None):
-    """Write 8-bit `frames` [N, H, W] as an XA cine run in transfer `syntax`:
-    compressed by pydicom (RLE; JPEG 2000 with pylibjpeg), or the already
-    `encoded` frames (e.g. JPEG from OpenCV) encapsulated as given."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    frames = np.asarray(frames, np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "XA"
-    ds.NumberOfFrames = len(frames)
-    ds.Rows, ds.Columns = frames.shape[1:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    if encoded is None:
-        ds.PixelData = frames.tobytes()
-        ds.compress(syntax, frames, encoding_plugin="pylibjpeg" if "2000" in syntax.name else "")
-    else:
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.PixelData = encapsulate(encoded)
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.fixture(scope="session")
 def xa_cine_writer():
-    """`write_xa_cine`, for the test modules."""
+    """`cm_unet_keras.data.cine.write_xa_cine`, for the test modules."""
+    from cm_unet_keras.data.cine import write_xa_cine
+
     return write_xa_cine
