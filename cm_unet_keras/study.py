@@ -118,8 +118,8 @@ def cpu_config():
     (`recipes/pretrain_cpu.yaml`): a 16-wide, 4-level U-Net on 128 px
     "crops" views (two overlapping crops, intensity jitter, blur) from a
     256 px working size, batch 32, lr 1e-3, 125 epochs of 48 steps (6,000
-    steps; about 55 minutes a variant at 0.55 s/step on the 2-core
-    AVX512_BF16 build machine).
+    steps; about 75 minutes a variant at the 0.7-0.8 s/step measured on
+    the 2-core AVX512_BF16 build machine beside other jobs).
     Fine-tuning: the `FinetuneConfig` defaults (batch 8 of 128 px patches,
     AdamW 2e-3, warm-up + cosine, Dice + BCE, all N pairs train, last epoch
     kept), the same for every init: 2,000 steps at N = 3 and 10 and 4,000 at

@@ -171,7 +171,8 @@ PRETRAIN_RECIPES = {
     # Issue 13's CPU recipe: a 16-wide, 4-level U-Net on 128 px views cropped
     # from angiograms decoded with their shorter side at 256 px, batch 32,
     # two overlapping crops with intensity jitter and blur, 6,000 steps
-    # (about 55 minutes at 0.55 s/step on 2 AVX512_BF16 cores); `--minutes`
+    # (about 75 minutes at the 0.7-0.8 s/step measured on 2 busy
+    # AVX512_BF16 cores); `--minutes`
     # resizes it.
     "cpu": {
         "base_filters": 16, "depth": 4, "image_size": 128, "working_size": 256, "batch_size": 32,
