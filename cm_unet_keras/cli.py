@@ -186,7 +186,7 @@ def cmd_finetune(args):
     )
     records = _records_from_layout(args)
     if args.skip_invalid:
-        from cm_unet_keras.training.checkpoints import atomic_write_json
+        from cm_unet_keras.core.files import atomic_write_json
 
         atomic_write_json(Path(args.out) / "skipped_inputs.json", args.skipped_inputs)
     result = finetune(config, records, args.out, verbose=args.verbose)
@@ -589,7 +589,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from cm_unet_keras.data.errors import InvalidInputError
+    from cm_unet_keras.core.errors import InvalidInputError
 
     try:
         args.run(args)

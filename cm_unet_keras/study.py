@@ -46,6 +46,7 @@ from typing import Optional
 
 import numpy as np
 
+from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.data.layouts import index_pairs, index_unlabeled, read_pair
 from cm_unet_keras.data.splits import select_part
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
@@ -297,7 +298,7 @@ def read_records(runs_dir):
 
 def append_record(runs_dir, record):
     with open(Path(runs_dir) / RESULTS_JSONL, "a") as stream:
-        stream.write(json.dumps(_json_safe(record)) + "\n")
+        stream.write(json.dumps(json_safe(record)) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
 
@@ -362,18 +363,6 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
 
 
 # --- results --------------------------------------------------------------------
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def _by_cell(records, key="dice"):
     """{(init, n): [value per seed]} with missing values left out."""
     cells = {}
@@ -429,7 +418,7 @@ def write_results(records, out_dir, stage_seconds=None, command="", study=None):
     """`results.json`, `results.md` and `dice_vs_labels.png` in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(_json_safe(list(records)), indent=2) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(json_safe(list(records)), indent=2) + "\n")
     (out_dir / "results.md").write_text(results_markdown(records, stage_seconds or {}, command, study))
     plot_dice_vs_labels(records, out_dir / "dice_vs_labels.png")
 
@@ -593,11 +582,11 @@ def stage_seconds(pretraining, records):
 
 def check_same_protocol(study, runs_dir):
     """Refuse to mix runs of two budgets in one runs folder (N and seeds may grow)."""
-    from cm_unet_keras.data.errors import InvalidInputError
+    from cm_unet_keras.core.errors import InvalidInputError
 
     protocol = {k: v for k, v in dataclasses.asdict(study).items()
                 if k not in ("n_labels", "seeds", "seeds_by_n", "inits", "frangi")}
-    protocol = json.loads(json.dumps(_json_safe(protocol)))
+    protocol = json.loads(json.dumps(json_safe(protocol)))
     path = Path(runs_dir) / "study.json"
     if path.is_file():
         previous = json.loads(path.read_text())

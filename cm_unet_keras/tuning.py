@@ -49,10 +49,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import atomic_write, atomic_write_json
 from cm_unet_keras.data.layouts import validate_records
 from cm_unet_keras.models.unet import CMUNet
-from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
 from cm_unet_keras.training.config import FinetuneConfig, config_to_dict, read_recipe, write_recipe
 from cm_unet_keras.training.finetune import finetune, split_records
 from cm_unet_keras.training.runtime import set_precision

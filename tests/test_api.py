@@ -12,7 +12,7 @@ import pytest
 
 import cm_unet_keras
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.inference.predict import segment_angiogram
 

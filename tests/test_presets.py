@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.evaluation.evaluate import evaluate_model
 from cm_unet_keras.models import presets
 from cm_unet_keras.models.unet import HEAD_PREFIXES

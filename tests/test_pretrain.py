@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.normalize import normalize_angiogram
 from cm_unet_keras.data.synthetic import generate_angiogram
 from cm_unet_keras.data.views import TwoViewSampler, UnlabeledAngiograms, ViewConfig

@@ -8,9 +8,9 @@ import pytest
 
 from cm_unet_keras import CMUNet
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import atomic_write, save_model_atomic
 from cm_unet_keras.models.presets import file_sha256, resolve_model_path
-from cm_unet_keras.training.checkpoints import atomic_write, save_model_atomic
 
 
 def test_a_model_file_with_a_lambda_layer_is_refused(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
 from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.training.config import FinetuneConfig, build_config
@@ -230,7 +230,7 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(synthetic_rec
 
 
 def test_recipe_values_are_coerced_to_the_field_types(tmp_path):
-    from cm_unet_keras.data.errors import InvalidInputError
+    from cm_unet_keras.core.errors import InvalidInputError
 
     recipe = tmp_path / "recipe.yaml"
     # YAML 1.1 reads 1e-3 (no dot) as a string; "8" is quoted; yes is a YAML bool.

@@ -12,7 +12,7 @@ import pytest
 
 from cm_unet_keras import CMUNet, tuning
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
 from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.evaluation.evaluate import evaluate_model

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.normalize import FOV_MARGIN
 from cm_unet_keras.export.layout import check_version_free, publish_version, version_dir
 from cm_unet_keras.export.serving import (

@@ -16,10 +16,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import publish_folder
 
 # At most this many bytes per shipped file (the repository's rule for committed models).
 MAX_PRESET_BYTES = 16 * 1024 * 1024
@@ -172,25 +172,15 @@ def write_preset(name, files, card, root=None, overwrite=False):
         size = Path(file).stat().st_size
         if size > MAX_PRESET_BYTES:
             raise InvalidInputError(file, f"{size / 2**20:.1f} MB: a preset file may not exceed 16 MB")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a preset is for every user
-    try:
+
+    def fill(staging):
         for file in files:
             shutil.copyfile(file, staging / Path(file).name)
         full = {**card, "sha256": file_sha256(staging / card["file"])}
         (staging / "card.json").write_text(json.dumps(full, indent=2) + "\n")
         (staging / CARD_README).write_text(render_card(full))
-        if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
-            os.replace(destination, retired / name)
-            os.replace(staging, destination)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, destination)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    publish_folder(destination, fill, overwrite)
     return destination / "card.json"
 
 

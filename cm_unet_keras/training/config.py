@@ -13,7 +13,7 @@ from typing import Optional
 
 import yaml
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 
 
 @dataclasses.dataclass

@@ -39,15 +39,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
-from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
-from cm_unet_keras.models.full_image import predict_normalized
-from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
-from cm_unet_keras.training.checkpoints import (
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import (
     atomic_write,
     atomic_write_json,
     save_model_atomic,
 )
+from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
+from cm_unet_keras.models.full_image import predict_normalized
+from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
 from cm_unet_keras.training.config import read_recipe, refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
 from cm_unet_keras.training.optimizers import LayerwiseAdamW

@@ -44,7 +44,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -54,9 +53,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
 from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
 from cm_unet_keras.models.pretrainer import PRETRAINER_ARGUMENTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
 from cm_unet_keras.training.config import refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
@@ -262,13 +261,8 @@ def save_checkpoint(pretrainer, folder):
 
     `save_weights` of a compiled model holds the optimizer's variables too.
     """
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pretrainer.save_weights(tmp / CHECKPOINT_WEIGHTS)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    publish_folder(folder, lambda staging: pretrainer.save_weights(staging / CHECKPOINT_WEIGHTS), overwrite=True,
+                   clear_stale=True)
 
 
 def load_checkpoint(pretrainer, folder):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.models.unet import DECODER_PREFIXES, ENCODER_PREFIXES, HEAD_PREFIXES
 
 
