@@ -54,13 +54,13 @@ import numpy as np
 import tensorflow as tf
 
 from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
+from cm_unet_keras.data.masking import MASK_RATIO, expand_patch_mask, patchify, unpatchify
 from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
-from cm_unet_keras.models.pretrainer import PRETRAINER_ARGUMENTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
 from cm_unet_keras.training.config import refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
 
-PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
 
 # Variables that take no weight decay: biases and BatchNorm scale/offset.
@@ -88,7 +88,7 @@ class PretrainConfig:
     # resized to 256x256. None or 0: native resolution.
     working_size: Optional[int] = 256
     patch_size: int = 16
-    mask_ratio: float = 0.65
+    mask_ratio: float = MASK_RATIO
     projection_dim: int = 256
     # None: 4x the bottleneck width (the paper: 1536 for a 1024 bottleneck).
     projection_hidden_dim: Optional[int] = None
@@ -146,7 +146,20 @@ class PretrainConfig:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256.0
 
     def pretrainer_kwargs(self):
-        return {name: getattr(self, name) for name in PRETRAINER_ARGUMENTS}
+        """The `ContrastiveMaskedPretrainer` arguments this job sets."""
+        return {
+            "base_filters": self.base_filters,
+            "depth": self.depth,
+            "patch_size": self.patch_size,
+            "mask_ratio": self.mask_ratio,
+            "projection_dim": self.projection_dim,
+            "projection_hidden_dim": self.projection_hidden_dim,
+            "ema_momentum": self.ema_momentum,
+            "temperature": self.temperature,
+            "rc_weight": self.rc_weight,
+            "ct_weight": self.ct_weight,
+            "seed": self.seed,
+        }
 
     def check(self, replicas=1):
         multiple = math.lcm(self.patch_size, 2**self.depth)
@@ -436,8 +449,6 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
     mapped back with each patch's own mean and standard deviation (as the
     MAE visualisations), and visible patches show the original pixels.
     """
-    from cm_unet_keras.models.pretrainer import expand_patch_mask, patchify
-
     online_view = tf.convert_to_tensor(online_view, tf.float32)
     masked, patch_mask = pretrainer.mask_views(online_view, sample_index)
     prediction = tf.cast(pretrainer(masked, training=False), tf.float32)
@@ -445,7 +456,7 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
     patches = patchify(online_view, p)
     mean = tf.reduce_mean(patches, axis=-1, keepdims=True)
     std = tf.math.reduce_std(patches, axis=-1, keepdims=True)
-    restored = _unpatchify(patchify(prediction, p) * std + mean, p, online_view.shape)
+    restored = unpatchify(patchify(prediction, p) * std + mean, p, online_view.shape)
     pixel_mask = expand_patch_mask(patch_mask, p)
     pasted = restored * pixel_mask + online_view * (1.0 - pixel_mask)
     rows = []
@@ -455,14 +466,6 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
         scaled = [np.clip((np.asarray(x) - low) / max(high - low, 1e-6) * 255.0, 0, 255) for x in panels]
         rows.append(np.concatenate(scaled, axis=1))
     return np.concatenate(rows, axis=0).astype(np.uint8)
-
-
-def _unpatchify(patches, patch_size, shape):
-    batch, height, width = shape[0], shape[1], shape[2]
-    rows, cols = height // patch_size, width // patch_size
-    x = tf.reshape(patches, [batch, rows, cols, patch_size, patch_size])
-    x = tf.transpose(x, [0, 1, 3, 2, 4])
-    return tf.reshape(x, [batch, height, width, 1])
 
 
 def write_history(history, path):
