@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cm_unet_keras.models import presets  # noqa: E402
+from cm_unet_keras.models.loading import float32_policy, load_model_file  # noqa: E402
 from cm_unet_keras.training.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
-from cm_unet_keras.training.runtime import float32_policy  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 PRETRAINED = "cmunet_small_pretrained"
@@ -158,7 +158,7 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: run `cm-unet study --stage pretrain` first")
     with float32_policy():
-        unet = presets.from_preset(str(weights))
+        unet = load_model_file(weights)
     history = list(csv.DictReader((pretrain_run / "history.csv").read_text().splitlines()))
     config = read_recipe(pretrain_run / "config.yaml")
     with tempfile.TemporaryDirectory() as tmp:

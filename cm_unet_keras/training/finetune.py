@@ -46,6 +46,7 @@ from cm_unet_keras.core.files import (
     save_model_atomic,
 )
 from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
+from cm_unet_keras.evaluation.metrics import dice
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
 from cm_unet_keras.training.config import read_recipe, refuse_changed_settings, settings_changed, write_recipe
@@ -86,21 +87,13 @@ def split_records(records, val_fraction, seed, limit=None):
     return sorted(train, key=lambda r: r.name), val
 
 
-def hard_dice(prediction, reference):
-    """Dice of two binary masks; two empty masks score 1 (as `evaluation.metrics.dice`)."""
-    prediction, reference = prediction.astype(bool), reference.astype(bool)
-    total = prediction.sum() + reference.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(prediction, reference).sum() / total)
-
-
 def validation_dice(model, items, threshold=0.5):
-    """Mean hard Dice over whole validation angiograms at native resolution."""
+    """Mean hard Dice over whole validation angiograms at native resolution
+    (`evaluation.metrics.dice`, as `cm-unet evaluate` reports it)."""
     scores = []
     for item in items:
         probability = predict_normalized(model, item.angiogram, fov=item.fov).numpy()
-        scores.append(hard_dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
+        scores.append(dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
     return float(np.mean(scores))
 
 
