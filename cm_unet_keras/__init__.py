@@ -37,8 +37,8 @@ from cm_unet_keras.version import __version__  # noqa: E402
 # stays as light as the U-Net it must register.
 _LAZY = {
     "ContrastiveMaskedPretrainer": "cm_unet_keras.models.pretrainer",
-    "FinetuneConfig": "cm_unet_keras.training.config",
-    "PretrainConfig": "cm_unet_keras.training.pretrain",
+    "FinetuneConfig": "cm_unet_keras.config",
+    "PretrainConfig": "cm_unet_keras.config",
     "finetune": "cm_unet_keras.training.finetune",
     "load_model": "cm_unet_keras.inference.predict",
     "pretrain": "cm_unet_keras.training.pretrain",

@@ -42,23 +42,20 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
+from cm_unet_keras.config import INITS, PRETRAIN_RECIPES, FinetuneConfig, PretrainConfig, StudyConfig, build_config
 from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.data.layouts import index_pairs, index_unlabeled, read_pair
 from cm_unet_keras.data.splits import select_part
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
-from cm_unet_keras.training.config import FinetuneConfig, build_config
-from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig
 
 PRETRAINED_INITS = {
     "cmunet": {"rc_weight": 1.0, "ct_weight": 1.0},
     "mae_only": {"rc_weight": 1.0, "ct_weight": 0.0},
     "contrastive_only": {"rc_weight": 0.0, "ct_weight": 1.0},
 }
-INITS = ("cmunet", "scratch", "mae_only", "contrastive_only")
 FRANGI = "frangi"
 RESULTS_JSONL = "results.jsonl"
 
@@ -71,45 +68,6 @@ PAPER = {
     "mae_only": ("MAE (U-Net)", 0.705, 0.449, 0.363),
     "contrastive_only": ("MoCo v2 (nearest: contrastive only)", 0.710, 0.556, 0.217),
 }
-
-
-@dataclasses.dataclass
-class StudyConfig:
-    """What the study runs; the budgets live in the two job configs.
-
-    Args:
-        pretrain: the `PretrainConfig` shared by the three variants (their
-            loss weights are set per variant).
-        finetune: the `FinetuneConfig` shared by every fine-tune (its
-            `seed` and `init` are set per run; it trains on all N pairs and
-            keeps the last epoch).
-        n_labels: numbers of labelled training pairs.
-        seeds: seeds of the subsets and initialisations.
-        seeds_by_n: {N: seeds} where an N gets other seeds than `seeds`
-            (more where the spread is larger: few labels).
-        steps_by_n: {N: fine-tuning steps} where an N needs another budget
-            than `finetune`'s (the same for every init at that N).
-        inits: `scratch` and/or pretraining variants.
-        frangi: include the Frangi baseline.
-        frangi_sigma_sets / frangi_thresholds: the Frangi grid; thresholds
-            are fractions of each image's largest vesselness in its field
-            of view.
-        max_unlabeled: None for the whole pool, else a seeded subset.
-        max_holdout: None for all 10 reported pairs (only `--quick` lowers it).
-    """
-
-    pretrain: PretrainConfig
-    finetune: FinetuneConfig
-    n_labels: tuple = (3, 10, 30)
-    seeds: tuple = (0, 1, 2)
-    seeds_by_n: dict = dataclasses.field(default_factory=dict)
-    steps_by_n: dict = dataclasses.field(default_factory=dict)
-    inits: tuple = INITS
-    frangi: bool = True
-    frangi_sigma_sets: tuple = ((1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4), (1, 2, 3, 4, 5, 6), (2, 4, 6))
-    frangi_thresholds: tuple = tuple(np.round(np.geomspace(0.01, 0.5, 24), 4))
-    max_unlabeled: Optional[int] = None
-    max_holdout: Optional[int] = None
 
 
 def cpu_config():
@@ -164,6 +122,23 @@ def quick_config():
         frangi_sigma_sets=((1, 2), (1, 2, 3)), frangi_thresholds=(0.02, 0.05, 0.1, 0.2),
         max_unlabeled=8, max_holdout=3,
     )
+
+
+STUDY_PRESETS = {"cpu": cpu_config, "quick": quick_config, "gpu_paper": gpu_paper_config}
+
+
+def study_config(preset="cpu", seeds=None, n_labels=None, inits=None):
+    """The study of a preset (`cpu`, `quick` or `gpu_paper`), with other
+    seeds, numbers of labels or inits where given. Seeds given hold for
+    every N: they replace the preset's seeds by N."""
+    config = STUDY_PRESETS[preset]()
+    if seeds:
+        config.seeds, config.seeds_by_n = tuple(seeds), {}
+    if n_labels:
+        config.n_labels = tuple(n_labels)
+    if inits:
+        config.inits = tuple(inits)
+    return config
 
 
 # --- data -----------------------------------------------------------------------

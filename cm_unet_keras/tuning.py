@@ -42,24 +42,23 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import keras
 import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from cm_unet_keras.config import TuneConfig  # noqa: F401  (tuning.TuneConfig)
+from cm_unet_keras.config import ALGORITHMS, FinetuneConfig, config_to_dict, read_recipe, write_recipe
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import atomic_write, atomic_write_json
 from cm_unet_keras.data.layouts import validate_records
 from cm_unet_keras.models.unet import CMUNet
-from cm_unet_keras.training.config import FinetuneConfig, config_to_dict, read_recipe, write_recipe
 from cm_unet_keras.training.finetune import finetune, split_records
 from cm_unet_keras.training.runtime import set_precision
 from cm_unet_keras.training.transfer import load_initial_weights
 
 OBJECTIVE = keras_tuner.Objective("val_dice", direction="max")
-ALGORITHMS = ("random", "bayesian", "hyperband")
 
 # Up to this many labelled pairs a single validation split is too noisy to
 # rank hyperparameters: trials are scored by k-fold cross-validation.
@@ -91,41 +90,6 @@ SPEC_KEYS = {
     "boolean": {"type"},
     "fixed": {"type", "value"},
 }
-
-
-@dataclasses.dataclass
-class TuneConfig:
-    """A hyperparameter search of fine-tuning (`cm-unet tune`).
-
-    The fine-tuning itself is a `FinetuneConfig` (the base configuration);
-    this holds how it is searched.
-
-    Args:
-        algorithm: "random", "bayesian" or "hyperband".
-        max_trials: trials in all; a rerun with a larger value extends the
-            search. With Hyperband it caps the trials of its brackets.
-        seed: seeds the oracle and the assignment of pairs to folds.
-        folds: k of the cross-validation; None picks k-fold (5, or one fold
-            per pair below 5) for up to 10 pairs and one validation split of
-            the base config's `val_fraction` (0.2 if it has none) above; 1
-            forces that single split.
-        space: recipe file (YAML/JSON) of ranges by field; None uses
-            `DEFAULT_SPACE`.
-        initial_points: random trials before the Bayesian model guides the
-            search; None takes half the trials (at least 3). KerasTuner's own
-            default, 3 per hyperparameter (21), would leave a CPU-sized
-            search purely random.
-        hyperband_factor: Hyperband's reduction factor (epochs grow and
-            trials shrink by it from one round to the next).
-    """
-
-    algorithm: str = "random"
-    max_trials: int = 8
-    seed: int = 0
-    folds: Optional[int] = None
-    space: Optional[str] = None
-    initial_points: Optional[int] = None
-    hyperband_factor: int = 3
 
 
 # --- folds -------------------------------------------------------------------

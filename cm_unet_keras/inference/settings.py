@@ -11,8 +11,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from cm_unet_keras.config import FinetuneConfig, read_recipe
 from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG
-from cm_unet_keras.training.config import FinetuneConfig, read_recipe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cm_unet_keras.config import SELECT_RULES, read_recipe, refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import (
     atomic_write,
@@ -49,7 +50,6 @@ from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labell
 from cm_unet_keras.evaluation.metrics import dice
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
-from cm_unet_keras.training.config import read_recipe, refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
 from cm_unet_keras.training.optimizers import LayerwiseAdamW
 from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_chief, set_precision
@@ -58,8 +58,6 @@ from cm_unet_keras.training.transfer import load_initial_weights
 
 # Columns of history.csv: wall seconds of the epoch's steps and of its validation.
 HISTORY_FIELDS = ["epoch", "loss", "val_dice", "lr", "train_seconds", "val_seconds"]
-# How model.keras is chosen among the epochs (FinetuneConfig.select).
-SELECT_RULES = ("best", "last")
 # Parameters that take no weight decay (biases, BatchNorm scale and offset).
 NO_DECAY = ["bias", "gamma", "beta"]
 
@@ -278,7 +276,7 @@ def partial_image_weights(n_complete, n_partial, share=None):
 
 
 def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto", initial_weights=None,
-             partial_records=None):
+             partial_records=None, skipped_inputs=None):
     """Train a U-Net on labelled angiograms; resume if `run_dir` holds a run.
 
     Args:
@@ -299,6 +297,9 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             `config.partial_background_weight` and
             `config.partial_ignore_vessel_like`, their share of the patches
             `config.partial_share`. Never used for validation.
+        skipped_inputs: the input files left out as unreadable
+            (`[{"path", "problem"}]`, `--skip-invalid`), written to the run
+            folder as `skipped_inputs.json`; None writes nothing.
 
     Returns:
         dict with `best_val_dice`, `best_epoch`, `epochs_done`, `seconds`,
@@ -313,6 +314,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if skipped_inputs is not None and is_chief():
+        atomic_write_json(run_dir / "skipped_inputs.json", skipped_inputs)
     if config.patch_size % 2**config.depth:
         raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
     if config.select not in SELECT_RULES:

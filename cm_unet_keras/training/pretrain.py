@@ -47,17 +47,18 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+# PRETRAIN_RECIPES and PretrainConfig are imported from here too (their old home).
+from cm_unet_keras.config import PRETRAIN_RECIPES, PretrainConfig  # noqa: F401
+from cm_unet_keras.config import refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
-from cm_unet_keras.data.masking import MASK_RATIO, expand_patch_mask, patchify, unpatchify
-from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
+from cm_unet_keras.data.masking import expand_patch_mask, patchify, unpatchify
+from cm_unet_keras.data.views import TwoViewSampler, load_unlabeled, unlabeled_summary
 from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-from cm_unet_keras.training.config import refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
 from cm_unet_keras.training.schedules import WarmupCosine
 
@@ -70,133 +71,6 @@ NO_DECAY = ["bias", "gamma", "beta"]
 # may also change the warm-up) and what it logs or skips; any other would
 # make another model than config.yaml records.
 _MAY_DIFFER_ON_RESUME = ("epochs", "minutes", "grid_every", "skip_invalid")
-
-
-@dataclasses.dataclass
-class PretrainConfig:
-    """Contrastive masked pretraining of the U-Net on unlabeled angiograms.
-
-    Defaults are the paper's where it has one (mask, heads, EMA, InfoNCE,
-    AdamW, schedule, 224 px views, batch 256, 300 epochs, seed 60), except
-    the U-Net width (16, as `FinetuneConfig`; the paper: 64).
-    """
-
-    base_filters: int = 16
-    depth: int = 4
-    image_size: int = 224
-    # Shorter side of the decoded images before cropping; the original
-    # resized to 256x256. None or 0: native resolution.
-    working_size: Optional[int] = 256
-    patch_size: int = 16
-    mask_ratio: float = MASK_RATIO
-    projection_dim: int = 256
-    # None: 4x the bottleneck width (the paper: 1536 for a 1024 bottleneck).
-    projection_hidden_dim: Optional[int] = None
-    ema_momentum: float = 0.996
-    temperature: float = 0.07
-    rc_weight: float = 1.0
-    ct_weight: float = 1.0
-    crop_area: tuple = (0.2, 1.0)
-    crop_aspect: tuple = (0.75, 4.0 / 3.0)
-    flip: bool = True
-    max_shift: int = 31  # pixels at 224 px, scaled with image_size ("shift" views)
-    noise_fraction: float = 0.1
-    # "shift": the original's crop + shifted noisy copy; "crops": two
-    # overlapping crops with intensity jitter and blur (data/views.py).
-    views: str = "shift"
-    jitter: float = 0.4  # "crops" views: brightness/contrast/gamma strength
-    blur_probability: float = 0.5  # "crops" views: chance the target view is blurred
-    epochs: int = 300
-    warmup_epochs: int = 40
-    # None: one pass over the angiograms (count // batch_size).
-    steps_per_epoch: Optional[int] = None
-    batch_size: int = 256  # global, over all replicas
-    base_lr: float = 1.5e-4  # per 256 samples of global batch
-    lr: Optional[float] = None  # peak learning rate; overrides base_lr scaling
-    beta_1: float = 0.9
-    beta_2: float = 0.95
-    weight_decay: float = 0.05
-    warmup_start_factor: float = 1e-4
-    seed: int = 60
-    max_images: Optional[int] = None  # a random subset of this size, by seed
-    frame_step: int = 1  # every k-th frame of DICOM cine runs
-    recursive: bool = True
-    skip_invalid: bool = False
-    grid_every: int = 5  # epochs between reconstruction grids
-    precision: str = "auto"
-    # Time budget in minutes for the training epochs: when set, `epochs` and
-    # `warmup_epochs` are sized to it from the measured step time (the
-    # warm-up keeps its share of the recipe's epochs); see `fit_to_budget`.
-    minutes: Optional[float] = None
-
-    def view_config(self):
-        return ViewConfig(
-            image_size=self.image_size,
-            crop_area=tuple(self.crop_area),
-            crop_aspect=tuple(self.crop_aspect),
-            flip=self.flip,
-            max_shift=self.max_shift,
-            noise_fraction=self.noise_fraction,
-            views=self.views,
-            jitter=self.jitter,
-            blur_probability=self.blur_probability,
-        )
-
-    def peak_lr(self):
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256.0
-
-    def pretrainer_kwargs(self):
-        """The `ContrastiveMaskedPretrainer` arguments this job sets."""
-        return {
-            "base_filters": self.base_filters,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "mask_ratio": self.mask_ratio,
-            "projection_dim": self.projection_dim,
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "ema_momentum": self.ema_momentum,
-            "temperature": self.temperature,
-            "rc_weight": self.rc_weight,
-            "ct_weight": self.ct_weight,
-            "seed": self.seed,
-        }
-
-    def check(self, replicas=1):
-        multiple = math.lcm(self.patch_size, 2**self.depth)
-        if self.image_size % multiple:
-            raise ValueError(
-                f"image_size {self.image_size} must be a multiple of {multiple} "
-                f"(patch_size {self.patch_size} and 2**depth)"
-            )
-        if self.batch_size < 1 or self.batch_size % replicas:
-            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of the {replicas} replicas")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
-
-
-# Built-in recipes (`cm-unet pretrain --config NAME`); a recipe file holds
-# the same keys. `cpu` is the default on a machine without a GPU, `paper`
-# (the dataclass defaults: width 16, 224 px, batch 256, 300 epochs) with one.
-PRETRAIN_RECIPES = {
-    # Issue 13's CPU recipe: a 16-wide, 4-level U-Net on 128 px views cropped
-    # from angiograms decoded with their shorter side at 256 px, batch 32,
-    # two overlapping crops with intensity jitter and blur, 6,000 steps
-    # (about 55 minutes at 0.55 s/step on 2 AVX512_BF16 cores); `--minutes`
-    # resizes it.
-    "cpu": {
-        "base_filters": 16, "depth": 4, "image_size": 128, "working_size": 256, "batch_size": 32,
-        "lr": 1e-3, "epochs": 125, "warmup_epochs": 10, "steps_per_epoch": 48, "grid_every": 25,
-        "views": "crops",
-    },
-    "paper": {},
-}
-
-
-def default_recipe_name():
-    """`paper` where TensorFlow sees a GPU, else `cpu`."""
-    return "paper" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
 # Share of a --minutes budget kept for epoch ends (checkpoints, grids, logs).

@@ -18,10 +18,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from cm_unet_keras.config import PRECISIONS
 # Models are built in float32 for saving and export: `models.loading` owns it.
 from cm_unet_keras.models.loading import float32_policy  # noqa: F401
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def cpu_supports_bfloat16():
