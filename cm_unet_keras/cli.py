@@ -135,6 +135,15 @@ def _add_layout_arguments(parser, default_part="train"):
     )
 
 
+def _labelled_job(command, name, help, out, config):
+    """A command that trains on a labelled dataset: its layout flags, `--out` and `--config`."""
+    parser = command(name, help)
+    _add_layout_arguments(parser)
+    parser.add_argument("--out", required=True, help=out)
+    parser.add_argument("--config", help=config)
+    return parser
+
+
 def _records_from_layout(args):
     """(labelled records of the layout flags, the files `--skip-invalid` left
     out as `[{"path", "problem"}]`, or None without it)."""
@@ -251,10 +260,9 @@ def cmd_split(args):
 
 
 def add_finetune(command):
-    finetune = command("finetune", "train or fine-tune the U-Net on labelled angiograms")
-    _add_layout_arguments(finetune)
-    finetune.add_argument("--out", required=True, help="run folder (rerun to resume; only --epochs may change)")
-    finetune.add_argument("--config", help="recipe file (YAML/JSON) of FinetuneConfig fields; flags override it")
+    finetune = _labelled_job(command, "finetune", "train or fine-tune the U-Net on labelled angiograms",
+                             out="run folder (rerun to resume; only --epochs may change)",
+                             config="recipe file (YAML/JSON) of FinetuneConfig fields; flags override it")
     _config_flags(finetune, FinetuneConfig, FINETUNE_FLAGS)
     _add_verbosity(finetune)
     finetune.set_defaults(run=cmd_finetune)
@@ -397,10 +405,9 @@ def cmd_pretrain(args):
 
 
 def add_tune(command):
-    tune = command("tune", "search fine-tuning hyperparameters (KerasTuner, k-fold on few labels)")
-    _add_layout_arguments(tune)
-    tune.add_argument("--out", required=True, help="search folder (rerun to resume or, with more --max-trials, extend)")
-    tune.add_argument("--config", help="base FinetuneConfig recipe (YAML/JSON); flags override it")
+    tune = _labelled_job(command, "tune", "search fine-tuning hyperparameters (KerasTuner, k-fold on few labels)",
+                         out="search folder (rerun to resume or, with more --max-trials, extend)",
+                         config="base FinetuneConfig recipe (YAML/JSON); flags override it")
     _config_flags(tune, TuneConfig, TUNE_FLAGS)
     _config_flags(tune, FinetuneConfig, TUNE_FINETUNE_FLAGS, helps={
         "seed": "seeds the search, the folds and the training",

@@ -194,19 +194,10 @@ class PretrainConfig:
 
     def pretrainer_kwargs(self):
         """The `ContrastiveMaskedPretrainer` arguments this job sets."""
-        return {
-            "base_filters": self.base_filters,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "mask_ratio": self.mask_ratio,
-            "projection_dim": self.projection_dim,
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "ema_momentum": self.ema_momentum,
-            "temperature": self.temperature,
-            "rc_weight": self.rc_weight,
-            "ct_weight": self.ct_weight,
-            "seed": self.seed,
-        }
+        return dict(base_filters=self.base_filters, depth=self.depth, patch_size=self.patch_size,
+                    mask_ratio=self.mask_ratio, projection_dim=self.projection_dim,
+                    projection_hidden_dim=self.projection_hidden_dim, ema_momentum=self.ema_momentum,
+                    temperature=self.temperature, rc_weight=self.rc_weight, ct_weight=self.ct_weight, seed=self.seed)
 
     def check(self, replicas=1):
         multiple = math.lcm(self.patch_size, 2**self.depth)

@@ -8,7 +8,9 @@ schedule is rebuilt from the new epoch count). A rerun may change only the
 run's length (`epochs`, `minutes`, with them `warmup_epochs`), `grid_every`
 and `skip_invalid`; other settings are refused, naming them, since the run
 folder records how its weights were made: `config.yaml` keeps the settings
-the run started with, and a new length is noted in `state.json`.
+the run started with, and a new length is noted in `state.json`. The run
+folder, its state, the epoch end and the optimizer are the training spine's
+(`training/run.py`).
 
 Run folder:
     pretrained.weights.h5  the pretrainer's weights (U-Net encoder + decoder,
@@ -39,11 +41,7 @@ parameters, linear warm-up from 1e-4 x lr, then cosine to 0. Deviations:
   so that a default pretraining transfers into a default fine-tuning.
 """
 
-import csv
 import dataclasses
-import io
-import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -54,18 +52,21 @@ import tensorflow as tf
 
 # PRETRAIN_RECIPES and PretrainConfig are imported from here too (their old home).
 from cm_unet_keras.config import PRETRAIN_RECIPES, PretrainConfig  # noqa: F401
-from cm_unet_keras.config import refuse_changed_settings, settings_changed, write_recipe
+from cm_unet_keras.config import refuse_changed_settings, settings_changed
 from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
 from cm_unet_keras.data.masking import expand_patch_mask, patchify, unpatchify
 from cm_unet_keras.data.views import TwoViewSampler, load_unlabeled, unlabeled_summary
 from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
+from cm_unet_keras.training.run import TrainingRun, adamw, start_job
 from cm_unet_keras.training.schedules import WarmupCosine
 
 CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
 
-# Variables that take no weight decay: biases and BatchNorm scale/offset.
-NO_DECAY = ["bias", "gamma", "beta"]
+# curves.png: reconstruction and contrastive loss against epochs.
+CURVES = [
+    ("reconstruction_loss", {"ylabel": "reconstruction loss (masked patches)"}, {"marker": "."}),
+    ("contrastive_loss", {"ylabel": "contrastive loss (InfoNCE x 2 tau)"}, {"marker": ".", "color": "tab:orange"}),
+]
 
 # The only fields a resumed run may change: its length (an extension, which
 # may also change the warm-up) and what it logs or skips; any other would
@@ -126,20 +127,14 @@ def select_records(records, max_images, seed):
 
 
 def make_optimizer(config, total_steps, warmup_steps):
+    """AdamW (the paper's betas and decay) with linear warm-up, then cosine to 0."""
     schedule = WarmupCosine(
         peak=config.peak_lr(),
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         warmup_start_factor=config.warmup_start_factor,
     )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        weight_decay=config.weight_decay,
-    )
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    return optimizer
+    return adamw(schedule, config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2)
 
 
 # --- checkpoints --------------------------------------------------------------
@@ -178,38 +173,24 @@ def save_pretrained_weights(pretrainer, path):
 
 
 # --- the run ------------------------------------------------------------------
-class PretrainRun:
+class PretrainRun(TrainingRun):
     """State of one pretraining run in `run_dir` (see the module docstring)."""
 
     def __init__(self, config, run_dir, log=print):
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.log = log
-        self.chief = is_chief()
-        self.state_path = self.run_dir / "state.json"
-        self.state = {"epochs_done": 0, "checkpoint": None, "history": []}
-        self.pretrainer = None
+        super().__init__(config, run_dir, log)
         self.steps_per_epoch = None
         self.epochs_run = 0
 
+    def new_state(self):
+        return {"epochs_done": 0, "checkpoint": None, "history": []}
+
     def load_state(self):
         """Read `state.json`; True when there is a checkpoint to resume from."""
-        if not self.state_path.is_file():
-            return False
-        state = json.loads(self.state_path.read_text())
-        if not state.get("checkpoint") or not (self.run_dir / state["checkpoint"]).is_dir():
+        state = self.read_state()
+        if state is None or not state.get("checkpoint") or not (self.run_dir / state["checkpoint"]).is_dir():
             return False
         self.state = state
         return True
-
-    def saved_config(self):
-        """The run's `config.yaml` as a dict ({} when there is none)."""
-        saved = self.run_dir / "config.yaml"
-        if not saved.is_file():
-            return {}
-        import yaml
-
-        return yaml.safe_load(saved.read_text()) or {}
 
     def check_resumable(self):
         """Refuse settings that would make another model than config.yaml records;
@@ -238,54 +219,34 @@ class PretrainRun:
             "reconstruction_loss": float(logs.get("reconstruction_loss", float("nan"))),
             "contrastive_loss": float(logs.get("contrastive_loss", float("nan"))),
             "contrastive_accuracy": float(logs.get("contrastive_accuracy", float("nan"))),
-            "lr": float(keras.ops.convert_to_numpy(self.pretrainer.optimizer.learning_rate)),
+            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "seconds": seconds,
             "step_seconds": seconds / self.steps_per_epoch,
             "images_per_second": self.steps_per_epoch * self.config.batch_size / seconds,
         }
-        if not math.isfinite(row["loss"]):
-            self.pretrainer.stop_training = True
-            raise FloatingPointError(
-                f"loss became {row['loss']} at epoch {epoch + 1}; the checkpoint of epoch "
-                f"{self.state['epochs_done']} is kept. Lower --lr or check the inputs."
-            )
+        self.check_finite(row["loss"], epoch, f"the checkpoint of epoch {self.state['epochs_done']} is kept")
         checkpoint = f"checkpoints/epoch_{epoch + 1:04d}"
         if self.chief:
-            save_checkpoint(self.pretrainer, self.run_dir / checkpoint)
-            save_pretrained_weights(self.pretrainer, self.run_dir / PRETRAINED_WEIGHTS)
+            save_checkpoint(self.model, self.run_dir / checkpoint)
+            save_pretrained_weights(self.model, self.run_dir / PRETRAINED_WEIGHTS)
         self.state["epochs_done"] = epoch + 1
         self.state["checkpoint"] = checkpoint
         self.state["history"].append(row)
         self.epochs_run += 1
         if self.chief:
             # The state names the new checkpoint only once it is whole.
-            atomic_write_json(self.state_path, self.state)
+            self.save_state()
             for old in (self.run_dir / "checkpoints").glob("epoch_*"):
                 if old.name != Path(checkpoint).name:
                     shutil.rmtree(old, ignore_errors=True)
-            write_history(self.state["history"], self.run_dir / "history.csv")
-            write_curves(self.state["history"], self.run_dir / "curves.png")
+            self.write_history()
+            self.write_curves(CURVES)
         self.log(
             f"epoch {epoch + 1}/{self.config.epochs}: loss {row['loss']:.4f}  "
             f"reconstruction {row['reconstruction_loss']:.4f}  contrastive {row['contrastive_loss']:.4f}  "
             f"accuracy {row['contrastive_accuracy']:.3f}  {row['step_seconds']:.2f} s/step  "
             f"{row['images_per_second']:.1f} images/s"
         )
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """Times each epoch, then checkpoints and logs it."""
-
-    def __init__(self, run):
-        super().__init__()
-        self.run = run
-        self.started = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.run.end_epoch(epoch, dict(logs or {}), time.perf_counter() - self.started)
 
 
 class ReconstructionGrid(keras.callbacks.Callback):
@@ -342,32 +303,6 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
     return np.concatenate(rows, axis=0).astype(np.uint8)
 
 
-def write_history(history, path):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
-
-
-def write_curves(history, path):
-    """Reconstruction and contrastive loss against epochs, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (rc_axis, ct_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
-    rc_axis.plot(epochs, [row["reconstruction_loss"] for row in history], marker=".")
-    rc_axis.set(xlabel="epoch", ylabel="reconstruction loss (masked patches)")
-    ct_axis.plot(epochs, [row["contrastive_loss"] for row in history], marker=".", color="tab:orange")
-    ct_axis.set(xlabel="epoch", ylabel="contrastive loss (InfoNCE x 2 tau)")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100))
-    plt.close(figure)
-
-
 def _sized_to_budget(config, run, sampler, strategy, log):
     """`config` sized to its `minutes`: a resumed run with the same budget keeps
     its epochs; otherwise the step time comes from the run's history, or
@@ -412,24 +347,14 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
         InvalidInputError: `run_dir` holds a run made with other settings.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    policy = set_precision(config.precision)
-    strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
-    keras.utils.set_random_seed(config.seed)
-    config.check(strategy.num_replicas_in_sync)
-
     run = PretrainRun(config, run_dir, log)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    policy, strategy = start_job(config.precision, config.seed)
+    config.check(strategy.num_replicas_in_sync)
     resumed = run.load_state()
     if resumed:
         run.check_resumable()
-    records = select_records(records, config.max_images, config.seed)
-    angiograms = load_unlabeled(
-        records, config.working_size, cache_dir=run_dir / "cache",
-        skip_invalid=config.skip_invalid, log=log,
-    )
-    for path, problem in angiograms.skipped:
-        log(f"skipped {path}: {problem}")
+    angiograms = load_angiograms(config, records, run.run_dir / "cache", log)
     log(f"{unlabeled_summary(angiograms, config.working_size)}; precision {policy}; "
         f"{strategy.num_replicas_in_sync} replica(s)")
 
@@ -437,42 +362,31 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     samples_per_epoch = run.steps_per_epoch * config.batch_size
     sampler = TwoViewSampler(angiograms, config.view_config(), config.seed, samples_per_epoch)
     if config.minutes is not None:
-        config = _sized_to_budget(config, run, sampler, strategy, log)
-        run.config = config
+        run.config = config = _sized_to_budget(config, run, sampler, strategy, log)
         keras.utils.set_random_seed(config.seed)  # the probe drew from the global seed
     total_steps = config.epochs * run.steps_per_epoch
     warmup_steps = min(config.warmup_epochs, config.epochs) * run.steps_per_epoch
 
     with strategy.scope():
-        run.pretrainer = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
-        run.pretrainer.compile(optimizer=make_optimizer(config, total_steps, warmup_steps), jit_compile=False)
+        run.model = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
+        run.model.compile(optimizer=make_optimizer(config, total_steps, warmup_steps), jit_compile=False)
         if resumed:
-            load_checkpoint(run.pretrainer, run_dir / run.state["checkpoint"])
-            log(f"resuming after epoch {run.state['epochs_done']} from {run_dir / run.state['checkpoint']}")
+            load_checkpoint(run.model, run.run_dir / run.state["checkpoint"])
+            log(f"resuming after epoch {run.state['epochs_done']} from {run.run_dir / run.state['checkpoint']}")
     if run.chief:
         if not resumed:  # the run's record: a rerun never rewrites it
-            write_recipe(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / PRETRAINER_CONFIG, run.pretrainer.get_config())
+            run.write_record()
+        atomic_write_json(run.run_dir / PRETRAINER_CONFIG, run.model.get_config())
 
     first_epoch = run.state["epochs_done"]
     if first_epoch < config.epochs:
         dataset = sampler.dataset(config.batch_size, start_sample=first_epoch * samples_per_epoch)
-        grid_batch = next(iter(sampler.dataset(min(4, config.batch_size))))
-        callbacks = [EpochEnd(run)]
-        if run.chief:  # only the chief writes
-            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
-            callbacks.append(ReconstructionGrid(grid_batch, run_dir / "grids", config.grid_every, config.epochs))
-        run.pretrainer.fit(
-            dataset,
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            callbacks=callbacks,
-            shuffle=False,  # the sampler orders the stream itself
-            verbose=verbose,
-        )
+        grid = ReconstructionGrid(next(iter(sampler.dataset(min(4, config.batch_size)))), run.run_dir / "grids",
+                                  config.grid_every, config.epochs)
+        run.fit(dataset, first_epoch, config.epochs, run.steps_per_epoch, verbose,
+                tensorboard={"write_graph": False}, chief_callbacks=[grid])
     else:
-        log(f"{run_dir} already holds {first_epoch} epochs (asked for {config.epochs}): nothing to do")
+        log(f"{run.run_dir} already holds {first_epoch} epochs (asked for {config.epochs}): nothing to do")
 
     return {
         "epochs_done": run.state["epochs_done"],
@@ -480,7 +394,19 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
         "seconds": time.perf_counter() - started,
         "n_images": len(angiograms),
         "steps_per_epoch": run.steps_per_epoch,
-        "weights_path": str(run_dir / PRETRAINED_WEIGHTS),
+        "weights_path": str(run.run_dir / PRETRAINED_WEIGHTS),
         "history": run.state["history"],
-        "model": run.pretrainer,
+        "model": run.model,
     }
+
+
+def load_angiograms(config, records, cache_dir, log=print):
+    """The unlabeled angiograms of `records` (`max_images` of them, drawn by
+    the seed), decoded once at the working size and cached in `cache_dir`."""
+    records = select_records(records, config.max_images, config.seed)
+    angiograms = load_unlabeled(
+        records, config.working_size, cache_dir=cache_dir, skip_invalid=config.skip_invalid, log=log,
+    )
+    for path, problem in angiograms.skipped:
+        log(f"skipped {path}: {problem}")
+    return angiograms
