@@ -287,7 +287,7 @@ def test_a_crash_stops_the_search_and_the_rerun_retries_the_trial(dataset, tmp_p
             raise FloatingPointError("loss became nan")  # a diverging fold scores 0
         return {"best_val_dice": 0.5}
 
-    monkeypatch.setattr(tuning, "finetune", fake_finetune)
+    monkeypatch.setattr(tuning.hypermodel, "finetune", fake_finetune)  # what each fold runs
     settings = TuneConfig(algorithm="random", max_trials=1, folds=2, space=dataset.space)
     out = tmp_path / "crash"
     with pytest.raises(keras_tuner.errors.FatalError, match="disk full"):
