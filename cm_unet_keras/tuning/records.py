@@ -60,7 +60,8 @@ def write_trials_csv(oracle, hypermodel, path):
 def check_settings(path, settings):
     """Write the search's settings, or refuse a rerun that changes them."""
     if path.is_file():
-        changed = changed_settings(json.loads(path.read_text()), settings)
+        # Compared as search.json holds them: a tuple (augment_scale) is a list there.
+        changed = changed_settings(json.loads(path.read_text()), json.loads(json.dumps(settings)))
         if changed:
             raise InvalidInputError(
                 path.parent,
