@@ -438,7 +438,7 @@ def cmd_tune(args):
 
 
 def add_study(command):
-    from cm_unet_keras import study
+    from cm_unet_keras.experiments import study
 
     parser = command("study", "label-efficiency study on XCA: pretraining variants x N labels x seeds")
     parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all", help="what to run")
@@ -462,7 +462,7 @@ def add_study(command):
 
 
 def cmd_study(args):
-    from cm_unet_keras import study
+    from cm_unet_keras.experiments import study
 
     if sum([args.quick, args.gpu_paper]) > 1:
         raise SystemExit("--quick and --gpu-paper exclude each other")

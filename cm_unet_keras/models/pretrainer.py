@@ -372,20 +372,11 @@ class ContrastiveMaskedPretrainer(keras.Model):
             tf.distribute.get_replica_context().merge_call(update, args=(pairs,))
 
     def get_config(self):
-        return {
-            "base_filters": self.base_filters,
-            "depth": self.depth,
-            "patch_size": self.patch_size,
-            "mask_ratio": self.mask_ratio,
-            "projection_dim": self.projection_dim,
-            "projection_hidden_dim": self.projection_hidden_dim,
-            "ema_momentum": self.ema_momentum,
-            "temperature": self.temperature,
-            "rc_weight": self.rc_weight,
-            "ct_weight": self.ct_weight,
-            "seed": self.seed,
-            "name": self.name,
-        }
+        return dict(base_filters=self.base_filters, depth=self.depth, patch_size=self.patch_size,
+                    mask_ratio=self.mask_ratio, projection_dim=self.projection_dim,
+                    projection_hidden_dim=self.projection_hidden_dim, ema_momentum=self.ema_momentum,
+                    temperature=self.temperature, rc_weight=self.rc_weight, ct_weight=self.ct_weight,
+                    seed=self.seed, name=self.name)
 
     @classmethod
     def from_config(cls, config):
