@@ -8,8 +8,10 @@ probability, vessel_mask = model.segment("angiogram.png")
 
 The flat API: `CMUNet`, `ContrastiveMaskedPretrainer`, `load_model`,
 `segment`, `read_angiogram`, `finetune` with `FinetuneConfig`, `pretrain`
-with `PretrainConfig`. `cm_unet_keras.data`, `.training`, `.inference` and
-`.evaluation` hold the stages of the pipeline, and `cm-unet` the commands.
+with `PretrainConfig`. `cm_unet_keras.data`, `.models`, `.training`,
+`.inference` and `.evaluation` hold the stages of the pipeline (on
+`.core`, with every job's configuration in `.config`), `.tuning` and
+`.experiments` build on them, and `cm-unet` holds the commands.
 """
 
 import importlib
