@@ -157,9 +157,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(results_markdown(results, command.strip(), args.data))
     safe = {name: {"settings": r["settings"], "reports": r["reports"]} for name, r in results.items()}
-    from cm_unet_keras.evaluation.evaluate import _json_safe
+    from cm_unet_keras.core.files import json_safe
 
-    (out / "results.json").write_text(json.dumps(_json_safe(safe), indent=2, default=float) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(safe), indent=2, default=float) + "\n")
     print((out / "results.md").read_text())
     return 0
 

@@ -58,15 +58,15 @@ def key(n, init, steps, factor, seed):
 
 
 def finished():
-    path = OUT / "runs.jsonl"
-    if not path.is_file():
-        return {}
-    return {row["key"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    from cm_unet_keras.experiments.store import read_jsonl
+
+    return read_jsonl(OUT / "runs.jsonl", lambda row: row["key"])
 
 
 def run_one(n, init, steps, factor, seed, data_root, split):
-    from cm_unet_keras.study import labelled_subset, study_data
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.experiments.data import labelled_subset, study_data
+    from cm_unet_keras.experiments.store import append_jsonl
     from cm_unet_keras.training.finetune import finetune
 
     train, validation = study_data(data_root, split)
@@ -85,14 +85,14 @@ def run_one(n, init, steps, factor, seed, data_root, split):
            # Where the time goes (epochs of this process only, when resumed).
            "train_seconds": round(sum(r.get("train_seconds", 0.0) for r in state["history"]), 1),
            "val_seconds": round(sum(r.get("val_seconds", 0.0) for r in state["history"]), 1)}
-    with open(OUT / "runs.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_jsonl(OUT / "runs.jsonl", row)
     return row
 
 
 def run_frangi(n, seed, data_root, split):
     """The study's Frangi baseline, tuned on the same N pairs, under the U-Nets' field-of-view rule."""
     from cm_unet_keras import study
+    from cm_unet_keras.experiments.store import append_jsonl
 
     train, validation = study.study_data(data_root, split)
     started = time.perf_counter()
@@ -102,8 +102,7 @@ def run_frangi(n, seed, data_root, split):
     row = {"key": f"frangi_n{n}_seed{seed}", "n_labels": n, "init": "frangi", "steps": 0, "pretrained_lr_factor": 1.0,
            "seed": seed, "final_val_dice": report["mean"]["dice"], "seconds": round(time.perf_counter() - started, 1),
            "curve": [], "frangi": params}
-    with open(OUT / "runs.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_jsonl(OUT / "runs.jsonl", row)
     return row
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,9 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cm_unet_keras import study  # noqa: E402
-from cm_unet_keras.evaluation.evaluate import evaluate_model  # noqa: E402
-from cm_unet_keras.inference.predict import load_model  # noqa: E402
-from cm_unet_keras.training.finetune import finetune  # noqa: E402
+from cm_unet_keras.experiments.runs import finetune_and_evaluate  # noqa: E402
 from cm_unet_keras.training.runtime import resolve_precision  # noqa: E402
 
 
@@ -52,10 +49,8 @@ def main(argv=None):
         for precision in ("auto", "float32"):
             config = dataclasses.replace(base, seed=seed, precision=precision)
             run_dir = Path(args.runs) / f"{precision}_s{seed}"
-            started = time.perf_counter()
-            fit = finetune(config, train, run_dir, log=lambda *_: None, verbose=0)
-            seconds = time.perf_counter() - started
-            report = evaluate_model(load_model(fit["model_path"]), validation)
+            fit, report = finetune_and_evaluate(config, train, validation, run_dir, log=lambda *_: None, verbose=0)
+            seconds = fit["seconds"]
             rows.append({"precision": precision, "policy": auto if precision == "auto" else "float32", "seed": seed,
                          "dice": report["mean"]["dice"], "cldice": report["mean"]["cldice"],
                          "best_epoch": fit["best_epoch"], "train_seconds": seconds})

@@ -50,10 +50,9 @@ def parse_init(text):
 
 
 def finished():
-    path = OUT / "runs.jsonl"
-    if not path.is_file():
-        return {}
-    return {row["key"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    from cm_unet_keras.experiments.store import read_jsonl
+
+    return read_jsonl(OUT / "runs.jsonl", lambda row: row["key"])
 
 
 def probe_key(label, n, steps, seed):
@@ -61,8 +60,9 @@ def probe_key(label, n, steps, seed):
 
 
 def run_probe(label, source, n, steps, seed, data_root, split):
-    from cm_unet_keras.study import labelled_subset, study_data
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.experiments.data import labelled_subset, study_data
+    from cm_unet_keras.experiments.store import append_jsonl
     from cm_unet_keras.training.finetune import finetune
 
     train, _ = study_data(data_root, split)  # the validation pairs are not read
@@ -83,8 +83,7 @@ def run_probe(label, source, n, steps, seed, data_root, split):
            "labelled": sorted(chosen), "n_selection": len(selection),
            "final_dice": curve[-1][1], "seconds": round(time.perf_counter() - started, 1), "curve": curve}
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "runs.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    append_jsonl(OUT / "runs.jsonl", row)
     return row
 
 

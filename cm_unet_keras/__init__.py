@@ -8,8 +8,10 @@ probability, vessel_mask = model.segment("angiogram.png")
 
 The flat API: `CMUNet`, `ContrastiveMaskedPretrainer`, `load_model`,
 `segment`, `read_angiogram`, `finetune` with `FinetuneConfig`, `pretrain`
-with `PretrainConfig`. `cm_unet_keras.data`, `.training`, `.inference` and
-`.evaluation` hold the stages of the pipeline, and `cm-unet` the commands.
+with `PretrainConfig`. `cm_unet_keras.data`, `.models`, `.training`,
+`.inference` and `.evaluation` hold the stages of the pipeline (on
+`.core`, with every job's configuration in `.config`), `.tuning` and
+`.experiments` build on them, and `cm-unet` holds the commands.
 """
 
 import importlib
@@ -37,8 +39,8 @@ from cm_unet_keras.version import __version__  # noqa: E402
 # stays as light as the U-Net it must register.
 _LAZY = {
     "ContrastiveMaskedPretrainer": "cm_unet_keras.models.pretrainer",
-    "FinetuneConfig": "cm_unet_keras.training.config",
-    "PretrainConfig": "cm_unet_keras.training.pretrain",
+    "FinetuneConfig": "cm_unet_keras.config",
+    "PretrainConfig": "cm_unet_keras.config",
     "finetune": "cm_unet_keras.training.finetune",
     "load_model": "cm_unet_keras.inference.predict",
     "pretrain": "cm_unet_keras.training.pretrain",

@@ -1,12 +1,116 @@
-"""`cm-unet`: the command line. Each subcommand parses flags and calls the API."""
+"""`cm-unet`: the command line. Each subcommand parses flags and calls the API.
+
+Each command's flags sit just above its `cmd_*` function. The flags of a
+job's settings are built from the fields of its configuration class
+(`cm_unet_keras.config`): name, type, choices, help and default come from
+the field, and the names listed in `*_FLAGS` are passed back to the class
+as they are.
+"""
 
 import argparse
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 
 import cm_unet_keras  # noqa: F401  (sets the backend and log level first)
+from cm_unet_keras.config import (
+    PRECISIONS,
+    PRETRAIN_RECIPES,
+    FinetuneConfig,
+    PretrainConfig,
+    StudyConfig,
+    TuneConfig,
+    build_config,
+    optional_type,
+)
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import NNUNET_SUBSETS
+
+# The fields of each job that are flags (`--base-filters` is `base_filters`).
+FINETUNE_FLAGS = (
+    "base_filters", "depth", "epochs", "steps_per_epoch", "batch_size", "lr", "patch_size", "val_fraction",
+    "seed", "limit", "init", "frozen_encoder_epochs", "pretrained_lr_factor", "select", "precision", "clahe",
+    "deterministic",
+)
+PRETRAIN_FLAGS = (
+    "minutes", "views", "base_filters", "depth", "epochs", "warmup_epochs", "steps_per_epoch", "batch_size",
+    "image_size", "working_size", "mask_ratio", "rc_weight", "ct_weight", "lr", "seed", "max_images", "frame_step",
+    "skip_invalid", "precision",
+)
+TUNE_FLAGS = ("space", "algorithm", "max_trials", "folds", "initial_points", "hyperband_factor")
+TUNE_FINETUNE_FLAGS = (
+    "base_filters", "depth", "seed", "init", "epochs", "steps_per_epoch", "patch_size", "val_fraction", "precision",
+    "clahe",
+)
+STUDY_FLAGS = ("seeds", "n_labels", "inits")
+
+
+# --- shared flags -----------------------------------------------------------------
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends an option's argparse default to its help, unless the help
+    states its default already (the config-backed options do)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if "default" not in help and not any(action.default is value for value in (None, False, argparse.SUPPRESS)):
+            help += " (default: %(default)s)"
+        return help
+
+
+def _shown(value):
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _config_flags(parser, config_class, names, recipes=None, helps=None):
+    """Add `--flag` for each field of `config_class` in `names`, built from the field.
+
+    The field gives the flag's type (a bool is a switch; a tuple takes
+    several values of its `item` type), its choices and its help
+    (`helps[name]` replaces it), which ends with the field's default, or
+    each built-in recipe's where they differ. The flag's own default stays
+    None: a recipe file sets the field unless the flag is given.
+
+    Args:
+        recipes: {label: {field: value}}, e.g. {"with the cpu recipe": ...}:
+            the defaults shown per recipe.
+    """
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    types = typing.get_type_hints(config_class)
+    for name in names:
+        field, kind = fields[name], optional_type(types[name])
+        options = {"choices": list(field.metadata["choices"])} if field.metadata["choices"] else {}
+        if kind is bool:
+            options["action"] = "store_true"
+        elif kind is tuple:
+            options.update(nargs="+", type=field.metadata["item"])
+        else:
+            options["type"] = kind
+        help = (helps or {}).get(name, field.metadata["help"])
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None,
+                            help=f"{help} {_default_note(field, kind, recipes)}", **options)
+
+
+def _default_note(field, kind, recipes):
+    """'(default: X)', or '(default: X with the cpu recipe, Y with the paper recipe)'."""
+    values = {label: recipe.get(field.name, field.default) for label, recipe in (recipes or {"": {}}).items()}
+
+    def shown(value):
+        if value is None:
+            return field.metadata["none"]
+        return ("on" if value else "off") if kind is bool else _shown(value)
+
+    texts = {label: shown(value) for label, value in values.items()}
+    if len(set(texts.values())) == 1:
+        return f"(default: {next(iter(texts.values()))})"
+    return "(default: " + ", ".join(f"{text} {label}".strip() for label, text in texts.items()) + ")"
+
+
+def _flag_values(args, names):
+    """{field: value} of the config flags in `names` (None: not given)."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _add_layout_arguments(parser, default_part="train"):
@@ -32,7 +136,18 @@ def _add_layout_arguments(parser, default_part="train"):
     )
 
 
+def _labelled_job(command, name, help, out, config):
+    """A command that trains on a labelled dataset: its layout flags, `--out` and `--config`."""
+    parser = command(name, help)
+    _add_layout_arguments(parser)
+    parser.add_argument("--out", required=True, help=out)
+    parser.add_argument("--config", help=config)
+    return parser
+
+
 def _records_from_layout(args):
+    """(labelled records of the layout flags, the files `--skip-invalid` left
+    out as `[{"path", "problem"}]`, or None without it)."""
     from cm_unet_keras.data.layouts import index_images_masks, index_nnunet, index_pairs, validate_records
 
     if sum(map(bool, (args.pairs, args.images or args.masks, args.nnunet))) > 1:
@@ -52,10 +167,10 @@ def _records_from_layout(args):
         from cm_unet_keras.data.splits import select_part
 
         records = select_part(records, args.split, args.part)
-    if args.skip_invalid:
-        records, unreadable = validate_records(records, skip_invalid=True)
-        args.skipped_inputs = _report_skipped(skipped + unreadable)
-    return records
+    if not args.skip_invalid:
+        return records, None
+    records, unreadable = validate_records(records, skip_invalid=True)
+    return records, _report_skipped(skipped + unreadable)
 
 
 def _report_skipped(skipped):
@@ -64,53 +179,6 @@ def _report_skipped(skipped):
         print(f"skipped: {path}: {problem}", file=sys.stderr)
     print(f"skipped {len(skipped)} invalid input(s)", file=sys.stderr)
     return [{"path": path, "problem": problem} for path, problem in skipped]
-
-
-PRECISIONS = ["auto", "float32", "mixed_float16", "mixed_bfloat16"]
-SEGMENT_BATCH_DEFAULT = 8  # inference.predict.SEGMENT_BATCH (not imported: keeps --help light)
-
-
-class _DefaultsFormatter(argparse.HelpFormatter):
-    """Appends an option's argparse default to its help, unless the help
-    states its default already (the config-backed options do)."""
-
-    def _get_help_string(self, action):
-        help = action.help or ""
-        if "default" not in help and not any(action.default is value for value in (None, False, argparse.SUPPRESS)):
-            help += " (default: %(default)s)"
-        return help
-
-
-def _shown(value):
-    if isinstance(value, (tuple, list)):
-        return " ".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _config_options(parser, config_class, recipes=None):
-    """A function adding `--flag` for the field of `config_class` of that name,
-    its help ending with the field's default (per built-in recipe when the
-    recipes differ). The flag's own default stays None: a recipe file sets
-    the field unless the flag is given."""
-    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
-
-    def add(flag, help, none=None, **kwargs):
-        name = flag[2:].replace("-", "_")
-        values = {"": defaults[name]}
-        if recipes:
-            values = {recipe: overrides.get(name, defaults[name]) for recipe, overrides in recipes.items()}
-        shown = {recipe: none if value is None else _shown(value) for recipe, value in values.items()}
-        if len(set(shown.values())) == 1:
-            note = f"(default: {next(iter(shown.values()))})"
-        else:
-            note = "(default: " + ", ".join(f"{value} with the {recipe} recipe" for recipe, value in shown.items()) + ")"
-        if kwargs.get("action") == "store_true":
-            note = f"(default: {'on' if values.popitem()[1] else 'off'})"
-        elif "type" not in kwargs:
-            kwargs["type"] = int
-        parser.add_argument(flag, help=f"{help} {note}", **kwargs)
-
-    return add
 
 
 def _add_verbosity(parser, default="auto", what=""):
@@ -138,66 +206,6 @@ def _add_inference_settings(parser):
     parser.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
 
 
-def _study_defaults():
-    from cm_unet_keras import study
-
-    return study.cpu_config(), study.quick_config()
-
-
-def cmd_split(args):
-    from cm_unet_keras.data.splits import make_split, write_split
-
-    records = _records_from_layout(args)
-    split = make_split(records, args.holdout, args.seed, source=args.pairs or args.images or args.nnunet)
-    write_split(split, args.out)
-    print(f"{len(split['train'])} train / {len(split['holdout'])} holdout pairs written to {args.out}")
-
-
-def cmd_synth(args):
-    from cm_unet_keras.data.synthetic import write_synthetic_dataset
-
-    paths = write_synthetic_dataset(args.out, args.count, size=args.size, seed=args.seed)
-    print(f"wrote {len(paths)} synthetic angiograms and masks to {args.out}/images and {args.out}/masks")
-
-
-def cmd_finetune(args):
-    from cm_unet_keras.training.config import FinetuneConfig, build_config
-    from cm_unet_keras.training.finetune import finetune
-
-    config = build_config(
-        FinetuneConfig,
-        args.config,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patch_size=args.patch_size,
-        base_filters=args.base_filters,
-        depth=args.depth,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        limit=args.limit,
-        init=args.init,
-        precision=args.precision,
-        clahe=True if args.clahe else None,
-        deterministic=True if args.deterministic else None,
-        frozen_encoder_epochs=args.frozen_encoder_epochs,
-        pretrained_lr_factor=args.pretrained_lr_factor,
-        select=args.select,
-    )
-    records = _records_from_layout(args)
-    if args.skip_invalid:
-        from cm_unet_keras.training.checkpoints import atomic_write_json
-
-        atomic_write_json(Path(args.out) / "skipped_inputs.json", args.skipped_inputs)
-    result = finetune(config, records, args.out, verbose=args.verbose)
-    if result["n_val"]:
-        kept = f"validation Dice {result['best_val_dice']:.4f} at the kept epoch {result['best_epoch']} ({config.select})"
-    else:
-        kept = f"kept epoch {result['best_epoch']} (no validation pairs)"
-    print(f"{kept}; {result['seconds']:.0f} s; model: {result['model_path']}")
-
-
 def _model_and_settings(args):
     """The model of `--model` and its (threshold, clahe): the flags', else the run's or card's."""
     import warnings
@@ -217,15 +225,102 @@ def _model_and_settings(args):
     return model, settings.threshold, settings.clahe
 
 
+# --- commands -----------------------------------------------------------------------
+def add_synth(command):
+    synth = command("synth", "write synthetic angiograms and vessel masks")
+    synth.add_argument("--out", required=True, help="folder for images/ and masks/")
+    synth.add_argument("--count", type=int, default=20, help="number of pairs")
+    synth.add_argument("--size", type=int, default=256, help="side of the images in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    synth.set_defaults(run=cmd_synth)
+
+
+def cmd_synth(args):
+    from cm_unet_keras.data.synthetic import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(args.out, args.count, size=args.size, seed=args.seed)
+    print(f"wrote {len(paths)} synthetic angiograms and masks to {args.out}/images and {args.out}/masks")
+
+
+def add_split(command):
+    split = command("split", "set labelled pairs aside for evaluation, written to a file")
+    _add_layout_arguments(split)
+    split.add_argument("--holdout", type=int, required=True, help="number of pairs to hold out")
+    split.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    split.add_argument("--out", required=True, help="split file (JSON)")
+    split.set_defaults(run=cmd_split)
+
+
+def cmd_split(args):
+    from cm_unet_keras.data.splits import make_split, write_split
+
+    records, _ = _records_from_layout(args)
+    split = make_split(records, args.holdout, args.seed, source=args.pairs or args.images or args.nnunet)
+    write_split(split, args.out)
+    print(f"{len(split['train'])} train / {len(split['holdout'])} holdout pairs written to {args.out}")
+
+
+def add_finetune(command):
+    finetune = _labelled_job(command, "finetune", "train or fine-tune the U-Net on labelled angiograms",
+                             out="run folder (rerun to resume; only --epochs may change)",
+                             config="recipe file (YAML/JSON) of FinetuneConfig fields; flags override it")
+    _config_flags(finetune, FinetuneConfig, FINETUNE_FLAGS)
+    _add_verbosity(finetune)
+    finetune.set_defaults(run=cmd_finetune)
+
+
+def cmd_finetune(args):
+    from cm_unet_keras.training.finetune import finetune
+
+    config = build_config(FinetuneConfig, args.config, **_flag_values(args, FINETUNE_FLAGS))
+    records, skipped = _records_from_layout(args)
+    result = finetune(config, records, args.out, verbose=args.verbose, skipped_inputs=skipped)
+    if result["n_val"]:
+        kept = f"validation Dice {result['best_val_dice']:.4f} at the kept epoch {result['best_epoch']} ({config.select})"
+    else:
+        kept = f"kept epoch {result['best_epoch']} (no validation pairs)"
+    print(f"{kept}; {result['seconds']:.0f} s; model: {result['model_path']}")
+
+
+def add_evaluate(command):
+    evaluate = command("evaluate", "score a model on labelled angiograms")
+    _add_layout_arguments(evaluate, default_part="holdout")
+    evaluate.add_argument("--model", required=True, help=".keras file or preset name")
+    evaluate.add_argument("--json", help="write the report here")
+    _add_inference_settings(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+
 def cmd_evaluate(args):
     from cm_unet_keras.evaluation.evaluate import evaluate_model, format_table, write_report
 
     model, threshold, clahe = _model_and_settings(args)
-    report = evaluate_model(model, _records_from_layout(args), threshold=threshold, clahe=clahe, tta=args.tta)
+    records, _ = _records_from_layout(args)
+    report = evaluate_model(model, records, threshold=threshold, clahe=clahe, tta=args.tta)
     print(format_table(report))
     if args.json:
         write_report(report, args.json)
         print(f"wrote {args.json}")
+
+
+def add_predict(command):
+    predict = command("predict", "segment angiograms (files, folders, DICOM)")
+    predict.add_argument("inputs", nargs="+", help="angiogram files, folders and DICOM cine runs")
+    predict.add_argument("--model", required=True, help=".keras file or preset name")
+    predict.add_argument("--out", "--output", dest="output", required=True, help="folder for the masks (--output: alias)")
+    _add_inference_settings(predict)
+    predict.add_argument(
+        "--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr) instead of stopping"
+    )
+    predict.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bar (shown on a terminal) and no line per angiogram (printed otherwise)",
+    )
+    predict.add_argument("--batch-size", type=int, default=8, help="same-sized angiograms or cine frames per forward pass")
+    predict.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="compute precision: auto is the machine's fastest (bfloat16 on AVX512_BF16 CPUs, "
+                         "float16 on GPUs); float32 gives the exported model's outputs exactly")
+    predict.set_defaults(run=cmd_predict)
 
 
 def cmd_predict(args):
@@ -245,6 +340,21 @@ def cmd_predict(args):
     print(f"segmented {len(written)} angiograms into {args.output}")
 
 
+def add_export(command):
+    export = command("export", "export a model for TF Serving (SavedModel) or ONNX")
+    export.add_argument("--model", required=True, help=".keras file or preset name")
+    export.add_argument("--out", required=True, help="model base folder; writes OUT/NAME/VERSION/")
+    export.add_argument("--name", default="cm_unet", help="model name")
+    export.add_argument("--version", type=int, required=True, help="model version, an integer")
+    export.add_argument("--format", choices=["saved_model", "onnx"], default="saved_model", help="export format")
+    export.add_argument("--threshold", type=float,
+                        help="mask threshold (default: the training run's or card's, else 0.5)")
+    export.add_argument("--training-data", help="note on the training data, saved in the metadata")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
+    export.set_defaults(run=cmd_export)
+
+
 def cmd_export(args):
     from cm_unet_keras.export import export_model
 
@@ -262,38 +372,36 @@ def cmd_export(args):
     print(f"exported {args.model} ({args.format}) to {path}")
 
 
+def add_pretrain(command):
+    pretrain = command("pretrain", "contrastive masked pretraining (CM-UNet) on unlabeled angiograms")
+    pretrain.add_argument("--images", nargs="+", required=True,
+                          help="folders (searched recursively; masks/ and annotations/ skipped), files or DICOM runs")
+    pretrain.add_argument("--out", required=True, help="run folder (rerun to resume; only its length may change)")
+    pretrain.add_argument(
+        "--config",
+        help="recipe: 'cpu' (the default without a GPU), 'paper' (the default with one: PretrainConfig's "
+        "defaults) or a YAML/JSON file; flags override it",
+    )
+    recipes = {f"with the {name} recipe": values for name, values in PRETRAIN_RECIPES.items()}
+    _config_flags(pretrain, PretrainConfig, PRETRAIN_FLAGS, recipes)
+    pretrain.add_argument("--native-resolution", action="store_true", help="crop from images at native resolution")
+    _add_verbosity(pretrain)
+    pretrain.set_defaults(run=cmd_pretrain)
+
+
 def cmd_pretrain(args):
+    from cm_unet_keras.config import default_recipe_name
     from cm_unet_keras.data.layouts import index_unlabeled
-    from cm_unet_keras.training.config import build_config
-    from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig, default_recipe_name, pretrain
+    from cm_unet_keras.training.pretrain import pretrain
 
     recipe = args.config if args.config is not None else default_recipe_name()
     if recipe in PRETRAIN_RECIPES:
         recipe = (recipe, PRETRAIN_RECIPES[recipe])
     print(f"pretraining recipe: {recipe[0] if isinstance(recipe, tuple) else recipe}", file=sys.stderr)
-    config = build_config(
-        PretrainConfig,
-        recipe,
-        minutes=args.minutes,
-        views=args.views,
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        working_size=0 if args.native_resolution else args.working_size,
-        base_filters=args.base_filters,
-        depth=args.depth,
-        mask_ratio=args.mask_ratio,
-        rc_weight=args.rc_weight,
-        ct_weight=args.ct_weight,
-        lr=args.lr,
-        seed=args.seed,
-        max_images=args.max_images,
-        frame_step=args.frame_step,
-        skip_invalid=True if args.skip_invalid else None,
-        precision=args.precision,
-    )
+    values = _flag_values(args, PRETRAIN_FLAGS)
+    if args.native_resolution:
+        values["working_size"] = 0
+    config = build_config(PretrainConfig, recipe, **values)
     records = index_unlabeled(args.images, recursive=config.recursive, frame_step=config.frame_step)
     result = pretrain(config, records, args.out, verbose=args.verbose)
     print(
@@ -302,38 +410,32 @@ def cmd_pretrain(args):
     )
 
 
-def cmd_tune(args):
-    from cm_unet_keras.training.config import FinetuneConfig, build_config
-    from cm_unet_keras.tuning import TuneConfig, tune
+def add_tune(command):
+    tune = _labelled_job(command, "tune", "search fine-tuning hyperparameters (KerasTuner, k-fold on few labels)",
+                         out="search folder (rerun to resume or, with more --max-trials, extend)",
+                         config="base FinetuneConfig recipe (YAML/JSON); flags override it")
+    _config_flags(tune, TuneConfig, TUNE_FLAGS)
+    _config_flags(tune, FinetuneConfig, TUNE_FINETUNE_FLAGS, helps={
+        "seed": "seeds the search, the folds and the training",
+        "init": "fine-tune from a .keras U-Net, a pretraining run or a preset",
+        "epochs": "epochs of each trial (Hyperband: the most)",
+        "patch_size": "side of the training patches",
+        "val_fraction": "validation split with --folds 1, and in best.yaml",
+    })
+    _add_verbosity(tune, default=0, what="of each fold")
+    tune.set_defaults(run=cmd_tune)
 
-    base = build_config(
-        FinetuneConfig,
-        args.config,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        patch_size=args.patch_size,
-        base_filters=args.base_filters,
-        depth=args.depth,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        init=args.init,
-        precision=args.precision,
-        clahe=True if args.clahe else None,
-    )
-    settings = build_config(
-        TuneConfig,
-        None,
-        algorithm=args.algorithm,
-        max_trials=args.max_trials,
-        seed=base.seed,
-        folds=args.folds,
-        space=args.space,
-        initial_points=args.initial_points,
-        hyperband_factor=args.hyperband_factor,
-    )
+
+def cmd_tune(args):
+    from cm_unet_keras.tuning import tune
+
+    base = build_config(FinetuneConfig, args.config, **_flag_values(args, TUNE_FINETUNE_FLAGS))
+    # One seed: the base configuration's seeds the search and its folds too.
+    settings = build_config(TuneConfig, None, **_flag_values(args, TUNE_FLAGS), seed=base.seed)
     if not args.split:
         print("note: every given pair enters the search; keep the pairs you report on out (--split, --part train)")
-    summary = tune(base, settings, _records_from_layout(args), args.out, verbose=args.verbose)
+    records, _ = _records_from_layout(args)
+    summary = tune(base, settings, records, args.out, verbose=args.verbose)
     print(
         f"best cross-validated Dice {summary['best_val_dice']:.4f} (trial {summary['best_trial']} of "
         f"{summary['trials']}); {summary['seconds_this_call']:.0f} s\n"
@@ -341,18 +443,37 @@ def cmd_tune(args):
     )
 
 
+def add_study(command):
+    from cm_unet_keras.experiments import study
+
+    parser = command("study", "label-efficiency study on XCA: pretraining variants x N labels x seeds")
+    parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all", help="what to run")
+    parser.add_argument("--data", help="folder holding xca_vessels/ and arcade_stenosis/ "
+                        "(default: ../shared/data beside a source checkout; required otherwise)")
+    parser.add_argument("--split", help="30/10 split file (default: recipes/xca_split.json of a source "
+                        "checkout; required otherwise)")
+    parser.add_argument("--runs", help="runs folder, resumable (default: OUT/runs with --quick, else "
+                        "runs/label_efficiency[_gpu_paper] of a source checkout; required otherwise)")
+    parser.add_argument("--out", help="results folder (default: benchmarks/label_efficiency[_gpu_paper] "
+                        "of a source checkout; required otherwise)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
+    parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
+    full = study.study_config("cpu")
+    presets = {"": vars(full), "with --quick": vars(study.study_config("quick"))}
+    per_n = "".join(f", {_shown(seeds)} at N = {n}" for n, seeds in full.seeds_by_n.items())
+    _config_flags(parser, StudyConfig, STUDY_FLAGS, presets,
+                  helps={"seeds": f"seeds of every N (they replace the study's own seeds by N{per_n})"})
+    _add_verbosity(parser, default=2)
+    parser.set_defaults(run=cmd_study)
+
+
 def cmd_study(args):
-    from cm_unet_keras import study
+    from cm_unet_keras.experiments import study
 
     if sum([args.quick, args.gpu_paper]) > 1:
         raise SystemExit("--quick and --gpu-paper exclude each other")
-    config = study.quick_config() if args.quick else study.gpu_paper_config() if args.gpu_paper else study.cpu_config()
-    if args.seeds:
-        config.seeds, config.seeds_by_n = tuple(args.seeds), {}
-    if args.inits:
-        config.inits = tuple(args.inits)
-    if args.n_labels:
-        config.n_labels = tuple(args.n_labels)
+    preset = "quick" if args.quick else "gpu_paper" if args.gpu_paper else "cpu"
+    config = study.study_config(preset, **_flag_values(args, STUDY_FLAGS))
     paths = {"data": args.data, "split": args.split, "runs": args.runs, "out": args.out}
     missing = [name for name, path in paths.items() if path is None and not (name == "runs" and args.quick)]
     if missing:
@@ -377,11 +498,10 @@ def cmd_study(args):
         print(f"{len(result['records'])} runs ({result['new_runs']} new); results in {paths['out']}")
 
 
-def cmd_demo(args):
-    from cm_unet_keras.demo import run_demo
-
-    report_path = run_demo(args.out, quick=args.quick)
-    print(f"demo report: {report_path}")
+def add_presets(command):
+    parser = command("presets", "list the shipped presets (saved_models/) and their cards")
+    parser.add_argument("--long", dest="verbose_cards", action="store_true", help="descriptions too")
+    parser.set_defaults(run=cmd_presets)
 
 
 def cmd_presets(args):
@@ -404,11 +524,26 @@ def cmd_presets(args):
             print("    rebuild: " + card.get("rebuild", "?"))
 
 
-def build_parser():
-    from cm_unet_keras.training.config import FinetuneConfig
-    from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig
-    from cm_unet_keras.tuning import TuneConfig
+def add_demo(command):
+    demo = command("demo", "end-to-end demo on synthetic angiograms")
+    demo.add_argument("--out", default="demo_out", help="folder of the report and the runs")
+    demo.add_argument("--quick", action="store_true", help="a smoke-test sized run")
+    demo.set_defaults(run=cmd_demo)
 
+
+def cmd_demo(args):
+    from cm_unet_keras.demo import run_demo
+
+    report_path = run_demo(args.out, quick=args.quick)
+    print(f"demo report: {report_path}")
+
+
+# --- the parser ---------------------------------------------------------------------
+COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_export, add_pretrain, add_tune,
+            add_study, add_presets, add_demo)
+
+
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="cm-unet", description="Coronary artery segmentation in X-ray angiograms with few labels."
     )
@@ -418,186 +553,13 @@ def build_parser():
     def command(name, help, **kwargs):
         return commands.add_parser(name, help=help, description=help, formatter_class=_DefaultsFormatter, **kwargs)
 
-    synth = command("synth", "write synthetic angiograms and vessel masks")
-    synth.add_argument("--out", required=True, help="folder for images/ and masks/")
-    synth.add_argument("--count", type=int, default=20, help="number of pairs")
-    synth.add_argument("--size", type=int, default=256, help="side of the images in pixels")
-    synth.add_argument("--seed", type=int, default=0, help="seed of the generator")
-    synth.set_defaults(run=cmd_synth)
-
-    split = command("split", "set labelled pairs aside for evaluation, written to a file")
-    _add_layout_arguments(split)
-    split.add_argument("--holdout", type=int, required=True, help="number of pairs to hold out")
-    split.add_argument("--seed", type=int, default=0, help="seed of the draw")
-    split.add_argument("--out", required=True, help="split file (JSON)")
-    split.set_defaults(run=cmd_split)
-
-    finetune = command("finetune", "train or fine-tune the U-Net on labelled angiograms")
-    _add_layout_arguments(finetune)
-    option = _config_options(finetune, FinetuneConfig)
-    option("--base-filters", "U-Net width (16 small, 32 base, 64 paper)")
-    option("--depth", "U-Net levels")
-    finetune.add_argument("--out", required=True, help="run folder (rerun to resume; only --epochs may change)")
-    finetune.add_argument("--config", help="recipe file (YAML/JSON) of FinetuneConfig fields; flags override it")
-    option("--epochs", "epochs of --steps-per-epoch steps; a rerun with more extends the run")
-    option("--steps-per-epoch", "optimizer steps per epoch")
-    option("--batch-size", "patches per step")
-    option("--lr", "peak learning rate (AdamW, warm-up then cosine)", type=float)
-    option("--patch-size", "side of the training patches (a multiple of 2**depth)")
-    option("--val-fraction", "share of the pairs scored after each epoch (0: all pairs train)", type=float)
-    option("--seed", "seeds the split, the patches and the initialisation")
-    option("--limit", "use N labelled pairs in all (chosen by the seed; validation carved from them)",
-           none="every pair")
-    option("--init", "start from a .keras U-Net, a pretraining run or a preset", type=str,
-           none="random initialisation")
-    option("--frozen-encoder-epochs", "epochs at the start with the encoder frozen")
-    option("--pretrained-lr-factor", "learning-rate multiplier of the layers loaded by --init", type=float)
-    option("--select", "model.keras: best validation epoch, or the last epoch", type=str, choices=["best", "last"])
-    option("--precision", "compute precision", type=str, choices=PRECISIONS)
-    option("--clahe", "CLAHE before normalisation", action="store_true")
-    option("--deterministic", "deterministic kernels: bit-reproducible runs and resumes", action="store_true")
-    _add_verbosity(finetune)
-    finetune.set_defaults(run=cmd_finetune)
-
-    evaluate = command("evaluate", "score a model on labelled angiograms")
-    _add_layout_arguments(evaluate, default_part="holdout")
-    evaluate.add_argument("--model", required=True, help=".keras file or preset name")
-    evaluate.add_argument("--json", help="write the report here")
-    _add_inference_settings(evaluate)
-    evaluate.set_defaults(run=cmd_evaluate)
-
-    predict = command("predict", "segment angiograms (files, folders, DICOM)")
-    predict.add_argument("inputs", nargs="+", help="angiogram files, folders and DICOM cine runs")
-    predict.add_argument("--model", required=True, help=".keras file or preset name")
-    predict.add_argument("--out", "--output", dest="output", required=True, help="folder for the masks (--output: alias)")
-    _add_inference_settings(predict)
-    predict.add_argument(
-        "--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr) instead of stopping"
-    )
-    predict.add_argument(
-        "--quiet", action="store_true",
-        help="no progress bar (shown on a terminal) and no line per angiogram (printed otherwise)",
-    )
-    predict.add_argument("--batch-size", type=int, default=SEGMENT_BATCH_DEFAULT,
-                         help="same-sized angiograms or cine frames per forward pass")
-    predict.add_argument("--precision", choices=PRECISIONS, default="auto",
-                         help="compute precision: auto is the machine's fastest (bfloat16 on AVX512_BF16 CPUs, "
-                         "float16 on GPUs); float32 gives the exported model's outputs exactly")
-    predict.set_defaults(run=cmd_predict)
-
-    export = command("export", "export a model for TF Serving (SavedModel) or ONNX")
-    export.add_argument("--model", required=True, help=".keras file or preset name")
-    export.add_argument("--out", required=True, help="model base folder; writes OUT/NAME/VERSION/")
-    export.add_argument("--name", default="cm_unet", help="model name")
-    export.add_argument("--version", type=int, required=True, help="model version, an integer")
-    export.add_argument("--format", choices=["saved_model", "onnx"], default="saved_model", help="export format")
-    export.add_argument("--threshold", type=float,
-                        help="mask threshold (default: the training run's or card's, else 0.5)")
-    export.add_argument("--training-data", help="note on the training data, saved in the metadata")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    export.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
-    export.set_defaults(run=cmd_export)
-
-    pretrain = command("pretrain", "contrastive masked pretraining (CM-UNet) on unlabeled angiograms")
-    pretrain.add_argument("--images", nargs="+", required=True,
-                          help="folders (searched recursively; masks/ and annotations/ skipped), files or DICOM runs")
-    pretrain.add_argument("--out", required=True, help="run folder (rerun to resume; only its length may change)")
-    pretrain.add_argument(
-        "--config",
-        help="recipe: 'cpu' (the default without a GPU), 'paper' (the default with one: PretrainConfig's "
-        "defaults) or a YAML/JSON file; flags override it",
-    )
-    option = _config_options(pretrain, PretrainConfig, PRETRAIN_RECIPES)
-    option("--minutes", "time budget for training: sizes the epochs and the schedule to it from the measured "
-           "step time", type=float, none="none, the recipe's epochs")
-    option("--views", "two overlapping jittered crops, or the original's shifted copy", type=str,
-           choices=["crops", "shift"])
-    option("--base-filters", "U-Net width (16 small, 32 base, 64 paper)")
-    option("--depth", "U-Net levels")
-    option("--epochs", "epochs; a rerun with more extends the run")
-    option("--warmup-epochs", "epochs of linear warm-up")
-    option("--steps-per-epoch", "steps per epoch", none="one pass over the angiograms")
-    option("--batch-size", "global batch over all devices")
-    option("--image-size", "side of the views (paper 224)")
-    option("--working-size", "shorter side of the decoded images", none="native resolution")
-    pretrain.add_argument("--native-resolution", action="store_true", help="crop from images at native resolution")
-    option("--mask-ratio", "share of the patches masked", type=float)
-    option("--rc-weight", "reconstruction loss weight (0: contrastive only)", type=float)
-    option("--ct-weight", "contrastive loss weight (0: MAE only)", type=float)
-    option("--lr", "peak learning rate", type=float, none="1.5e-4 x batch / 256")
-    option("--seed", "seeds the views and the initialisation")
-    option("--max-images", "use N angiograms, drawn by the seed", none="all of them")
-    option("--frame-step", "every k-th frame of DICOM cine runs")
-    option("--skip-invalid", "skip unreadable files instead of stopping", action="store_true")
-    option("--precision", "compute precision", type=str, choices=PRECISIONS)
-    _add_verbosity(pretrain)
-    pretrain.set_defaults(run=cmd_pretrain)
-
-    tune = command("tune", "search fine-tuning hyperparameters (KerasTuner, k-fold on few labels)")
-    _add_layout_arguments(tune)
-    tune.add_argument("--out", required=True, help="search folder (rerun to resume or, with more --max-trials, extend)")
-    tune.add_argument("--config", help="base FinetuneConfig recipe (YAML/JSON); flags override it")
-    search = _config_options(tune, TuneConfig)
-    search("--space", "search space recipe", type=str, none="the ranges of recipes/tune_space.yaml")
-    search("--algorithm", "search algorithm", type=str, choices=["random", "bayesian", "hyperband"])
-    search("--max-trials", "trials in all; caps Hyperband too")
-    search("--folds", "k of k-fold", none="5 up to 10 pairs; above, 1 split")
-    search("--initial-points", "random trials before Bayesian guidance", none="half the trials, at least 3")
-    search("--hyperband-factor", "Hyperband's epoch growth per round")
-    option = _config_options(tune, FinetuneConfig)
-    option("--base-filters", "U-Net width (16 small, 32 base, 64 paper)")
-    option("--depth", "U-Net levels")
-    option("--seed", "seeds the search, the folds and the training")
-    option("--init", "fine-tune from a .keras U-Net, a pretraining run or a preset", type=str,
-           none="random initialisation")
-    option("--epochs", "epochs of each trial (Hyperband: the most)")
-    option("--steps-per-epoch", "optimizer steps per epoch")
-    option("--patch-size", "side of the training patches")
-    option("--val-fraction", "validation split with --folds 1, and in best.yaml", type=float)
-    option("--precision", "compute precision", type=str, choices=PRECISIONS)
-    option("--clahe", "CLAHE before normalisation", action="store_true")
-    _add_verbosity(tune, default=0, what="of each fold")
-    tune.set_defaults(run=cmd_tune)
-
-    study_parser = command("study", "label-efficiency study on XCA: pretraining variants x N labels x seeds")
-    study_parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all", help="what to run")
-    study_parser.add_argument("--data", help="folder holding xca_vessels/ and arcade_stenosis/ "
-                              "(default: ../shared/data beside a source checkout; required otherwise)")
-    study_parser.add_argument("--split", help="30/10 split file (default: recipes/xca_split.json of a source "
-                              "checkout; required otherwise)")
-    study_parser.add_argument("--runs", help="runs folder, resumable (default: OUT/runs with --quick, else "
-                              "runs/label_efficiency[_gpu_paper] of a source checkout; required otherwise)")
-    study_parser.add_argument("--out", help="results folder (default: benchmarks/label_efficiency[_gpu_paper] "
-                              "of a source checkout; required otherwise)")
-    study_parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
-    study_parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
-    full, quick = _study_defaults()
-    study_parser.add_argument("--seeds", type=int, nargs="+",
-                              help=f"seeds of every N (default: {_shown(full.seeds)}"
-                              + "".join(f", {_shown(seeds)} at N = {n}" for n, seeds in full.seeds_by_n.items())
-                              + f"; with --quick: {_shown(quick.seeds)})")
-    study_parser.add_argument("--n-labels", type=int, nargs="+", help="numbers of labelled pairs "
-                              f"(default: {_shown(full.n_labels)}; with --quick: {_shown(quick.n_labels)})")
-    study_parser.add_argument("--inits", nargs="+", choices=["cmunet", "scratch", "mae_only", "contrastive_only"],
-                              help=f"initialisations (default: {_shown(full.inits)})")
-    _add_verbosity(study_parser, default=2)
-    study_parser.set_defaults(run=cmd_study)
-
-    presets_parser = command("presets", "list the shipped presets (saved_models/) and their cards")
-    presets_parser.add_argument("--long", dest="verbose_cards", action="store_true", help="descriptions too")
-    presets_parser.set_defaults(run=cmd_presets)
-
-    demo = command("demo", "end-to-end demo on synthetic angiograms")
-    demo.add_argument("--out", default="demo_out", help="folder of the report and the runs")
-    demo.add_argument("--quick", action="store_true", help="a smoke-test sized run")
-    demo.set_defaults(run=cmd_demo)
+    for add in COMMANDS:
+        add(command)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from cm_unet_keras.data.errors import InvalidInputError
-
     try:
         args.run(args)
     except InvalidInputError as error:

@@ -13,13 +13,13 @@ import dataclasses
 import time
 from pathlib import Path
 
+from cm_unet_keras.config import FinetuneConfig, PretrainConfig
 from cm_unet_keras.data.layouts import index_images_masks, index_unlabeled
 from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.evaluation.evaluate import evaluate_model, format_markdown, write_report
 from cm_unet_keras.inference.predict import load_model, predict_files
-from cm_unet_keras.training.config import FinetuneConfig
 from cm_unet_keras.training.finetune import finetune
-from cm_unet_keras.training.pretrain import PretrainConfig, pretrain
+from cm_unet_keras.training.pretrain import pretrain
 
 # Sizes of the default demo and of the smoke test (`quick`).
 DEMO = {"train": 16, "test": 8, "size": 256, "epochs": 12, "steps_per_epoch": 20,

@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cm_unet_keras.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
 from cm_unet_keras.models import presets  # noqa: E402
-from cm_unet_keras.training.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
-from cm_unet_keras.training.runtime import float32_policy  # noqa: E402
+from cm_unet_keras.models.loading import float32_policy, load_model_file  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 PRETRAINED = "cmunet_small_pretrained"
@@ -158,7 +158,7 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: run `cm-unet study --stage pretrain` first")
     with float32_policy():
-        unet = presets.from_preset(str(weights))
+        unet = load_model_file(weights)
     history = list(csv.DictReader((pretrain_run / "history.csv").read_text().splitlines()))
     config = read_recipe(pretrain_run / "config.yaml")
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,17 +201,14 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
 
 def build_xca(data_root, split, runs, root, overwrite, log=print):
     """Fine-tune the XCA preset from the pretrained preset and publish it."""
-    from cm_unet_keras.evaluation.evaluate import evaluate_model
-    from cm_unet_keras.inference.predict import load_model
-    from cm_unet_keras.study import study_data
-    from cm_unet_keras.training.finetune import finetune
+    from cm_unet_keras.experiments.data import study_data
+    from cm_unet_keras.experiments.runs import finetune_and_evaluate
 
     os.environ[presets.ENV_VAR] = str(root)  # `init` names the preset in this root
     train, validation = study_data(data_root, split)
     config = FinetuneConfig(**XCA_CONFIG)
     started = time.perf_counter()
-    fit = finetune(config, train, runs, val_records=validation, log=log, verbose=2)
-    report = evaluate_model(load_model(fit["model_path"]), validation, threshold=config.threshold)
+    fit, report = finetune_and_evaluate(config, train, validation, runs, log=log, verbose=2, val_records=validation)
     card = {
         "name": XCA,
         "kind": "finetuned",

@@ -6,7 +6,7 @@ Stage `sweep`: fine-tunes with N in {3, 10, 30} labelled pairs x seeds
 {0, 1, 2} x init {cmunet, scratch, mae_only, contrastive_only}, plus a tuned
 Frangi filter, each evaluated on the 10 held-out pairs of
 `recipes/xca_split.json`. Rerunning skips what is finished. The protocol is
-documented in `cm_unet_keras/study.py`.
+documented in `cm_unet_keras/experiments/study.py`.
 
     python recipes/label_efficiency.py --stage pretrain   # 34 min on 2 AVX512_BF16 cores
     python recipes/label_efficiency.py --stage sweep      # 49 min there (36 fine-tunes + 9 Frangi fits)

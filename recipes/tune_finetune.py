@@ -21,20 +21,16 @@ step where it stopped.
 
 import argparse
 import json
-import platform
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
-
+from cm_unet_keras.config import FinetuneConfig, build_config, config_to_dict
 from cm_unet_keras.data.layouts import index_pairs
 from cm_unet_keras.data.splits import select_part, write_split
-from cm_unet_keras.evaluation.evaluate import evaluate_model, write_report
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS
-from cm_unet_keras.inference.predict import load_model
-from cm_unet_keras.training.config import FinetuneConfig, build_config, config_to_dict
-from cm_unet_keras.training.finetune import finetune, split_records
+from cm_unet_keras.experiments.report import machine, over_seeds
+from cm_unet_keras.experiments.runs import run_seeds
+from cm_unet_keras.training.finetune import split_records
 from cm_unet_keras.tuning import TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +71,8 @@ def main():
           f"{summary['seconds_total']:.0f} s")
 
     tuned = build_config(FinetuneConfig, runs / "search" / "best.yaml")
-    results = {"defaults": [], "tuned": []}
-    for name, config in (("defaults", base), ("tuned", tuned)):
-        for seed in args.seeds:
-            results[name].append(train_and_evaluate(config, seed, labels, holdout, runs / name / f"seed{seed}"))
+    results = {name: run_seeds(config, args.seeds, labels, holdout, runs / name)
+               for name, config in (("defaults", base), ("tuned", tuned))}
     write_results(args, summary, base, tuned, results, Path(args.results), labels_file)
 
 
@@ -95,33 +89,20 @@ def write_label_split(records, args, path):
     return path
 
 
-def train_and_evaluate(config, seed, labels, holdout, run_dir):
-    config = build_config(FinetuneConfig, None, **{**config_to_dict(config), "seed": seed})
-    started = time.perf_counter()
-    fit = finetune(config, labels, run_dir, verbose=2)
-    report = evaluate_model(load_model(fit["model_path"]), holdout)
-    write_report(report, run_dir / "holdout.json")
-    print(f"{run_dir}: held-out Dice {report['mean']['dice']:.4f}")
-    return {"seed": seed, "best_val_dice": fit["best_val_dice"], "best_epoch": fit["best_epoch"],
-            "wall_seconds_this_call": time.perf_counter() - started,
-            "holdout": {"mean": report["mean"], "std": report["std"]}}
-
-
 def write_results(args, summary, base, tuned, results, folder, labels_file):
     folder.mkdir(parents=True, exist_ok=True)
     # The labels and every trial, beside the numbers they produced.
     shutil.copy(labels_file, folder / "labels.json")
     shutil.copy(Path(summary["best_config"]).parent / "trials.csv", folder / "trials.csv")
-    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
     values = {name: [run["holdout"]["mean"]["dice"] for run in runs] for name, runs in results.items()}
     (folder / "results.json").write_text(json.dumps(
-        {"machine": machine, "search": summary, "base_config": config_to_dict(base),
+        {"machine": machine(), "search": summary, "base_config": config_to_dict(base),
          "tuned_config": config_to_dict(tuned), "runs": results}, indent=2, default=str))
     searched = summary["best_values"]
     lines = [
         f"# Fine-tuning hyperparameter search on XCA, {args.labels} labels",
         "",
-        f"Machine: {machine}, shared with other jobs. U-Net base_filters {base.base_filters}, depth {base.depth}, "
+        f"Machine: {machine()}, shared with other jobs. U-Net base_filters {base.base_filters}, depth {base.depth}, "
         f"{base.epochs} epochs x {base.steps_per_epoch} steps, patches {base.patch_size}; init {base.init}.",
         f"Labels: {labels_file} (part train); evaluation on its part holdout (the 10 held-out pairs).",
         "",
@@ -139,10 +120,7 @@ def write_results(args, summary, base, tuned, results, folder, labels_file):
         "|---|" + "---|" * len(METRIC_KEYS),
     ]
     for name, runs in results.items():
-        cells = []
-        for key in METRIC_KEYS:
-            column = [run["holdout"]["mean"][key] for run in runs]
-            cells.append(f"{np.mean(column):.4f} +- {np.std(column):.4f}")
+        cells = ["{:.4f} +- {:.4f}".format(*over_seeds(runs, key)) for key in METRIC_KEYS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Per-seed held-out Dice: defaults {_rounded(values['defaults'])}, tuned {_rounded(values['tuned'])}."]
     (folder / "results.md").write_text("\n".join(lines) + "\n")

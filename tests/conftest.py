@@ -1,6 +1,8 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules: the real angiograms, synthetic
+datasets written once per session, an nnU-Net dataset, DICOM cine runs."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +20,30 @@ def shared_data():
             "angiograms from ../shared/data next to the project root"
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """`synthetic_dataset(count, size, seed)`: synthetic angiograms and vessel
+    masks (`images/`, `masks/`), written once per session for each
+    (count, size, seed); returns `folder`, `images`, `masks` and `records`.
+    Read them, do not change them: other tests share the folder."""
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.data.synthetic import write_synthetic_dataset
+
+    written = {}
+
+    def dataset(count, size=64, seed=0):
+        if (count, size, seed) not in written:
+            folder = tmp_path_factory.mktemp(f"synthetic_{count}x{size}_seed{seed}")
+            write_synthetic_dataset(folder, count, size=size, seed=seed)
+            written[count, size, seed] = SimpleNamespace(
+                folder=folder, images=folder / "images", masks=folder / "masks",
+                records=index_images_masks(folder / "images", folder / "masks"),
+            )
+        return written[count, size, seed]
+
+    return dataset
 
 
 @pytest.fixture

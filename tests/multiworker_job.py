@@ -20,10 +20,10 @@ os.environ["TF_CONFIG"] = json.dumps(
 
 import numpy as np  # noqa: E402
 
+from cm_unet_keras.config import FinetuneConfig, PretrainConfig  # noqa: E402
 from cm_unet_keras.data.layouts import index_images_masks, index_unlabeled  # noqa: E402
-from cm_unet_keras.training.config import FinetuneConfig  # noqa: E402
 from cm_unet_keras.training.finetune import finetune  # noqa: E402
-from cm_unet_keras.training.pretrain import PretrainConfig, pretrain  # noqa: E402
+from cm_unet_keras.training.pretrain import pretrain  # noqa: E402
 
 # Each worker is given its own run folders so that the test can see who
 # writes; on a cluster all name the same shared folder, and only the chief

@@ -12,7 +12,7 @@ import pytest
 
 import cm_unet_keras
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.inference.predict import segment_angiogram
 
@@ -98,8 +98,8 @@ def test_threshold_and_clahe_come_from_the_run_folder(tmp_path, shared_data):
 
 def test_pretrained_only_models_warn_on_load_and_refuse_to_segment(tmp_path):
     from cm_unet_keras import ContrastiveMaskedPretrainer
-    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG
-    from cm_unet_keras.training.pretrain import PRETRAINED_WEIGHTS, save_pretrained_weights
+    from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG
+    from cm_unet_keras.training.pretrain import save_pretrained_weights
 
     angiogram = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.float32)
     with pytest.warns(UserWarning, match="cmunet_small_pretrained: pretrained only"):

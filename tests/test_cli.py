@@ -13,7 +13,6 @@ import pytest
 
 from cm_unet_keras import CMUNet
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +270,7 @@ def _help_of(subparser, dest):
 def test_help_shows_each_config_default_from_the_dataclass(monkeypatch):
     import dataclasses
 
-    from cm_unet_keras.training.config import FinetuneConfig
-    from cm_unet_keras.training.pretrain import PRETRAIN_RECIPES, PretrainConfig
+    from cm_unet_keras.config import PRETRAIN_RECIPES, FinetuneConfig, PretrainConfig
     from cm_unet_keras.tuning import TuneConfig
 
     # Defaults are read from the dataclass when the parser is built, not written twice.

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from cm_unet_keras import CMUNet
 from cm_unet_keras import __version__
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.export import export_model
 from cm_unet_keras.export.serving import METADATA_ASSET

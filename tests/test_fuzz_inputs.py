@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_pairs, index_unlabeled
 from cm_unet_keras.data.readers import read_angiogram, read_vessel_mask
 

@@ -1,7 +1,6 @@
 """SIGKILL in the middle of training, then the same command again."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import time
 import keras
 import numpy as np
 
-from cm_unet_keras.data.synthetic import write_synthetic_dataset
 from cm_unet_keras.training import finetune  # noqa: F401  (registers the schedule and loss of checkpoints)
 
 # Long enough that a fast machine (a 6-step epoch took < 0.2 s on an AVX512_BF16
@@ -34,9 +32,8 @@ def _epochs_done(run):
         return 0
 
 
-def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    data = tmp_path / "data"
-    write_synthetic_dataset(data, 6, size=64, seed=4)
+def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, synthetic_dataset):
+    data = synthetic_dataset(6, size=64, seed=4).folder
     # The reference runs in its own process too: op determinism, once on,
     # stays on for the whole process.
     whole = subprocess.run(_command(data, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
@@ -99,9 +96,8 @@ def _pretrained_weights(run):
     return pretrainer.get_weights()
 
 
-def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    images = tmp_path / "data" / "images"
-    write_synthetic_dataset(tmp_path / "data", 6, size=64, seed=5)
+def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, synthetic_dataset):
+    images = synthetic_dataset(6, size=64, seed=5).images
     whole = subprocess.run(_pretrain_command(images, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -129,7 +125,7 @@ def test_finetune_state_saved_ahead_of_its_checkpoint_is_rolled_back():
     epoch's checkpoint: resuming redoes the epoch (never trains it twice)."""
     from types import SimpleNamespace
 
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.training.finetune import FinetuneRun
 
     run = FinetuneRun(FinetuneConfig(steps_per_epoch=12), "unused", log=lambda *_: None)

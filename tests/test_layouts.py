@@ -12,9 +12,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import generate_uid
 
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data import layouts
 from cm_unet_keras.data import readers
-from cm_unet_keras.data.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord
 from cm_unet_keras.data.layouts import index_images_masks
 from cm_unet_keras.data.layouts import index_pairs

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.evaluation.evaluate import evaluate_model
 from cm_unet_keras.models import presets
+from cm_unet_keras.models.loading import load_preset
 from cm_unet_keras.models.unet import HEAD_PREFIXES
 from cm_unet_keras.study import study_data
 
@@ -37,7 +38,7 @@ def test_shipped_preset_is_small_verified_documented_and_safe(name):
         assert file.stat().st_size <= presets.MAX_PRESET_BYTES, file
     path = presets.verified_preset_path(name, SHIPPED)
     assert presets.file_sha256(path) == card["sha256"]
-    model = presets.from_preset(name, SHIPPED)  # safe_mode=True inside
+    model = load_preset(name, SHIPPED)  # safe_mode=True inside
     assert (model.base_filters, model.depth) == (card["architecture"]["base_filters"], card["architecture"]["depth"])
     image = np.random.default_rng(0).normal(size=(1, 96, 80, 1)).astype("float32")
     probability = np.asarray(model(image))
@@ -59,7 +60,7 @@ def test_card_readme_is_the_card_rendered_with_intended_use_and_limits(name):
 def test_xca_preset_reproduces_the_dice_on_its_card(shared_data):
     card = presets.preset_card("cmunet_small_xca", SHIPPED)
     _, validation = study_data(shared_data, SPLIT)
-    report = evaluate_model(presets.from_preset("cmunet_small_xca", SHIPPED), validation)
+    report = evaluate_model(load_preset("cmunet_small_xca", SHIPPED), validation)
     for key in ("dice", "cldice", "iou"):
         assert report["mean"][key] == pytest.approx(card["validation_metrics"]["mean"][key], abs=2e-3), key
     assert report["n_images"] == 10
@@ -151,7 +152,7 @@ def test_tta_flag_reaches_evaluate_and_predict(shared_data, tmp_path, monkeypatc
 
     monkeypatch.setenv(presets.ENV_VAR, str(SHIPPED))
     train = shared_data / "xca_vessels" / "train"
-    model = presets.from_preset("cmunet_small_xca", SHIPPED)
+    model = load_preset("cmunet_small_xca", SHIPPED)
     _, validation = study_data(shared_data, SPLIT)
     assert main(["evaluate", "--model", "cmunet_small_xca", "--pairs", str(train), "--split", str(SPLIT),
                  "--part", "holdout", "--tta", "--json", str(tmp_path / "e.json")]) == 0

@@ -17,20 +17,14 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.masking import expand_patch_mask, masked_patch_count, random_patch_masks
 from cm_unet_keras.data.normalize import normalize_angiogram
 from cm_unet_keras.data.synthetic import generate_angiogram
 from cm_unet_keras.data.views import TwoViewSampler, UnlabeledAngiograms, ViewConfig
-from cm_unet_keras.models.pretrainer import (
-    PRETRAINER_CONFIG,
-    ContrastiveMaskedPretrainer,
-    expand_patch_mask,
-    info_nce,
-    masked_patch_count,
-    normalized_patch_target,
-    random_patch_masks,
-)
-from cm_unet_keras.training.pretrain import PRETRAINED_WEIGHTS, save_pretrained_weights
+from cm_unet_keras.models.losses import info_nce, normalized_patch_target
+from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+from cm_unet_keras.training.pretrain import save_pretrained_weights
 from cm_unet_keras.training.transfer import load_initial_weights
 
 ROOT = Path(__file__).resolve().parents[1]

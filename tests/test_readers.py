@@ -11,7 +11,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import generate_uid
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import count_frames
 from cm_unet_keras.data.readers import is_dicom_file
 from cm_unet_keras.data.readers import read_angiogram

@@ -8,9 +8,9 @@ import pytest
 
 from cm_unet_keras import CMUNet
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import atomic_write, save_model_atomic
 from cm_unet_keras.models.presets import file_sha256, resolve_model_path
-from cm_unet_keras.training.checkpoints import atomic_write, save_model_atomic
 
 
 def test_a_model_file_with_a_lambda_layer_is_refused(tmp_path, capsys):
@@ -72,7 +72,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     from cm_unet_keras.data.layouts import index_images_masks
     from cm_unet_keras.data.synthetic import write_synthetic_dataset
     from cm_unet_keras.training import finetune as finetune_module
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.training.losses import DiceBCELoss
 
     poisoned = tf.Variable(False)
@@ -103,7 +103,8 @@ def test_angiograms_smaller_than_the_pretraining_views_still_train(tmp_path):
     import cv2
 
     from cm_unet_keras.data.layouts import index_unlabeled
-    from cm_unet_keras.training.pretrain import PretrainConfig, pretrain
+    from cm_unet_keras.config import PretrainConfig
+    from cm_unet_keras.training.pretrain import pretrain
 
     for i in range(4):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (20, 24), dtype=np.uint8))

@@ -118,7 +118,7 @@ def test_simulated_borders_are_dark_background_and_supervised():
 
 def test_finetune_with_partially_labelled_pairs(tmp_path, shared_data):
     from cm_unet_keras.data.layouts import index_pairs
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.training.finetune import finetune
 
     complete = index_pairs(shared_data / "xca_vessels" / "train", mask_suffix="_gt")[:3]

@@ -14,6 +14,7 @@ import pytest
 from cm_unet_keras import study
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS
 from cm_unet_keras.models import presets
+from cm_unet_keras.models.loading import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "recipes" / "xca_split.json"
@@ -110,15 +111,15 @@ def test_from_preset_loads_finetuned_and_pretrained_presets(quick_study, tmp_pat
                   {"file": "pretrained.weights.h5", "kind": "pretrained"})
     assert presets.available_presets(tmp_path) == ["tiny_pretrained", "tiny_xca"]
 
-    finetuned = presets.from_preset("tiny_xca", tmp_path)
+    finetuned = load_preset("tiny_xca", tmp_path)
     image = np.zeros((1, 32, 32, 1), np.float32)
     assert finetuned(image).shape == (1, 32, 32, 1)
-    unet = presets.from_preset("tiny_pretrained", tmp_path)
+    unet = load_preset("tiny_pretrained", tmp_path)
     assert unet.depth == 2 and unet(image).shape == (1, 32, 32, 1)
 
     (tmp_path / "tiny_xca" / "model.keras").write_bytes(b"swapped")
     with pytest.raises(ValueError, match="does not match its card"):
-        presets.from_preset("tiny_xca", tmp_path)
+        load_preset("tiny_xca", tmp_path)
 
 
 def test_cpu_study_has_more_seeds_at_few_labels_and_a_longer_budget_at_many():

@@ -8,10 +8,9 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
-from cm_unet_keras.data.errors import InvalidInputError
-from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
-from cm_unet_keras.data.synthetic import write_synthetic_dataset
-from cm_unet_keras.training.config import FinetuneConfig, build_config
+from cm_unet_keras.config import FinetuneConfig, build_config
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.layouts import AngiogramRecord
 from cm_unet_keras.training.finetune import finetune, make_optimizer, split_records
 from cm_unet_keras.training.losses import DiceBCELoss
 from cm_unet_keras.training.schedules import WarmupCosine
@@ -101,10 +100,8 @@ def test_recipe_file_and_overrides(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_records(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(folder, 10, size=96, seed=5)
-    return index_images_masks(folder / "images", folder / "masks")
+def synthetic_records(synthetic_dataset):
+    return synthetic_dataset(10, size=96, seed=5).records
 
 
 def _tiny_config(**overrides):
@@ -230,7 +227,7 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(synthetic_rec
 
 
 def test_recipe_values_are_coerced_to_the_field_types(tmp_path):
-    from cm_unet_keras.data.errors import InvalidInputError
+    from cm_unet_keras.core.errors import InvalidInputError
 
     recipe = tmp_path / "recipe.yaml"
     # YAML 1.1 reads 1e-3 (no dot) as a string; "8" is quoted; yes is a YAML bool.

@@ -12,13 +12,12 @@ import pytest
 
 from cm_unet_keras import CMUNet, tuning
 from cm_unet_keras.cli import main
-from cm_unet_keras.data.errors import InvalidInputError
-from cm_unet_keras.data.layouts import AngiogramRecord, index_images_masks
-from cm_unet_keras.data.synthetic import write_synthetic_dataset
+from cm_unet_keras.config import FinetuneConfig, build_config, write_recipe
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.layouts import AngiogramRecord
 from cm_unet_keras.evaluation.evaluate import evaluate_model
 from cm_unet_keras.inference.predict import load_model
 from cm_unet_keras.training import finetune as finetune_module
-from cm_unet_keras.training.config import FinetuneConfig, build_config, write_recipe
 from cm_unet_keras.tuning import (
     DEFAULT_SPACE,
     FinetuneHyperModel,
@@ -49,16 +48,15 @@ def _base_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(folder, 6, size=64, seed=11)
+def dataset(synthetic_dataset, tmp_path_factory):
+    synthetic = synthetic_dataset(6, size=64, seed=11)
+    folder = tmp_path_factory.mktemp("tuning")
     space = folder / "space.yaml"
     space.write_text(SPACE)
     keras.utils.set_random_seed(123)
     init = folder / "init.keras"
     CMUNet(base_filters=4, depth=2).save(init)
-    records = index_images_masks(folder / "images", folder / "masks")
-    return SimpleNamespace(folder=folder, records=records, space=str(space), init=str(init))
+    return SimpleNamespace(folder=synthetic.folder, records=synthetic.records, space=str(space), init=str(init))
 
 
 class Recorder:
@@ -287,7 +285,7 @@ def test_a_crash_stops_the_search_and_the_rerun_retries_the_trial(dataset, tmp_p
             raise FloatingPointError("loss became nan")  # a diverging fold scores 0
         return {"best_val_dice": 0.5}
 
-    monkeypatch.setattr(tuning, "finetune", fake_finetune)
+    monkeypatch.setattr(tuning.hypermodel, "finetune", fake_finetune)  # what each fold runs
     settings = TuneConfig(algorithm="random", max_trials=1, folds=2, space=dataset.space)
     out = tmp_path / "crash"
     with pytest.raises(keras_tuner.errors.FatalError, match="disk full"):

@@ -8,15 +8,11 @@ import pytest
 import tensorflow as tf
 from scipy.stats import spearmanr
 
+from cm_unet_keras.config import PRETRAIN_RECIPES, PretrainConfig
 from cm_unet_keras.data.normalize import normalize_angiogram
 from cm_unet_keras.data.synthetic import generate_angiogram
 from cm_unet_keras.data.views import TwoViewSampler, UnlabeledAngiograms, ViewConfig
-from cm_unet_keras.training.pretrain import (
-    BUDGET_OVERHEAD,
-    PRETRAIN_RECIPES,
-    PretrainConfig,
-    fit_to_budget,
-)
+from cm_unet_keras.training.pretrain import BUDGET_OVERHEAD, fit_to_budget
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +143,7 @@ def test_pretrain_with_a_minutes_budget_records_and_keeps_its_epochs(tmp_path, s
 def test_recipe_files_match_the_built_in_recipes():
     from pathlib import Path
 
-    from cm_unet_keras.training.config import build_config
+    from cm_unet_keras.config import build_config
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     for name in ("cpu", "paper"):

@@ -1,19 +1,5 @@
-"""Errors raised for bad input files.
+"""`InvalidInputError` lives in `cm_unet_keras.core.errors`; this name stays for old imports."""
 
-Every error names the offending file and the problem, so that a user with a
-folder of thousands of exports can find and fix the one that is broken.
-"""
+from cm_unet_keras.core.errors import InvalidInputError
 
-
-class InvalidInputError(ValueError):
-    """An input file or folder cannot be used.
-
-    Args:
-        path: the file or folder at fault.
-        problem: what is wrong with it, in words a user can act on.
-    """
-
-    def __init__(self, path, problem):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+__all__ = ["InvalidInputError"]

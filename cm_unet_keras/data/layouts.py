@@ -25,7 +25,7 @@ import os
 import re
 from pathlib import Path
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import IMAGE_SUFFIXES
 from cm_unet_keras.data.readers import VesselLabels
 from cm_unet_keras.data.readers import count_frames

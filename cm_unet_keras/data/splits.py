@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 
 
 def make_split(records, holdout, seed, source=""):

@@ -74,10 +74,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.layouts import iter_angiograms
 from cm_unet_keras.data.normalize import normalize_angiogram
 from cm_unet_keras.data.pipeline import gaussian_blur, seeded_stream
-from cm_unet_keras.data.layouts import iter_angiograms
 
 # The original code's pixel shift: 31 px on 224 px views.
 REFERENCE_SHIFT = 31

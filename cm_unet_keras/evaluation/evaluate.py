@@ -1,9 +1,9 @@
 """Scoring a model on labelled angiograms, at native resolution."""
 
 import json
-import math
 from pathlib import Path
 
+from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.data.layouts import read_pair
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
 from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram
@@ -29,20 +29,9 @@ def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta
     return report
 
 
-def _json_safe(value):
-    """NaN and infinity become null: JSON has neither."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def write_report(report, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(_json_safe(report), indent=2))
+    Path(path).write_text(json.dumps(json_safe(report), indent=2))
 
 
 def format_table(report):

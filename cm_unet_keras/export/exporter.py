@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.normalize import FOV_MARGIN
 from cm_unet_keras.export.layout import check_version_free, publish_version, version_dir
 from cm_unet_keras.export.serving import (
@@ -25,9 +25,8 @@ from cm_unet_keras.export.serving import (
     write_saved_model,
 )
 from cm_unet_keras.inference.settings import resolve_settings, training_context
+from cm_unet_keras.models.loading import float32_policy, load_unet
 from cm_unet_keras.models.presets import resolve_model_path
-from cm_unet_keras.training.runtime import float32_policy
-from cm_unet_keras.training.transfer import load_unet
 from cm_unet_keras.version import __version__
 
 FORMATS = ("saved_model", "onnx")

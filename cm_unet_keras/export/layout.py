@@ -6,18 +6,18 @@ hidden staging folder beside it (same file system, and a non-numeric name
 that TF Serving ignores) and renamed into place. Replacing a version renames
 the old folder aside first, then the new one in, then deletes the old one:
 at no moment is a half-written or half-deleted version visible, although
-for the instant between the two renames the version is absent.
+for the instant between the two renames the version is absent
+(`cm_unet_keras.core.files.publish_folder`).
 
 A kill during the write leaves a `.staging-*` folder, which TF Serving
 ignores and which can be deleted.
 """
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import publish_folder
 
 
 def version_dir(base_dir, name, version):
@@ -56,37 +56,4 @@ def publish_version(base_dir, name, version, write, overwrite=False):
     """
     target = version_dir(base_dir, name, version)
     check_version_free(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=target.parent))
-    try:
-        # mkdtemp makes a private (0700) folder; a server running as another
-        # user must be able to read the version.
-        os.chmod(staging, 0o755)
-        write(staging)
-        _move_into_place(staging, target, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def _move_into_place(staging, target, overwrite):
-    if not overwrite:
-        try:
-            # Fails if another writer published a non-empty `target` meanwhile.
-            os.rename(staging, target)
-        except OSError as error:
-            raise InvalidInputError(target, f"this version appeared while exporting ({error})") from error
-        return
-    replaced = None
-    if target.exists():
-        replaced = Path(tempfile.mkdtemp(prefix=f".replaced-{target.name}-", dir=target.parent))
-        os.rename(target, replaced)  # onto the empty folder: atomic
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if replaced is not None:
-            os.rename(replaced, target)
-        raise
-    if replaced is not None:
-        shutil.rmtree(replaced)
+    return publish_folder(target, write, overwrite, staging_prefix=f".staging-{version}-")

@@ -15,13 +15,14 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_unlabeled, iter_angiograms
 from cm_unet_keras.data.pipeline import preprocess_angiogram
 from cm_unet_keras.data.readers import read_frames
 from cm_unet_keras.inference.settings import SegmentationSettings, segmentation_settings
 from cm_unet_keras.models import presets
 from cm_unet_keras.models.full_image import predict_normalized
+from cm_unet_keras.models.loading import load_model_file, pretrained_weights_path
 
 DEFAULT_THRESHOLD = 0.5
 # Vessels are drawn in this BGR colour on the overlays.
@@ -29,7 +30,6 @@ OVERLAY_COLOUR = (40, 40, 230)
 OVERLAY_ALPHA = 0.55
 # Angiograms of one size segmented per forward pass by `segment`.
 SEGMENT_BATCH = 8
-_PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 
 
 class Segmentation(NamedTuple):
@@ -58,13 +58,9 @@ def load_model(name_or_path):
         pretrained preset or a pretraining run) loads with a warning: its
         segmentation head was never trained, and `segment` refuses it.
     """
-    source = Path(str(name_or_path))
-    if source.is_dir() and (source / _PRETRAINED_WEIGHTS).is_file():
-        name_or_path = source / _PRETRAINED_WEIGHTS
+    name_or_path = pretrained_weights_path(name_or_path) or name_or_path
     path = presets.resolve_model_path(name_or_path)
-    if path.is_dir():
-        raise InvalidInputError(path, f"a folder without {_PRETRAINED_WEIGHTS}: give the model file")
-    model = presets.from_preset(path)
+    model = load_model_file(path)
     model.segmentation_settings = segmentation_settings(path)
     if model.segmentation_settings.pretrained_only:
         warnings.warn(f"{name_or_path}: {_PRETRAINED_ONLY}", UserWarning, stacklevel=2)

@@ -11,11 +11,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cm_unet_keras.training.config import FinetuneConfig, read_recipe
-
-# Beside the weights of a pretraining run (`training.pretrain`): a U-Net
-# whose segmentation head was never trained.
-_PRETRAINER_FILE = "pretrainer.json"
+from cm_unet_keras.config import FinetuneConfig, read_recipe
+from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +52,8 @@ def training_context(model_path):
     """
     folder = Path(model_path).parent
     card, config = folder / "card.json", folder / "config.yaml"
-    pretrained_only = (folder / _PRETRAINER_FILE).is_file()
+    # Beside a pretraining run's weights: a U-Net whose head was never trained.
+    pretrained_only = (folder / PRETRAINER_CONFIG).is_file()
     if card.is_file():
         values = json.loads(card.read_text())
         # A fine-tuned preset's card records its training configuration.

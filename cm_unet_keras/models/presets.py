@@ -1,4 +1,4 @@
-"""Named, documented model files shipped in `saved_models/`.
+"""Named, documented model files shipped in `saved_models/`: finding, checking and publishing them.
 
 The list of presets is data: each preset is a folder `saved_models/NAME/`
 holding the model file and its card (`card.json`: at least `file` and
@@ -9,17 +9,19 @@ validation metrics), rendered for people as `README.md` beside it
 preset is taken as a path.
 
 A preset's file is checked against the SHA-256 in its card before it is
-loaded: a file swapped or corrupted after release is refused.
+loaded: a file swapped or corrupted after release is refused. Loading the
+model is `cm_unet_keras.models.loading.load_preset`; this module reads and
+writes files only (no Keras).
 """
 
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import publish_folder
 
 # At most this many bytes per shipped file (the repository's rule for committed models).
 MAX_PRESET_BYTES = 16 * 1024 * 1024
@@ -96,41 +98,6 @@ def resolve_model_path(name_or_path, root=None):
     )
 
 
-def from_preset(name, root=None):
-    """The model of preset `name`, checksum-verified and loaded with `safe_mode`.
-
-    A `.keras` preset is returned as saved: a fine-tuned U-Net, or, for a
-    card that says `"kind": "pretrained"`, the U-Net after pretraining
-    (encoder and decoder pretrained; its segmentation head was never
-    trained, so fine-tune it before use). A preset stored as
-    `pretrained.weights.h5` with `pretrainer.json` beside it has its
-    pretrainer rebuilt from the JSON (no code runs), its weights loaded,
-    and its U-Net returned.
-
-    Args:
-        name: a preset name (see `available_presets`) or a `.keras` path.
-        root: the presets folder (default `saved_models/`).
-
-    Returns:
-        A `CMUNet`.
-
-    Example:
-
-    ```python
-    model = from_preset("cmunet_small_xca")
-    ```
-    """
-    import keras
-
-    path = Path(resolve_model_path(name, root))
-    if path.name.endswith(".weights.h5"):
-        return _pretrained_unet(path)
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except (ValueError, OSError, KeyError) as error:
-        raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
-
-
 def is_pretrained_preset(name, root=None):
     """True if `name` is a preset whose card says `"kind": "pretrained"`
     (encoder and decoder pretrained, segmentation head never trained)."""
@@ -172,25 +139,15 @@ def write_preset(name, files, card, root=None, overwrite=False):
         size = Path(file).stat().st_size
         if size > MAX_PRESET_BYTES:
             raise InvalidInputError(file, f"{size / 2**20:.1f} MB: a preset file may not exceed 16 MB")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a preset is for every user
-    try:
+
+    def fill(staging):
         for file in files:
             shutil.copyfile(file, staging / Path(file).name)
         full = {**card, "sha256": file_sha256(staging / card["file"])}
         (staging / "card.json").write_text(json.dumps(full, indent=2) + "\n")
         (staging / CARD_README).write_text(render_card(full))
-        if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
-            os.replace(destination, retired / name)
-            os.replace(staging, destination)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, destination)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    publish_folder(destination, fill, overwrite)
     return destination / "card.json"
 
 
@@ -255,17 +212,3 @@ def write_card_readme(folder):
     path = folder / CARD_README
     path.write_text(render_card(card))
     return path
-
-
-def _pretrained_unet(weights_path):
-    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-
-    config_path = Path(weights_path).parent / PRETRAINER_CONFIG
-    if not config_path.is_file():
-        raise InvalidInputError(weights_path, f"no {PRETRAINER_CONFIG} beside it: cannot rebuild the pretrainer")
-    try:
-        pretrainer = ContrastiveMaskedPretrainer.from_config(json.loads(config_path.read_text()))
-        pretrainer.load_weights(weights_path)
-    except (ValueError, TypeError, OSError, KeyError) as error:
-        raise InvalidInputError(weights_path, f"cannot load pretrained weights: {error}") from error
-    return pretrainer.unet

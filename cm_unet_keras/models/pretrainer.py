@@ -39,117 +39,23 @@ Masked-UNet), each on purpose:
 6. The EMA momentum is constant (the paper's 0.996); weights are updated
    after the optimizer step, as the original's `MomentumUpdateHook`.
 
-All losses are computed in float32 whatever the compute dtype.
+All losses are computed in float32 whatever the compute dtype. The patch
+masks are drawn by `cm_unet_keras.data.masking`, the losses are
+`cm_unet_keras.models.losses`.
 """
 
 import keras
 import tensorflow as tf
 
+from cm_unet_keras.data.masking import MASK_RATIO, apply_patch_mask, sample_patch_masks
+from cm_unet_keras.models.losses import info_nce, masked_reconstruction_loss
 from cm_unet_keras.models.unet import BN_EPSILON, BN_MOMENTUM, CMUNet
 
+# The files of a pretraining run that hold its result: the pretrainer's
+# weights (without optimizer state), and beside them its `get_config()`,
+# which is what is needed to rebuild it and load them.
+PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 PRETRAINER_CONFIG = "pretrainer.json"
-# The constructor's arguments: its config, and what a pretraining job sets.
-PRETRAINER_ARGUMENTS = (
-    "base_filters", "depth", "patch_size", "mask_ratio", "projection_dim", "projection_hidden_dim",
-    "ema_momentum", "temperature", "rc_weight", "ct_weight", "seed",
-)
-"""Name of the file, beside `pretrained.weights.h5`, that holds the
-pretrainer's `get_config()`: what is needed to rebuild it and load them."""
-
-# Offset that keeps the mask's random stream apart from the view sampler's
-# streams when both are seeded with the same integer.
-_MASK_STREAM = 500
-
-# MAE normalises each target patch with (var + 1e-6) ** 0.5.
-_PATCH_EPSILON = 1e-6
-
-
-def patchify(images, patch_size):
-    """`[B, H, W, 1]` images -> `[B, H/p, W/p, p*p]` non-overlapping patches."""
-    shape = tf.shape(images)
-    rows, cols = shape[1] // patch_size, shape[2] // patch_size
-    patches = tf.reshape(images, [shape[0], rows, patch_size, cols, patch_size])
-    patches = tf.transpose(patches, [0, 1, 3, 2, 4])
-    return tf.reshape(patches, [shape[0], rows, cols, patch_size * patch_size])
-
-
-def normalized_patch_target(images, patch_size):
-    """Each patch of `images` minus its mean, divided by its standard deviation.
-
-    As MAE (`norm_pix_loss`): the variance is the unbiased one (n - 1) and
-    1e-6 is added before the square root, so a flat patch stays finite.
-
-    Returns:
-        float32 `[B, H/p, W/p, p*p]`.
-    """
-    patches = patchify(tf.cast(images, tf.float32), patch_size)
-    count = tf.cast(patch_size * patch_size, tf.float32)
-    mean = tf.reduce_mean(patches, axis=-1, keepdims=True)
-    variance = tf.reduce_sum(tf.square(patches - mean), axis=-1, keepdims=True) / (count - 1.0)
-    return (patches - mean) / tf.sqrt(variance + _PATCH_EPSILON)
-
-
-def masked_patch_count(grid_size, mask_ratio):
-    """Number of masked patches per sample: `round(mask_ratio * patches)`."""
-    return int(round(mask_ratio * grid_size[0] * grid_size[1]))
-
-
-def random_patch_masks(sample_seeds, grid_size, mask_ratio):
-    """One count-exact random patch mask per sample.
-
-    Each sample ranks the patches by stateless uniform noise drawn from its
-    own seed (MAE's argsort trick) and masks the first
-    `round(mask_ratio * patches)`.
-
-    Args:
-        sample_seeds: int64 `[B, 2]`, one stateless seed per sample.
-        grid_size: (rows, cols) of patches.
-        mask_ratio: fraction of patches to mask.
-
-    Returns:
-        float32 `[B, rows, cols]`, 1 where the patch is masked.
-    """
-    rows, cols = grid_size
-    patches = rows * cols
-    masked = masked_patch_count(grid_size, mask_ratio)
-
-    def one_mask(seed):
-        noise = tf.random.stateless_uniform([patches], seed=seed)
-        rank = tf.argsort(tf.argsort(noise))
-        return tf.cast(rank < masked, tf.float32)
-
-    masks = tf.map_fn(
-        one_mask, tf.cast(sample_seeds, tf.int64), fn_output_signature=tf.float32
-    )
-    return tf.reshape(masks, [-1, rows, cols])
-
-
-def expand_patch_mask(patch_mask, patch_size):
-    """`[B, rows, cols]` patch mask -> `[B, rows*p, cols*p, 1]` pixel mask."""
-    pixels = tf.repeat(tf.repeat(patch_mask, patch_size, axis=1), patch_size, axis=2)
-    return pixels[..., None]
-
-
-def info_nce(query, keys, labels, temperature):
-    """InfoNCE of L2-normalised queries against keys, scaled by 2 * tau.
-
-    Args:
-        query: `[B, D]` predictor outputs of this replica.
-        keys: `[N, D]` target projections of the whole global batch.
-        labels: int `[B]`, the row of `keys` that is each query's positive.
-        temperature: tau.
-
-    Returns:
-        (loss per query `[B]`, top-1 correct per query `[B]`), float32.
-    """
-    query = tf.math.l2_normalize(tf.cast(query, tf.float32), axis=-1)
-    keys = tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1)
-    logits = tf.matmul(query, keys, transpose_b=True) / temperature
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels), tf.float32)
-    # MoCo v3 multiplies by 2 * tau so that the gradient scale does not
-    # depend on the temperature.
-    return cross_entropy * (2.0 * temperature), correct
 
 
 def _mlp(input_dim, hidden_dim, output_dim, name):
@@ -232,7 +138,7 @@ class ContrastiveMaskedPretrainer(keras.Model):
         base_filters=16,
         depth=4,
         patch_size=16,
-        mask_ratio=0.65,
+        mask_ratio=MASK_RATIO,
         projection_dim=256,
         projection_hidden_dim=None,
         ema_momentum=0.996,
@@ -340,20 +246,12 @@ class ContrastiveMaskedPretrainer(keras.Model):
 
     def sample_masks(self, sample_index, image_shape):
         """Patch masks `[B, rows, cols]` of the samples numbered `sample_index`."""
-        if image_shape[0] is None or image_shape[1] is None:
-            raise ValueError("views need a static height and width (batch them with a fixed size)")
-        if image_shape[0] % self.patch_size or image_shape[1] % self.patch_size:
-            raise ValueError(f"view size {tuple(image_shape)} is not a multiple of patch_size {self.patch_size}")
-        sample_index = tf.cast(sample_index, tf.int64)
-        stream = tf.fill(tf.shape(sample_index), tf.cast(self.seed * 1000 + _MASK_STREAM, tf.int64))
-        grid = (image_shape[0] // self.patch_size, image_shape[1] // self.patch_size)
-        return random_patch_masks(tf.stack([stream, sample_index], axis=-1), grid, self.mask_ratio)
+        return sample_patch_masks(self.seed, sample_index, image_shape, self.patch_size, self.mask_ratio)
 
     def mask_views(self, online_view, sample_index):
         """(masked view, patch mask) of online views: masked pixels set to 0."""
         patch_mask = self.sample_masks(sample_index, online_view.shape[1:3])
-        keep = 1.0 - expand_patch_mask(patch_mask, self.patch_size)
-        return online_view * tf.cast(keep, online_view.dtype), patch_mask
+        return apply_patch_mask(online_view, patch_mask, self.patch_size), patch_mask
 
     def _fallback_sample_index(self, batch_size):
         replica, replicas = _replica_context()
@@ -398,10 +296,9 @@ class ContrastiveMaskedPretrainer(keras.Model):
         masked_view, patch_mask = self.mask_views(online_view, sample_index)
         outputs = self.online_network(masked_view, training=training)
 
-        target = normalized_patch_target(online_view, self.patch_size)
-        prediction = patchify(tf.cast(outputs["reconstruction"], tf.float32), self.patch_size)
-        patch_error = tf.reduce_mean(tf.square(prediction - target), axis=-1)
-        reconstruction_loss = tf.reduce_sum(patch_error * patch_mask) / tf.reduce_sum(patch_mask)
+        reconstruction_loss = masked_reconstruction_loss(
+            outputs["reconstruction"], online_view, patch_mask, self.patch_size
+        )
 
         pooled = tf.reduce_mean(tf.cast(outputs["bottleneck"], tf.float32), axis=[1, 2])
         query = self.predictor(self.projector(pooled, training=training), training=training)
@@ -475,7 +372,11 @@ class ContrastiveMaskedPretrainer(keras.Model):
             tf.distribute.get_replica_context().merge_call(update, args=(pairs,))
 
     def get_config(self):
-        return {**{name: getattr(self, name) for name in PRETRAINER_ARGUMENTS}, "name": self.name}
+        return dict(base_filters=self.base_filters, depth=self.depth, patch_size=self.patch_size,
+                    mask_ratio=self.mask_ratio, projection_dim=self.projection_dim,
+                    projection_hidden_dim=self.projection_hidden_dim, ema_momentum=self.ema_momentum,
+                    temperature=self.temperature, rc_weight=self.rc_weight, ct_weight=self.ct_weight,
+                    seed=self.seed, name=self.name)
 
     @classmethod
     def from_config(cls, config):

@@ -4,15 +4,18 @@
 labelled records, trains on random native-resolution patches, scores every
 epoch on the whole validation angiograms (hard Dice at full resolution, as
 `cm-unet evaluate` does), keeps the best weights, checkpoints every epoch and
-resumes where it stopped when called again with the same `run_dir`.
+resumes where it stopped when called again with the same `run_dir`. The run
+folder, its state, the epoch end and the optimizer are the training spine's
+(`training/run.py`); this module adds what fine-tuning scores and keeps.
 
 A run folder is the record of how its model was made: once an epoch is
 finished, a rerun resumes only with the settings of its `config.yaml` and
-the pairs of its `split.json`, and is refused otherwise (`training.config.refuse_changed_settings`). Only
-`epochs` may change: the run is extended (or ended) at the new count, its
-learning-rate schedule rebuilt for it, and the change recorded in
-`state.json` (`epochs`, `epochs_changed`); `config.yaml` and `split.json`
-keep what the run started with and are never rewritten.
+the pairs of its `split.json`, and is refused otherwise
+(`config.refuse_changed_settings`). Only `epochs` may change: the run is
+extended (or ended) at the new count, its learning-rate schedule rebuilt
+for it, and the change recorded in `state.json` (`epochs`,
+`epochs_changed`); `config.yaml` and `split.json` keep what the run
+started with and are never rewritten.
 
 Run folder:
     model.keras           the kept epoch's U-Net (float32, no optimizer)
@@ -28,39 +31,33 @@ Run folder:
     logs/                 TensorBoard
 """
 
-import csv
-import io
 import json
-import math
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.config import SELECT_RULES, refuse_changed_settings, settings_changed
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.core.files import atomic_write, atomic_write_json, save_model_atomic
 from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
+from cm_unet_keras.evaluation.metrics import dice
 from cm_unet_keras.models.full_image import predict_normalized
+from cm_unet_keras.models.loading import float32_policy
 from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
-from cm_unet_keras.training.checkpoints import (
-    atomic_write,
-    atomic_write_json,
-    save_model_atomic,
-)
-from cm_unet_keras.training.config import read_recipe, refuse_changed_settings, settings_changed, write_recipe
 from cm_unet_keras.training.losses import DiceBCELoss
-from cm_unet_keras.training.optimizers import LayerwiseAdamW
-from cm_unet_keras.training.runtime import choose_strategy, float32_policy, is_chief, set_precision
+from cm_unet_keras.training.run import TrainingRun, adamw, start_job
 from cm_unet_keras.training.schedules import WarmupCosine
 from cm_unet_keras.training.transfer import load_initial_weights
 
 # Columns of history.csv: wall seconds of the epoch's steps and of its validation.
 HISTORY_FIELDS = ["epoch", "loss", "val_dice", "lr", "train_seconds", "val_seconds"]
-# How model.keras is chosen among the epochs (FinetuneConfig.select).
-SELECT_RULES = ("best", "last")
-# Parameters that take no weight decay (biases, BatchNorm scale and offset).
-NO_DECAY = ["bias", "gamma", "beta"]
+# curves.png: training loss and validation Dice against epochs.
+CURVES = [
+    ("loss", {"ylabel": "training loss (Dice + BCE)", "yscale": "log"}, {}),
+    ("val_dice", {"ylabel": "validation Dice", "ylim": (0, 1)}, {"color": "tab:green"}),
+]
 
 
 def split_records(records, val_fraction, seed, limit=None):
@@ -86,21 +83,13 @@ def split_records(records, val_fraction, seed, limit=None):
     return sorted(train, key=lambda r: r.name), val
 
 
-def hard_dice(prediction, reference):
-    """Dice of two binary masks; two empty masks score 1 (as `evaluation.metrics.dice`)."""
-    prediction, reference = prediction.astype(bool), reference.astype(bool)
-    total = prediction.sum() + reference.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(prediction, reference).sum() / total)
-
-
 def validation_dice(model, items, threshold=0.5):
-    """Mean hard Dice over whole validation angiograms at native resolution."""
+    """Mean hard Dice over whole validation angiograms at native resolution
+    (`evaluation.metrics.dice`, as `cm-unet evaluate` reports it)."""
     scores = []
     for item in items:
         probability = predict_normalized(model, item.angiogram, fov=item.fov).numpy()
-        scores.append(hard_dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
+        scores.append(dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
     return float(np.mean(scores))
 
 
@@ -116,14 +105,8 @@ def make_schedule(config, total_steps):
 
 def make_optimizer(config, total_steps, transferred_layers=()):
     """AdamW with warm-up + cosine; `transferred_layers` step at `config.pretrained_lr_factor` x lr."""
-    optimizer = LayerwiseAdamW(
-        slow_layers=transferred_layers,
-        slow_factor=config.pretrained_lr_factor,
-        learning_rate=make_schedule(config, total_steps),
-        weight_decay=config.weight_decay,
-    )
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    return optimizer
+    return adamw(make_schedule(config, total_steps), config.weight_decay, slow_layers=transferred_layers,
+                 slow_factor=config.pretrained_lr_factor)
 
 
 def set_encoder_trainable(model, trainable):
@@ -132,50 +115,41 @@ def set_encoder_trainable(model, trainable):
             layer.trainable = trainable
 
 
-class EpochEnd(keras.callbacks.Callback):
-    """Scores validation, keeps the best weights, checkpoints and logs an epoch."""
-
-    def __init__(self, trainer):
-        super().__init__()
-        self.trainer = trainer
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.trainer.epoch_started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # The same dict: val_dice added here reaches the TensorBoard callback.
-        self.trainer.end_epoch(epoch, logs if logs is not None else {})
-
-
-class FinetuneRun:
+class FinetuneRun(TrainingRun):
     """State of one fine-tuning run in `run_dir` (see the module docstring)."""
 
     def __init__(self, config, run_dir, log=print):
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.log = log
-        self.chief = is_chief()
-        self.state_path = self.run_dir / "state.json"
+        super().__init__(config, run_dir, log)
         self.last_path = self.run_dir / "checkpoints" / "last.keras"
-        self.state = {"epochs_done": 0, "best_val_dice": -1.0, "best_epoch": None, "history": []}
         self.val_items = []
-        self.model = None
-        self.epoch_started = time.perf_counter()
+
+    def new_state(self):
+        return {"epochs_done": 0, "best_val_dice": -1.0, "best_epoch": None, "history": []}
 
     # --- resume -----------------------------------------------------------
     def load_state(self):
-        if self.state_path.is_file() and self.last_path.is_file():
-            self.state = json.loads(self.state_path.read_text())
+        state = self.read_state()
+        if state is not None and self.last_path.is_file():
+            self.state = state
             return True
+        return False
+
+    def open(self, split):
+        """Resume (True) after checking the record, or start the record (False)."""
+        if self.load_state():
+            self.check_record(split)
+            return True
+        if self.chief:  # the run's record: written when it starts, never by a rerun
+            self.write_record(**{"split.json": split})
         return False
 
     def check_record(self, split):
         """Refuse a rerun that would make another model than the folder
         records (settings of `config.yaml`, pairs of `split.json`); only
         `epochs` may change."""
-        config_path, split_path = self.run_dir / "config.yaml", self.run_dir / "split.json"
-        if config_path.is_file():
-            refuse_changed_settings(self.run_dir, settings_changed(self.config, read_recipe(config_path), ("epochs",)))
+        if (self.run_dir / "config.yaml").is_file():
+            refuse_changed_settings(self.run_dir, settings_changed(self.config, self.saved_config(), ("epochs",)))
+        split_path = self.run_dir / "split.json"
         if split_path.is_file():
             recorded = json.loads(split_path.read_text())
             changed = [
@@ -198,8 +172,7 @@ class FinetuneRun:
         """
         target = self.state.get("epochs")
         if target is None:  # a fresh run, or one written before targets were recorded
-            recorded = self.run_dir / "config.yaml"
-            target = read_recipe(recorded).get("epochs", self.config.epochs) if recorded.is_file() else self.config.epochs
+            target = self.saved_config().get("epochs", self.config.epochs)
         changed = self.config.epochs > self.state["epochs_done"] and self.config.epochs != target
         if changed:
             self.state.setdefault("epochs_changed", []).append(
@@ -222,22 +195,80 @@ class FinetuneRun:
             self.state["epochs_done"] = in_checkpoint
             self.state["history"] = self.state["history"][:in_checkpoint]
 
+    # --- the model ------------------------------------------------------------
+    def resume_model(self):
+        """Load the last checkpoint; returns the layers `init` loaded (their learning rate)."""
+        try:
+            self.model = keras.models.load_model(self.last_path, safe_mode=True)
+        except (ValueError, TypeError, KeyError) as error:
+            raise InvalidInputError(
+                self.last_path,
+                f"cannot resume from this checkpoint ({error}); it was written by another "
+                "version or configuration: use a new --out folder",
+            ) from error
+        self.reconcile(self.log)
+        self.log(f"resuming after epoch {self.state['epochs_done']} from {self.last_path}")
+        report_path = self.run_dir / "transfer_report.json"
+        if report_path.is_file():  # a new phase's optimizer needs them
+            return json.loads(report_path.read_text())["loaded"]
+        return []
+
+    def new_model(self, initial_weights=None):
+        """A seeded U-Net, from `initial_weights` or `config.init`; returns the layers `init` loaded."""
+        config = self.config
+        self.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+        if initial_weights is not None:
+            self.model.set_weights(initial_weights)
+        elif config.init:
+            report = load_initial_weights(self.model, config.init)
+            if self.chief:
+                atomic_write_json(self.run_dir / "transfer_report.json", report)
+            self.log(f"initialised {len(report['loaded'])} layers from {config.init}")
+            return report["loaded"]
+        return []
+
+    def train(self, sampler, strategy, transferred, resumed, verbose):
+        """Train the epochs not yet done: first with the encoder frozen
+        (`frozen_encoder_epochs`), then all of it."""
+        config = self.config
+        total_steps = config.epochs * config.steps_per_epoch
+        epochs_changed = self.record_epochs(self.log)
+        phases = [(0, config.frozen_encoder_epochs, False), (config.frozen_encoder_epochs, config.epochs, True)]
+        for phase_start, phase_end, encoder_trainable in phases:
+            first_epoch = max(phase_start, self.state["epochs_done"])
+            if first_epoch >= phase_end:
+                continue
+            with strategy.scope():
+                if not resumed or first_epoch == phase_start:
+                    set_encoder_trainable(self.model, encoder_trainable)
+                    self.model.compile(
+                        optimizer=make_optimizer(config, total_steps, transferred),
+                        loss=DiceBCELoss(config.dice_weight),
+                        jit_compile=False,
+                    )
+                    # A new optimizer starts at step 0: move it to where the
+                    # schedule is after the epochs already trained.
+                    self.model.optimizer.iterations.assign(first_epoch * config.steps_per_epoch)
+                elif epochs_changed:  # the checkpoint's optimizer decays over the old epochs
+                    self.model.optimizer.learning_rate = make_schedule(config, total_steps)
+                resumed = False
+            dataset = sampler.dataset(
+                config.batch_size * strategy.num_replicas_in_sync,
+                start_sample=first_epoch * config.steps_per_epoch * config.batch_size,
+            )
+            self.fit(dataset, first_epoch, phase_end, config.steps_per_epoch, verbose)
+
     # --- epoch end ----------------------------------------------------------
-    def end_epoch(self, epoch, logs):
+    def end_epoch(self, epoch, logs, seconds):
         config = self.config
         trained = time.perf_counter()
         val_dice = validation_dice(self.model, self.val_items, config.threshold) if self.val_items else float("nan")
         learning_rate = float(self.model.optimizer.learning_rate)
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate,
-               "train_seconds": round(trained - self.epoch_started, 2),
+               "train_seconds": round(seconds, 2),
                "val_seconds": round(time.perf_counter() - trained, 2)}
         logs["val_dice"] = val_dice
-        if not math.isfinite(row["loss"]):
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"loss became {row['loss']} at epoch {epoch + 1}; the last good checkpoint "
-                f"{self.last_path} and best weights are kept. Lower --lr or check the inputs."
-            )
+        self.check_finite(row["loss"], epoch, f"the last good checkpoint {self.last_path} and best weights are kept")
         keep_last = config.select == "last" or not self.val_items
         improved = keep_last or val_dice > self.state["best_val_dice"]
         if improved:
@@ -252,9 +283,9 @@ class FinetuneRun:
             # checkpoint one epoch behind the state, which `reconcile` detects
             # (from the optimizer's step count) and redoes; the other order
             # would silently train that epoch twice.
-            atomic_write_json(self.state_path, self.state)
+            self.save_state()
             save_model_atomic(self.model, self.last_path)
-            self.write_history()
+            self.write_history(HISTORY_FIELDS)
         self.log(
             f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
             + ("  (best)" if improved and not keep_last else "")
@@ -264,13 +295,6 @@ class FinetuneRun:
         # The model's weights only: a compiled model's save_weights would
         # also store the optimizer (3x the size).
         keras.saving.save_weights(self.model, path, objects_to_skip=[self.model.optimizer])
-
-    def write_history(self):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(self.state["history"])
-        atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
 
 
 def partial_image_weights(n_complete, n_partial, share=None):
@@ -285,7 +309,7 @@ def partial_image_weights(n_complete, n_partial, share=None):
 
 
 def finetune(config, records, run_dir, val_records=None, log=print, verbose="auto", initial_weights=None,
-             partial_records=None):
+             partial_records=None, skipped_inputs=None):
     """Train a U-Net on labelled angiograms; resume if `run_dir` holds a run.
 
     Args:
@@ -306,6 +330,9 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             `config.partial_background_weight` and
             `config.partial_ignore_vessel_like`, their share of the patches
             `config.partial_share`. Never used for validation.
+        skipped_inputs: the input files left out as unreadable
+            (`[{"path", "problem"}]`, `--skip-invalid`), written to the run
+            folder as `skipped_inputs.json`; None writes nothing.
 
     Returns:
         dict with `best_val_dice`, `best_epoch`, `epochs_done`, `seconds`,
@@ -318,35 +345,57 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             (any field but `epochs`) or other pairs; the message names them.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config.patch_size % 2**config.depth:
-        raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
-    if config.select not in SELECT_RULES:
-        raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
-    policy = set_precision(config.precision)
-    strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    check_config(config)
+    run = FinetuneRun(config, run_dir, log)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if skipped_inputs is not None and run.chief:
+        atomic_write_json(run.run_dir / "skipped_inputs.json", skipped_inputs)
+    policy, strategy = start_job(config.precision, config.seed, config.deterministic)
 
     if val_records is None:
         train_records, val_records = split_records(records, config.val_fraction, config.seed, config.limit)
     else:
         train_records = split_records(records, 0.0, config.seed, config.limit)[0]
-    run = FinetuneRun(config, run_dir, log)
     split = {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]}
     if partial_records:
         split["partial"] = [str(r.image_path) for r in partial_records]
-    resumed = run.load_state()
-    if resumed:
-        run.check_record(split)
-    elif run.chief:  # the run's record: written when it starts, never by a rerun
-        write_recipe(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / "split.json", split)
+    resumed = run.open(split)
     log(f"{len(train_records)} training and {len(val_records)} validation angiograms"
         + (f" (+ {len(partial_records)} partially labelled)" if partial_records else "") + f"; precision {policy}")
+    sampler = patch_sampler(config, train_records, partial_records)
+    run.val_items = load_labelled(val_records, clahe=config.clahe)
 
+    with strategy.scope():
+        transferred = run.resume_model() if resumed else run.new_model(initial_weights)
+    run.train(sampler, strategy, transferred, resumed, verbose)
+
+    model_path = run.run_dir / "model.keras"
+    if run.chief:
+        export_best(config, run.run_dir, model_path)
+        run.write_curves(CURVES)
+    return {
+        "best_val_dice": run.state["best_val_dice"],
+        "best_epoch": run.state["best_epoch"],
+        "epochs_done": run.state["epochs_done"],
+        "seconds": time.perf_counter() - started,
+        "model_path": str(model_path),
+        "n_train": len(train_records),
+        "n_val": len(val_records),
+        "model": run.model,
+    }
+
+
+def check_config(config):
+    """Refuse settings `finetune` cannot run (patch size, selection rule)."""
+    if config.patch_size % 2**config.depth:
+        raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
+    if config.select not in SELECT_RULES:
+        raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
+
+
+def patch_sampler(config, train_records, partial_records=None):
+    """The stream of training patches: the training pairs decoded once, and
+    the partially labelled ones with their loss weights and share."""
     train_items = load_labelled(train_records, clahe=config.clahe)
     image_weights = None
     if partial_records:
@@ -355,91 +404,12 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         partial_items = load_labelled(partial_records, clahe=config.clahe, partial=partial)
         image_weights = partial_image_weights(len(train_items), len(partial_items), config.partial_share)
         train_items = train_items + partial_items
-    run.val_items = load_labelled(val_records, clahe=config.clahe)
     augment = None
     if config.augment_strength >= 0:
         augment = AugmentConfig(strength=config.augment_strength, scale=tuple(config.augment_scale),
                                 border_probability=config.augment_borders)
-    sampler = PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment,
-                           image_weights)
-    total_steps = config.epochs * config.steps_per_epoch
-
-    transferred = []
-    with strategy.scope():
-        if resumed:
-            try:
-                run.model = keras.models.load_model(run.last_path, safe_mode=True)
-            except (ValueError, TypeError, KeyError) as error:
-                raise InvalidInputError(
-                    run.last_path,
-                    f"cannot resume from this checkpoint ({error}); it was written by another "
-                    "version or configuration: use a new --out folder",
-                ) from error
-            run.reconcile(log)
-            log(f"resuming after epoch {run.state['epochs_done']} from {run.last_path}")
-            report_path = run_dir / "transfer_report.json"
-            if report_path.is_file():  # a new phase's optimizer needs them
-                transferred = json.loads(report_path.read_text())["loaded"]
-        else:
-            run.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
-            if initial_weights is not None:
-                run.model.set_weights(initial_weights)
-            elif config.init:
-                report = load_initial_weights(run.model, config.init)
-                transferred = report["loaded"]
-                if run.chief:
-                    atomic_write_json(run_dir / "transfer_report.json", report)
-                log(f"initialised {len(report['loaded'])} layers from {config.init}")
-    epochs_changed = run.record_epochs(log)
-
-    phases = [(0, config.frozen_encoder_epochs, False), (config.frozen_encoder_epochs, config.epochs, True)]
-    for phase_start, phase_end, encoder_trainable in phases:
-        first_epoch = max(phase_start, run.state["epochs_done"])
-        if first_epoch >= phase_end:
-            continue
-        with strategy.scope():
-            if not resumed or first_epoch == phase_start:
-                set_encoder_trainable(run.model, encoder_trainable)
-                run.model.compile(
-                    optimizer=make_optimizer(config, total_steps, transferred),
-                    loss=DiceBCELoss(config.dice_weight),
-                    jit_compile=False,
-                )
-                # A new optimizer starts at step 0: move it to where the
-                # schedule is after the epochs already trained.
-                run.model.optimizer.iterations.assign(first_epoch * config.steps_per_epoch)
-            elif epochs_changed:  # the checkpoint's optimizer decays over the old epochs
-                run.model.optimizer.learning_rate = make_schedule(config, total_steps)
-            resumed = False
-        dataset = sampler.dataset(
-            config.batch_size * strategy.num_replicas_in_sync,
-            start_sample=first_epoch * config.steps_per_epoch * config.batch_size,
-        )
-        run.model.fit(
-            dataset,
-            epochs=phase_end,
-            initial_epoch=first_epoch,
-            steps_per_epoch=config.steps_per_epoch,
-            callbacks=[EpochEnd(run)] + ([keras.callbacks.TensorBoard(str(run_dir / "logs"))] if run.chief else []),
-            shuffle=False,  # the patch stream is ordered by its own seeds
-            verbose=verbose,
-        )
-
-    model_path = run_dir / "model.keras"
-    if run.chief:
-        export_best(config, run_dir, model_path)
-        write_curves(run.state["history"], run_dir / "curves.png")
-    seconds = time.perf_counter() - started
-    return {
-        "best_val_dice": run.state["best_val_dice"],
-        "best_epoch": run.state["best_epoch"],
-        "epochs_done": run.state["epochs_done"],
-        "seconds": seconds,
-        "model_path": str(model_path),
-        "n_train": len(train_records),
-        "n_val": len(val_records),
-        "model": run.model,
-    }
+    return PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment,
+                        image_weights)
 
 
 def _names_note(recorded, given):
@@ -456,21 +426,3 @@ def export_best(config, run_dir, model_path):
         model = CMUNet(base_filters=config.base_filters, depth=config.depth)
         model.load_weights(Path(run_dir) / "best.weights.h5")
         save_model_atomic(model, model_path)
-
-
-def write_curves(history, path):
-    """Training loss and validation Dice against epochs, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
-    loss_axis.plot(epochs, [row["loss"] for row in history])
-    loss_axis.set(xlabel="epoch", ylabel="training loss (Dice + BCE)", yscale="log")
-    dice_axis.plot(epochs, [row["val_dice"] for row in history], color="tab:green")
-    dice_axis.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100))
-    plt.close(figure)

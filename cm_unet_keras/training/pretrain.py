@@ -8,7 +8,9 @@ schedule is rebuilt from the new epoch count). A rerun may change only the
 run's length (`epochs`, `minutes`, with them `warmup_epochs`), `grid_every`
 and `skip_invalid`; other settings are refused, naming them, since the run
 folder records how its weights were made: `config.yaml` keeps the settings
-the run started with, and a new length is noted in `state.json`.
+the run started with, and a new length is noted in `state.json`. The run
+folder, its state, the epoch end and the optimizer are the training spine's
+(`training/run.py`).
 
 Run folder:
     pretrained.weights.h5  the pretrainer's weights (U-Net encoder + decoder,
@@ -39,153 +41,37 @@ parameters, linear warm-up from 1e-4 x lr, then cosine to 0. Deviations:
   so that a default pretraining transfers into a default fine-tuning.
 """
 
-import csv
 import dataclasses
-import io
-import json
-import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cm_unet_keras.data.views import TwoViewSampler, ViewConfig, load_unlabeled, unlabeled_summary
-from cm_unet_keras.models.pretrainer import PRETRAINER_ARGUMENTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-from cm_unet_keras.training.checkpoints import atomic_write, atomic_write_json
-from cm_unet_keras.training.config import refuse_changed_settings, settings_changed, write_recipe
-from cm_unet_keras.training.runtime import choose_strategy, is_chief, set_precision
+# PRETRAIN_RECIPES and PretrainConfig are imported from here too (their old home).
+from cm_unet_keras.config import PRETRAIN_RECIPES, PretrainConfig  # noqa: F401
+from cm_unet_keras.config import refuse_changed_settings, settings_changed
+from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
+from cm_unet_keras.data.masking import expand_patch_mask, patchify, unpatchify
+from cm_unet_keras.data.views import TwoViewSampler, load_unlabeled, unlabeled_summary
+from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
+from cm_unet_keras.training.run import TrainingRun, adamw, start_job
 from cm_unet_keras.training.schedules import WarmupCosine
 
-PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
 
-# Variables that take no weight decay: biases and BatchNorm scale/offset.
-NO_DECAY = ["bias", "gamma", "beta"]
+# curves.png: reconstruction and contrastive loss against epochs.
+CURVES = [
+    ("reconstruction_loss", {"ylabel": "reconstruction loss (masked patches)"}, {"marker": "."}),
+    ("contrastive_loss", {"ylabel": "contrastive loss (InfoNCE x 2 tau)"}, {"marker": ".", "color": "tab:orange"}),
+]
 
 # The only fields a resumed run may change: its length (an extension, which
 # may also change the warm-up) and what it logs or skips; any other would
 # make another model than config.yaml records.
 _MAY_DIFFER_ON_RESUME = ("epochs", "minutes", "grid_every", "skip_invalid")
-
-
-@dataclasses.dataclass
-class PretrainConfig:
-    """Contrastive masked pretraining of the U-Net on unlabeled angiograms.
-
-    Defaults are the paper's where it has one (mask, heads, EMA, InfoNCE,
-    AdamW, schedule, 224 px views, batch 256, 300 epochs, seed 60), except
-    the U-Net width (16, as `FinetuneConfig`; the paper: 64).
-    """
-
-    base_filters: int = 16
-    depth: int = 4
-    image_size: int = 224
-    # Shorter side of the decoded images before cropping; the original
-    # resized to 256x256. None or 0: native resolution.
-    working_size: Optional[int] = 256
-    patch_size: int = 16
-    mask_ratio: float = 0.65
-    projection_dim: int = 256
-    # None: 4x the bottleneck width (the paper: 1536 for a 1024 bottleneck).
-    projection_hidden_dim: Optional[int] = None
-    ema_momentum: float = 0.996
-    temperature: float = 0.07
-    rc_weight: float = 1.0
-    ct_weight: float = 1.0
-    crop_area: tuple = (0.2, 1.0)
-    crop_aspect: tuple = (0.75, 4.0 / 3.0)
-    flip: bool = True
-    max_shift: int = 31  # pixels at 224 px, scaled with image_size ("shift" views)
-    noise_fraction: float = 0.1
-    # "shift": the original's crop + shifted noisy copy; "crops": two
-    # overlapping crops with intensity jitter and blur (data/views.py).
-    views: str = "shift"
-    jitter: float = 0.4  # "crops" views: brightness/contrast/gamma strength
-    blur_probability: float = 0.5  # "crops" views: chance the target view is blurred
-    epochs: int = 300
-    warmup_epochs: int = 40
-    # None: one pass over the angiograms (count // batch_size).
-    steps_per_epoch: Optional[int] = None
-    batch_size: int = 256  # global, over all replicas
-    base_lr: float = 1.5e-4  # per 256 samples of global batch
-    lr: Optional[float] = None  # peak learning rate; overrides base_lr scaling
-    beta_1: float = 0.9
-    beta_2: float = 0.95
-    weight_decay: float = 0.05
-    warmup_start_factor: float = 1e-4
-    seed: int = 60
-    max_images: Optional[int] = None  # a random subset of this size, by seed
-    frame_step: int = 1  # every k-th frame of DICOM cine runs
-    recursive: bool = True
-    skip_invalid: bool = False
-    grid_every: int = 5  # epochs between reconstruction grids
-    precision: str = "auto"
-    # Time budget in minutes for the training epochs: when set, `epochs` and
-    # `warmup_epochs` are sized to it from the measured step time (the
-    # warm-up keeps its share of the recipe's epochs); see `fit_to_budget`.
-    minutes: Optional[float] = None
-
-    def view_config(self):
-        return ViewConfig(
-            image_size=self.image_size,
-            crop_area=tuple(self.crop_area),
-            crop_aspect=tuple(self.crop_aspect),
-            flip=self.flip,
-            max_shift=self.max_shift,
-            noise_fraction=self.noise_fraction,
-            views=self.views,
-            jitter=self.jitter,
-            blur_probability=self.blur_probability,
-        )
-
-    def peak_lr(self):
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256.0
-
-    def pretrainer_kwargs(self):
-        return {name: getattr(self, name) for name in PRETRAINER_ARGUMENTS}
-
-    def check(self, replicas=1):
-        multiple = math.lcm(self.patch_size, 2**self.depth)
-        if self.image_size % multiple:
-            raise ValueError(
-                f"image_size {self.image_size} must be a multiple of {multiple} "
-                f"(patch_size {self.patch_size} and 2**depth)"
-            )
-        if self.batch_size < 1 or self.batch_size % replicas:
-            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of the {replicas} replicas")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes}")
-
-
-# Built-in recipes (`cm-unet pretrain --config NAME`); a recipe file holds
-# the same keys. `cpu` is the default on a machine without a GPU, `paper`
-# (the dataclass defaults: width 16, 224 px, batch 256, 300 epochs) with one.
-PRETRAIN_RECIPES = {
-    # Issue 13's CPU recipe: a 16-wide, 4-level U-Net on 128 px views cropped
-    # from angiograms decoded with their shorter side at 256 px, batch 32,
-    # two overlapping crops with intensity jitter and blur, 6,000 steps
-    # (about 75 minutes at the 0.7-0.8 s/step measured on 2 busy
-    # AVX512_BF16 cores); `--minutes`
-    # resizes it.
-    "cpu": {
-        "base_filters": 16, "depth": 4, "image_size": 128, "working_size": 256, "batch_size": 32,
-        "lr": 1e-3, "epochs": 125, "warmup_epochs": 10, "steps_per_epoch": 48, "grid_every": 25,
-        "views": "crops",
-    },
-    "paper": {},
-}
-
-
-def default_recipe_name():
-    """`paper` where TensorFlow sees a GPU, else `cpu`."""
-    return "paper" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
 # Share of a --minutes budget kept for epoch ends (checkpoints, grids, logs).
@@ -241,20 +127,14 @@ def select_records(records, max_images, seed):
 
 
 def make_optimizer(config, total_steps, warmup_steps):
+    """AdamW (the paper's betas and decay) with linear warm-up, then cosine to 0."""
     schedule = WarmupCosine(
         peak=config.peak_lr(),
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         warmup_start_factor=config.warmup_start_factor,
     )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        weight_decay=config.weight_decay,
-    )
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    return optimizer
+    return adamw(schedule, config.weight_decay, beta_1=config.beta_1, beta_2=config.beta_2)
 
 
 # --- checkpoints --------------------------------------------------------------
@@ -263,13 +143,8 @@ def save_checkpoint(pretrainer, folder):
 
     `save_weights` of a compiled model holds the optimizer's variables too.
     """
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pretrainer.save_weights(tmp / CHECKPOINT_WEIGHTS)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    publish_folder(folder, lambda staging: pretrainer.save_weights(staging / CHECKPOINT_WEIGHTS), overwrite=True,
+                   clear_stale=True)
 
 
 def load_checkpoint(pretrainer, folder):
@@ -298,38 +173,24 @@ def save_pretrained_weights(pretrainer, path):
 
 
 # --- the run ------------------------------------------------------------------
-class PretrainRun:
+class PretrainRun(TrainingRun):
     """State of one pretraining run in `run_dir` (see the module docstring)."""
 
     def __init__(self, config, run_dir, log=print):
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.log = log
-        self.chief = is_chief()
-        self.state_path = self.run_dir / "state.json"
-        self.state = {"epochs_done": 0, "checkpoint": None, "history": []}
-        self.pretrainer = None
+        super().__init__(config, run_dir, log)
         self.steps_per_epoch = None
         self.epochs_run = 0
 
+    def new_state(self):
+        return {"epochs_done": 0, "checkpoint": None, "history": []}
+
     def load_state(self):
         """Read `state.json`; True when there is a checkpoint to resume from."""
-        if not self.state_path.is_file():
-            return False
-        state = json.loads(self.state_path.read_text())
-        if not state.get("checkpoint") or not (self.run_dir / state["checkpoint"]).is_dir():
+        state = self.read_state()
+        if state is None or not state.get("checkpoint") or not (self.run_dir / state["checkpoint"]).is_dir():
             return False
         self.state = state
         return True
-
-    def saved_config(self):
-        """The run's `config.yaml` as a dict ({} when there is none)."""
-        saved = self.run_dir / "config.yaml"
-        if not saved.is_file():
-            return {}
-        import yaml
-
-        return yaml.safe_load(saved.read_text()) or {}
 
     def check_resumable(self):
         """Refuse settings that would make another model than config.yaml records;
@@ -358,54 +219,34 @@ class PretrainRun:
             "reconstruction_loss": float(logs.get("reconstruction_loss", float("nan"))),
             "contrastive_loss": float(logs.get("contrastive_loss", float("nan"))),
             "contrastive_accuracy": float(logs.get("contrastive_accuracy", float("nan"))),
-            "lr": float(keras.ops.convert_to_numpy(self.pretrainer.optimizer.learning_rate)),
+            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "seconds": seconds,
             "step_seconds": seconds / self.steps_per_epoch,
             "images_per_second": self.steps_per_epoch * self.config.batch_size / seconds,
         }
-        if not math.isfinite(row["loss"]):
-            self.pretrainer.stop_training = True
-            raise FloatingPointError(
-                f"loss became {row['loss']} at epoch {epoch + 1}; the checkpoint of epoch "
-                f"{self.state['epochs_done']} is kept. Lower --lr or check the inputs."
-            )
+        self.check_finite(row["loss"], epoch, f"the checkpoint of epoch {self.state['epochs_done']} is kept")
         checkpoint = f"checkpoints/epoch_{epoch + 1:04d}"
         if self.chief:
-            save_checkpoint(self.pretrainer, self.run_dir / checkpoint)
-            save_pretrained_weights(self.pretrainer, self.run_dir / PRETRAINED_WEIGHTS)
+            save_checkpoint(self.model, self.run_dir / checkpoint)
+            save_pretrained_weights(self.model, self.run_dir / PRETRAINED_WEIGHTS)
         self.state["epochs_done"] = epoch + 1
         self.state["checkpoint"] = checkpoint
         self.state["history"].append(row)
         self.epochs_run += 1
         if self.chief:
             # The state names the new checkpoint only once it is whole.
-            atomic_write_json(self.state_path, self.state)
+            self.save_state()
             for old in (self.run_dir / "checkpoints").glob("epoch_*"):
                 if old.name != Path(checkpoint).name:
                     shutil.rmtree(old, ignore_errors=True)
-            write_history(self.state["history"], self.run_dir / "history.csv")
-            write_curves(self.state["history"], self.run_dir / "curves.png")
+            self.write_history()
+            self.write_curves(CURVES)
         self.log(
             f"epoch {epoch + 1}/{self.config.epochs}: loss {row['loss']:.4f}  "
             f"reconstruction {row['reconstruction_loss']:.4f}  contrastive {row['contrastive_loss']:.4f}  "
             f"accuracy {row['contrastive_accuracy']:.3f}  {row['step_seconds']:.2f} s/step  "
             f"{row['images_per_second']:.1f} images/s"
         )
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """Times each epoch, then checkpoints and logs it."""
-
-    def __init__(self, run):
-        super().__init__()
-        self.run = run
-        self.started = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.run.end_epoch(epoch, dict(logs or {}), time.perf_counter() - self.started)
 
 
 class ReconstructionGrid(keras.callbacks.Callback):
@@ -443,8 +284,6 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
     mapped back with each patch's own mean and standard deviation (as the
     MAE visualisations), and visible patches show the original pixels.
     """
-    from cm_unet_keras.models.pretrainer import expand_patch_mask, patchify
-
     online_view = tf.convert_to_tensor(online_view, tf.float32)
     masked, patch_mask = pretrainer.mask_views(online_view, sample_index)
     prediction = tf.cast(pretrainer(masked, training=False), tf.float32)
@@ -452,7 +291,7 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
     patches = patchify(online_view, p)
     mean = tf.reduce_mean(patches, axis=-1, keepdims=True)
     std = tf.math.reduce_std(patches, axis=-1, keepdims=True)
-    restored = _unpatchify(patchify(prediction, p) * std + mean, p, online_view.shape)
+    restored = unpatchify(patchify(prediction, p) * std + mean, p, online_view.shape)
     pixel_mask = expand_patch_mask(patch_mask, p)
     pasted = restored * pixel_mask + online_view * (1.0 - pixel_mask)
     rows = []
@@ -462,40 +301,6 @@ def reconstruction_grid(pretrainer, online_view, sample_index):
         scaled = [np.clip((np.asarray(x) - low) / max(high - low, 1e-6) * 255.0, 0, 255) for x in panels]
         rows.append(np.concatenate(scaled, axis=1))
     return np.concatenate(rows, axis=0).astype(np.uint8)
-
-
-def _unpatchify(patches, patch_size, shape):
-    batch, height, width = shape[0], shape[1], shape[2]
-    rows, cols = height // patch_size, width // patch_size
-    x = tf.reshape(patches, [batch, rows, cols, patch_size, patch_size])
-    x = tf.transpose(x, [0, 1, 3, 2, 4])
-    return tf.reshape(x, [batch, height, width, 1])
-
-
-def write_history(history, path):
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
-
-
-def write_curves(history, path):
-    """Reconstruction and contrastive loss against epochs, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (rc_axis, ct_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
-    rc_axis.plot(epochs, [row["reconstruction_loss"] for row in history], marker=".")
-    rc_axis.set(xlabel="epoch", ylabel="reconstruction loss (masked patches)")
-    ct_axis.plot(epochs, [row["contrastive_loss"] for row in history], marker=".", color="tab:orange")
-    ct_axis.set(xlabel="epoch", ylabel="contrastive loss (InfoNCE x 2 tau)")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100))
-    plt.close(figure)
 
 
 def _sized_to_budget(config, run, sampler, strategy, log):
@@ -542,24 +347,14 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
         InvalidInputError: `run_dir` holds a run made with other settings.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    policy = set_precision(config.precision)
-    strategy = choose_strategy()  # before any TensorFlow op (multi-worker needs it first)
-    keras.utils.set_random_seed(config.seed)
-    config.check(strategy.num_replicas_in_sync)
-
     run = PretrainRun(config, run_dir, log)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    policy, strategy = start_job(config.precision, config.seed)
+    config.check(strategy.num_replicas_in_sync)
     resumed = run.load_state()
     if resumed:
         run.check_resumable()
-    records = select_records(records, config.max_images, config.seed)
-    angiograms = load_unlabeled(
-        records, config.working_size, cache_dir=run_dir / "cache",
-        skip_invalid=config.skip_invalid, log=log,
-    )
-    for path, problem in angiograms.skipped:
-        log(f"skipped {path}: {problem}")
+    angiograms = load_angiograms(config, records, run.run_dir / "cache", log)
     log(f"{unlabeled_summary(angiograms, config.working_size)}; precision {policy}; "
         f"{strategy.num_replicas_in_sync} replica(s)")
 
@@ -567,42 +362,31 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     samples_per_epoch = run.steps_per_epoch * config.batch_size
     sampler = TwoViewSampler(angiograms, config.view_config(), config.seed, samples_per_epoch)
     if config.minutes is not None:
-        config = _sized_to_budget(config, run, sampler, strategy, log)
-        run.config = config
+        run.config = config = _sized_to_budget(config, run, sampler, strategy, log)
         keras.utils.set_random_seed(config.seed)  # the probe drew from the global seed
     total_steps = config.epochs * run.steps_per_epoch
     warmup_steps = min(config.warmup_epochs, config.epochs) * run.steps_per_epoch
 
     with strategy.scope():
-        run.pretrainer = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
-        run.pretrainer.compile(optimizer=make_optimizer(config, total_steps, warmup_steps), jit_compile=False)
+        run.model = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
+        run.model.compile(optimizer=make_optimizer(config, total_steps, warmup_steps), jit_compile=False)
         if resumed:
-            load_checkpoint(run.pretrainer, run_dir / run.state["checkpoint"])
-            log(f"resuming after epoch {run.state['epochs_done']} from {run_dir / run.state['checkpoint']}")
+            load_checkpoint(run.model, run.run_dir / run.state["checkpoint"])
+            log(f"resuming after epoch {run.state['epochs_done']} from {run.run_dir / run.state['checkpoint']}")
     if run.chief:
         if not resumed:  # the run's record: a rerun never rewrites it
-            write_recipe(config, run_dir / "config.yaml")
-        atomic_write_json(run_dir / PRETRAINER_CONFIG, run.pretrainer.get_config())
+            run.write_record()
+        atomic_write_json(run.run_dir / PRETRAINER_CONFIG, run.model.get_config())
 
     first_epoch = run.state["epochs_done"]
     if first_epoch < config.epochs:
         dataset = sampler.dataset(config.batch_size, start_sample=first_epoch * samples_per_epoch)
-        grid_batch = next(iter(sampler.dataset(min(4, config.batch_size))))
-        callbacks = [EpochEnd(run)]
-        if run.chief:  # only the chief writes
-            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
-            callbacks.append(ReconstructionGrid(grid_batch, run_dir / "grids", config.grid_every, config.epochs))
-        run.pretrainer.fit(
-            dataset,
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            callbacks=callbacks,
-            shuffle=False,  # the sampler orders the stream itself
-            verbose=verbose,
-        )
+        grid = ReconstructionGrid(next(iter(sampler.dataset(min(4, config.batch_size)))), run.run_dir / "grids",
+                                  config.grid_every, config.epochs)
+        run.fit(dataset, first_epoch, config.epochs, run.steps_per_epoch, verbose,
+                tensorboard={"write_graph": False}, chief_callbacks=[grid])
     else:
-        log(f"{run_dir} already holds {first_epoch} epochs (asked for {config.epochs}): nothing to do")
+        log(f"{run.run_dir} already holds {first_epoch} epochs (asked for {config.epochs}): nothing to do")
 
     return {
         "epochs_done": run.state["epochs_done"],
@@ -610,7 +394,19 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
         "seconds": time.perf_counter() - started,
         "n_images": len(angiograms),
         "steps_per_epoch": run.steps_per_epoch,
-        "weights_path": str(run_dir / PRETRAINED_WEIGHTS),
+        "weights_path": str(run.run_dir / PRETRAINED_WEIGHTS),
         "history": run.state["history"],
-        "model": run.pretrainer,
+        "model": run.model,
     }
+
+
+def load_angiograms(config, records, cache_dir, log=print):
+    """The unlabeled angiograms of `records` (`max_images` of them, drawn by
+    the seed), decoded once at the working size and cached in `cache_dir`."""
+    records = select_records(records, config.max_images, config.seed)
+    angiograms = load_unlabeled(
+        records, config.working_size, cache_dir=cache_dir, skip_invalid=config.skip_invalid, log=log,
+    )
+    for path, problem in angiograms.skipped:
+        log(f"skipped {path}: {problem}")
+    return angiograms

@@ -11,7 +11,6 @@ Strategies: `MultiWorkerMirroredStrategy` when `TF_CONFIG` names a cluster,
 `MirroredStrategy` on several GPUs, the default strategy otherwise.
 """
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from cm_unet_keras.config import PRECISIONS
+# Models are built in float32 for saving and export: `models.loading` owns it.
+from cm_unet_keras.models.loading import float32_policy  # noqa: F401
+
 
 
 def cpu_supports_bfloat16():
@@ -49,19 +51,6 @@ def set_precision(precision="auto"):
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
     return policy
-
-
-@contextlib.contextmanager
-def float32_policy():
-    """Build or load models in float32 inside this block, then restore the
-    global policy. A `.keras` file does not record its compute dtype: what
-    is saved, exported or served is built here, whatever training used."""
-    policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def cluster_from_tf_config():

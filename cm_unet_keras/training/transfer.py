@@ -8,9 +8,9 @@ that "does not benefit from pretraining".
 
 from pathlib import Path
 
-import keras
-
-from cm_unet_keras.data.errors import InvalidInputError
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.models.loading import load_pretrainer, load_unet, pretrained_weights_path
+from cm_unet_keras.models.presets import is_pretrained_preset, resolve_model_path
 from cm_unet_keras.models.unet import DECODER_PREFIXES, ENCODER_PREFIXES, HEAD_PREFIXES
 
 
@@ -78,9 +78,7 @@ def load_initial_weights(model, init):
     Returns:
         The transfer report `{"loaded": [...], "skipped": [...]}`.
     """
-    from cm_unet_keras.models.presets import is_pretrained_preset, resolve_model_path
-
-    pretrained = _pretrained_weights_path(init)
+    pretrained = pretrained_weights_path(init)
     if pretrained is not None:
         return transfer_from_pretraining(model, pretrained)
     path = Path(resolve_model_path(init))
@@ -94,63 +92,16 @@ def load_initial_weights(model, init):
     return transfer_from_model(source, model, include_head=include_head, source_name=str(path))
 
 
-def load_unet(path):
-    """Load a `.keras` U-Net with `safe_mode` (no code from the file runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(path, "model file not found")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except ValueError as error:
-        raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
-    except (OSError, KeyError) as error:
-        raise InvalidInputError(path, f"not a readable .keras model file: {error}") from error
-
-
-def _pretrained_weights_path(init):
-    """`init` as the path of pretrained weights, or None if it is something else."""
-    from cm_unet_keras.training.pretrain import PRETRAINED_WEIGHTS
-
-    path = Path(init)
-    if path.is_dir():
-        weights = path / PRETRAINED_WEIGHTS
-        if not weights.is_file():
-            raise InvalidInputError(path, f"is a folder without {PRETRAINED_WEIGHTS}: not a pretraining run")
-        return weights
-    if path.name.endswith(".weights.h5"):
-        if not path.is_file():
-            raise InvalidInputError(path, "pretrained weights file not found")
-        return path
-    return None
-
-
 def transfer_from_pretraining(model, weights_path):
     """Load a pretraining run's encoder and decoder into `model`.
 
     The pretrainer is rebuilt from `pretrainer.json` beside the weights, its
-    weights loaded, and its U-Net's encoder and decoder copied with strict
-    shape checks; the segmentation head is left as initialised.
+    weights loaded (`models.loading.load_pretrainer`), and its U-Net's
+    encoder and decoder copied with strict shape checks; the segmentation
+    head is left as initialised.
 
     Returns:
         The transfer report.
     """
-    import json
-
-    from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-
-    weights_path = Path(weights_path)
-    config_path = weights_path.parent / PRETRAINER_CONFIG
-    if not config_path.is_file():
-        raise InvalidInputError(
-            weights_path, f"no {PRETRAINER_CONFIG} beside it: cannot tell the pretrained U-Net's shape"
-        )
-    try:
-        config = json.loads(config_path.read_text())
-        pretrainer = ContrastiveMaskedPretrainer.from_config(config)
-    except (ValueError, TypeError) as error:
-        raise InvalidInputError(config_path, f"not a pretrainer configuration: {error}") from error
-    try:
-        pretrainer.load_weights(weights_path)
-    except (ValueError, OSError, KeyError) as error:
-        raise InvalidInputError(weights_path, f"cannot load pretrained weights: {error}") from error
+    pretrainer = load_pretrainer(weights_path)
     return transfer_from_model(pretrainer.unet, model, include_head=False, source_name=str(weights_path))

@@ -1,0 +1,15 @@
+"""Experiments built on the library: the label-efficiency study and the
+pieces the recipes and benchmarks share.
+
+- `study`: the study's presets, its two stages and its protocol check
+  (`cm-unet study`; `cm_unet_keras.study` is the same module).
+- `data`: the 30 / 10 split of the XCA pairs, nested labelled subsets, the
+  unlabeled pool.
+- `frangi`: the tuned Frangi vesselness baseline.
+- `runs`: fine-tune -> score on held-out pairs -> `holdout.json`, once per seed.
+- `store`: one JSON line per finished run (what a restart skips).
+- `report`: `results.json`, `results.md`, `dice_vs_labels.png`, and the
+  machine and over-seed summaries every results writer uses.
+
+The library (`data` ... `export`) does not import this package.
+"""
