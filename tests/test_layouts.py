@@ -7,13 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.uid import generate_uid
 
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data import layouts
+from cm_unet_keras.data.cine import xa_dataset
 from cm_unet_keras.data import readers
 from cm_unet_keras.data.layouts import AngiogramRecord
 from cm_unet_keras.data.layouts import index_images_masks
@@ -39,21 +36,7 @@ def write_mask(path, size=(8, 8)):
 
 
 def write_cine(path, frame_count, with_pixels=True):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = 4, 5
-    ds.NumberOfFrames = frame_count
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    ds = xa_dataset(4, 5, frame_count)
     if with_pixels:
         frames = np.arange(frame_count, dtype=np.uint8)[:, None, None]
         ds.PixelData = np.broadcast_to(frames, (frame_count, 4, 5)).tobytes()

@@ -7,10 +7,8 @@ import cv2
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.uid import generate_uid
 
+from cm_unet_keras.data.cine import xa_dataset
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.readers import count_frames
 from cm_unet_keras.data.readers import is_dicom_file
@@ -24,24 +22,8 @@ def write_dicom(
     path, frames, photometric="MONOCHROME2", bits_stored=12, pixel_data=True, **elements
 ):
     """Write uint16 `frames`, (H, W) or (N, H, W), as an XA DICOM file."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = XA_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = XA_SOP_CLASS
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "XA"
-    ds.Rows, ds.Columns = frames.shape[-2:]
-    if frames.ndim == 3:
-        ds.NumberOfFrames = frames.shape[0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
+    ds = xa_dataset(*frames.shape[-2:], frames.shape[0] if frames.ndim == 3 else None, bits_stored, photometric)
     ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
     for keyword, value in elements.items():
         setattr(ds, keyword, value)
     if pixel_data:
