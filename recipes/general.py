@@ -20,7 +20,6 @@ scored variant to `benchmarks/cross_source/training.jsonl`.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,10 +46,9 @@ VARIANTS = {
 
 
 def finished():
-    path = OUT / "training.jsonl"
-    if not path.is_file():
-        return {}
-    return {row["variant"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    from cm_unet_keras.experiments.store import read_jsonl
+
+    return read_jsonl(OUT / "training.jsonl", lambda row: row["variant"])
 
 
 def training_parts(data_root):
@@ -85,9 +83,10 @@ def run_variant(name, init, steps, seed, data_root):
            "seed": seed, "model": str(fit["model_path"]), "seconds": round(time.perf_counter() - started, 1),
            "mean": {source: report["mean"] for source, report in scores["reports"].items()},
            "std": {source: report["std"] for source, report in scores["reports"].items()}}
+    from cm_unet_keras.experiments.store import append_jsonl
+
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "training.jsonl", "a") as handle:
-        handle.write(json.dumps(row, default=float) + "\n")
+    append_jsonl(OUT / "training.jsonl", row)
     return row
 
 
