@@ -119,3 +119,32 @@ def test_collimator_corners_stay_outside_the_field_of_view(shared_data):
     cut = angiogram > 0.3 * angiogram.mean()
     assert (~cut).sum() > 2000
     np.testing.assert_array_equal(fov.numpy()[..., 0], cut)
+
+
+def test_host_normalisation_equals_the_graph_ops_on_every_source(shared_data):
+    # predict, segment and data loading use the OpenCV/numpy version; the
+    # exported graphs use the TensorFlow ops. Same field of view, values to
+    # float32 rounding, on CIMAT (collimator discs), ARCADE (dark frame
+    # borders, saturated pixels) and XCAD (dark vessel cores), and on a
+    # flat image and an image that is mostly dark.
+    from cm_unet_keras.data.normalize import normalize_angiogram_host
+    from cm_unet_keras.data.readers import read_angiogram
+
+    files = (
+        sorted((shared_data / "xca_vessels" / "train").glob("*[0-9].png"))[:12]
+        + sorted((shared_data / "arcade_vessels" / "val" / "images").glob("*.png"))[:12]
+        + sorted((shared_data / "xcad_sample" / "test" / "images").glob("*.png"))
+    )
+    images = [read_angiogram(path).astype(np.float32) for path in files]
+    mostly_dark = np.zeros((64, 80), np.float32)
+    mostly_dark[20:30, 10:70] = 200.0
+    images += [np.full((40, 50), 7.0, np.float32), mostly_dark]
+    outside = 0
+    for image in images:
+        graph, graph_fov = normalize_angiogram(image[..., None], return_fov=True)
+        host, host_fov = normalize_angiogram_host(image[..., None], return_fov=True)
+        np.testing.assert_array_equal(host_fov, graph_fov.numpy())
+        np.testing.assert_allclose(host, graph.numpy(), atol=2e-5)
+        assert host.dtype == np.float32 and host.shape == image[..., None].shape
+        outside += int((~host_fov).sum())
+    assert outside > 10_000  # the rule was exercised, not only the all-inside case

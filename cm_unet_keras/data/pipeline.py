@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from cm_unet_keras.data.layouts import read_pair
-from cm_unet_keras.data.normalize import apply_clahe, normalize_angiogram
+from cm_unet_keras.data.normalize import apply_clahe, normalize_angiogram_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +98,8 @@ def preprocess_angiogram(raw, clahe=False, return_fov=False):
     """
     if clahe:
         raw = apply_clahe(raw)
-    normalized, fov = normalize_angiogram(raw[..., None], return_fov=True)
-    return (normalized.numpy(), fov.numpy()) if return_fov else normalized.numpy()
+    normalized, fov = normalize_angiogram_host(np.asarray(raw, np.float32)[..., None], return_fov=True)
+    return (normalized, fov) if return_fov else normalized
 
 
 def load_labelled(records, clahe=False, workers=4, partial=None):

@@ -76,7 +76,7 @@ import tensorflow as tf
 
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import iter_angiograms
-from cm_unet_keras.data.normalize import normalize_angiogram
+from cm_unet_keras.data.normalize import normalize_angiogram_host
 from cm_unet_keras.data.pipeline import gaussian_blur, seeded_stream
 
 # The original code's pixel shift: 31 px on 224 px views.
@@ -168,7 +168,7 @@ def preprocess_unlabeled(raw, working_size=None):
     inference do), then the image is resized so that its shorter side is
     `working_size` (area interpolation when shrinking); None or 0 keeps it.
     """
-    normalized = normalize_angiogram(raw[..., None]).numpy()[..., 0]
+    normalized = normalize_angiogram_host(raw)
     if not working_size:
         return normalized
     height, width = normalized.shape
