@@ -2,6 +2,8 @@
 
 import keras
 
+from cm_unet_keras.models.layers import FusedBatchNormalization
+
 # Named widths. 64 is the paper's 31M-parameter network; the smaller ones are
 # what a laptop CPU trains in minutes on native-resolution patches.
 SIZES = {"tiny": 8, "small": 16, "base": 32, "paper": 64}
@@ -29,8 +31,9 @@ def _conv_block(x, filters, name):
         )(x)
         # Synchronized: under a multi-replica strategy the batch statistics
         # are those of the global batch (same result on 1 or N devices, and
-        # identical moving averages on every worker); no cost on one device.
-        x = keras.layers.BatchNormalization(
+        # identical moving averages on every worker). On one device the
+        # training step runs TensorFlow's fused kernel (FusedBatchNormalization).
+        x = FusedBatchNormalization(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=f"{name}_bn{i}"
         )(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
