@@ -13,7 +13,7 @@ Variants:
 - `naive float32`: float32, `model.fit` on numpy arrays, Keras'
   BatchNormalization (the reference of `results.md`);
 - `float32` / `mixed_bfloat16`: tensors from a repeated `tf.data` batch,
-  with the package's `FusedBatchNormalization` or Keras' own layer;
+  with the package's fused `layers.BatchNormalization` or Keras' own layer;
 - `+ XLA`: `jit_compile=True` (the package compiles with `jit_compile=False`);
 - `2 x 256^2` / `32 x 64^2`: the same pixels per step in other shapes;
 - `no BatchNorm`: BatchNormalization layers replaced by identities, to
@@ -58,18 +58,18 @@ def identity(*args, name=None, **kwargs):
 @contextlib.contextmanager
 def batchnorm_layer(layer):
     """CMUNet built with `layer` where its (fused) BatchNormalization layers go."""
-    original = unet.FusedBatchNormalization
-    unet.FusedBatchNormalization = layer
+    original = unet.layers.BatchNormalization
+    unet.layers.BatchNormalization = layer
     try:
         yield
     finally:
-        unet.FusedBatchNormalization = original
+        unet.layers.BatchNormalization = original
 
 
 def build(policy, jit=False, batchnorm="fused"):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    layer = {"fused": unet.FusedBatchNormalization, "keras": keras.layers.BatchNormalization, None: identity}
+    layer = {"fused": unet.layers.BatchNormalization, "keras": keras.layers.BatchNormalization, None: identity}
     with batchnorm_layer(layer[batchnorm]):
         model = CMUNet(base_filters=16, depth=4)
     model.compile(optimizer=make_optimizer(FinetuneConfig(), 1000), loss=DiceBCELoss(), jit_compile=jit)

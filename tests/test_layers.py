@@ -1,4 +1,4 @@
-"""FusedBatchNormalization: Keras' BatchNormalization, with the training step fused."""
+"""models.layers.BatchNormalization: Keras' layer, with the training step fused."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from cm_unet_keras import CMUNet
-from cm_unet_keras.models.layers import FusedBatchNormalization
+from cm_unet_keras.models.layers import BatchNormalization as FusedBatchNormalization
 
 
 def _pair(shape, rng):
@@ -75,3 +75,40 @@ def test_unet_uses_the_fused_layer_and_reloads_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded.get_layer(norms[0].name)) is FusedBatchNormalization
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_weights_written_with_keras_batchnorm_load_into_the_fused_unet(tmp_path, monkeypatch):
+    # Checkpoints, pretraining runs and presets written before the fused
+    # layer hold Keras' BatchNormalization: every weight must load, none be
+    # left at its initial value (Keras files weights under the class name).
+    from cm_unet_keras.models import layers
+
+    rng = np.random.default_rng(3)
+    with monkeypatch.context() as patch:
+        patch.setattr(layers, "BatchNormalization", keras.layers.BatchNormalization)
+        old = CMUNet(base_filters=4, depth=2)
+    assert type(old.get_layer("encoder_level0_bn1")) is keras.layers.BatchNormalization
+    for weight in old.weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype(np.float32))
+    old.save_weights(tmp_path / "old.weights.h5")
+    old.save(tmp_path / "old.keras")
+
+    new = CMUNet(base_filters=4, depth=2)
+    new.load_weights(tmp_path / "old.weights.h5")
+    reloaded = keras.saving.load_model(tmp_path / "old.keras", safe_mode=True)
+    for model in (new, reloaded):
+        assert type(model.get_layer("encoder_level0_bn1")) is FusedBatchNormalization
+        for expected, got in zip(old.weights, model.weights):
+            assert expected.path == got.path
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_shipped_preset_batchnorm_statistics_are_loaded():
+    from cm_unet_keras.models.loading import load_preset
+
+    model = load_preset("cmunet_small_xca")
+    norms = [layer for layer in model.layers if isinstance(layer, FusedBatchNormalization)]
+    assert len(norms) == 18
+    for layer in norms:  # not the initial zeros and ones
+        assert np.abs(np.asarray(layer.moving_mean)).max() > 1e-3, layer.name
+        assert np.abs(np.asarray(layer.moving_variance) - 1.0).max() > 1e-3, layer.name

@@ -4,8 +4,13 @@ import keras
 
 
 @keras.saving.register_keras_serializable(package="cm_unet_keras")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose training step is one fused kernel.
+
+    It keeps Keras' class name on purpose: Keras files a layer's weights
+    under its class name (`layers/batch_normalization_3/vars`), so weight
+    files, checkpoints, pretraining runs and presets written with Keras'
+    layer load into U-Nets built with this one, and the reverse.
 
     Keras 3 normalises a training batch with a dozen element-wise ops (casts
     to float32 and back, moments, the normalisation), and the gradient is as

@@ -2,7 +2,7 @@
 
 import keras
 
-from cm_unet_keras.models.layers import FusedBatchNormalization
+from cm_unet_keras.models import layers
 
 # Named widths. 64 is the paper's 31M-parameter network; the smaller ones are
 # what a laptop CPU trains in minutes on native-resolution patches.
@@ -32,8 +32,8 @@ def _conv_block(x, filters, name):
         # Synchronized: under a multi-replica strategy the batch statistics
         # are those of the global batch (same result on 1 or N devices, and
         # identical moving averages on every worker). On one device the
-        # training step runs TensorFlow's fused kernel (FusedBatchNormalization).
-        x = FusedBatchNormalization(
+        # training step runs TensorFlow's fused kernel (layers.BatchNormalization).
+        x = layers.BatchNormalization(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=f"{name}_bn{i}"
         )(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
