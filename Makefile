@@ -28,7 +28,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/cm-unet demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=600
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=600 --durations=20
 
 clean:
 	rm -rf $(VENV) demo_out

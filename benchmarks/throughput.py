@@ -389,6 +389,11 @@ def markdown(results):
         f"pretrain_step_ratio {results['pretrain_step_ratio']:.2f}, pipeline_ratio {results['pipeline_ratio']:.1f}.",
         "",
         "FLOPs are counted analytically: 2 x multiply-adds of every convolution; a training step is 3 x forward.",
+        "",
+        "Where the small model's training step spends its time and what was tried to shorten it (fused "
+        "BatchNorm: kept; XLA, other batch shapes: not): `README.md` in this folder, with the numbers of "
+        "`train_step.md` (`benchmarks/train_step.py`) and `peer_torch.md` (`benchmarks/peer_torch.py`, the same "
+        "U-Net in PyTorch).",
     ]
     return "\n".join(lines) + "\n"
 
