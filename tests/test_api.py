@@ -169,3 +169,33 @@ def test_predict_files_batches_mixed_sizes_in_order_and_writes_every_output(xca_
         for kind in ("mask", "prob", "overlay"):
             a, b = (cv2.imread(str(p[kind]), cv2.IMREAD_UNCHANGED).astype(int) for p in (one, three))
             assert np.abs(a - b).max() <= 1, (one[kind], kind)
+
+
+def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
+    # predict's decoding thread: items come out in order; an error raised by
+    # the source arrives after the items before it; closing early stops the
+    # thread.
+    import threading
+
+    from cm_unet_keras.inference.predict import _prefetched
+
+    producer_threads = []
+
+    def source(fail_at=None):
+        for i in range(20):
+            producer_threads.append(threading.current_thread().name)
+            if i == fail_at:
+                raise ValueError(f"unreadable item {i}")
+            yield i
+
+    assert list(_prefetched(source(), 3)) == list(range(20))
+    assert set(producer_threads) == {"cm-unet-decode"}
+    seen = []
+    with pytest.raises(ValueError, match="unreadable item 7"):
+        for item in _prefetched(source(fail_at=7), 3):
+            seen.append(item)
+    assert seen == list(range(7))
+    early = _prefetched(source(), 2)
+    assert next(early) == 0
+    early.close()
+    assert not any(t.name == "cm-unet-decode" for t in threading.enumerate())

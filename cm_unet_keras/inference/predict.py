@@ -149,15 +149,65 @@ def _preprocessed(frame, clahe):
     return preprocess_angiogram(frame, clahe, return_fov=True)
 
 
+def _prefetched(items, depth):
+    """Iterate `items` on a background thread, up to `depth` ahead, in order.
+
+    Decoding (PNG, DICOM frames) then overlaps the forward passes instead of
+    running between them. An exception raised by `items` is raised here, at
+    its place in the sequence; closing this generator stops the thread.
+    """
+    import queue
+    import threading
+
+    buffer = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            outcome = (done, None)
+        except BaseException as error:  # handed to the consumer, raised there
+            outcome = (done, error)
+        while not stop.is_set():
+            try:
+                buffer.put(outcome, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="cm-unet-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, workers=None):
     """`(key, probability)` of each `(key, raw [H, W] frame)` of `items`, in order.
 
-    A pipeline: frames are normalised ahead on a thread pool (OpenCV and
-    TensorFlow release the GIL), runs of up to `batch_size` same-sized
-    frames go through one forward pass, and results are yielded as soon as
-    their batch is done, so a caller can write them while the next batch
-    runs. `items` is consumed lazily (a cine's frames are decoded as they
-    are needed, a few batches ahead).
+    A pipeline: `items` is iterated on a background thread (files and a
+    cine's frames are decoded there, a few batches ahead), frames are
+    normalised ahead on a thread pool (OpenCV and TensorFlow release the
+    GIL), runs of up to `batch_size` same-sized frames go through one
+    forward pass, and results are yielded as soon as their batch is done,
+    so a caller can write them while the next batch runs.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -166,7 +216,7 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
     ahead = deque()
     batch = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        items = iter(items)
+        items = _prefetched(iter(items), 2 * batch_size)
 
         def fill():
             while len(ahead) < 2 * batch_size:
@@ -183,16 +233,19 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
             batch.clear()
             return done
 
-        fill()
-        while ahead:
-            key, future = ahead.popleft()
-            prepared = future.result()
+        try:
             fill()
-            if batch and (prepared[0].shape != batch[0][1][0].shape or len(batch) == batch_size):
+            while ahead:
+                key, future = ahead.popleft()
+                prepared = future.result()
+                fill()
+                if batch and (prepared[0].shape != batch[0][1][0].shape or len(batch) == batch_size):
+                    yield from flush()
+                batch.append((key, prepared))
+            if batch:
                 yield from flush()
-            batch.append((key, prepared))
-        if batch:
-            yield from flush()
+        finally:
+            items.close()  # stops the decoding thread if the caller stopped early
 
 
 def inference_model(model, precision="float32"):
