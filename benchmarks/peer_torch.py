@@ -198,13 +198,9 @@ def main():
     params = {case.params for case in cases}
     if len(params) != 1:
         sys.exit(f"the two U-Nets differ: trainable parameters {sorted(params)}")
-    for case in cases:  # warm-up: tracing, oneDNN primitive caches
-        case.run(2)
-        case.medians.clear()
-    for round_index in range(args.rounds):
-        for case in cases:
-            case.run(args.steps)
-        print(f"round {round_index + 1}: " + ", ".join(f"{c.name} {c.medians[-1]:.3f}s" for c in cases), flush=True)
+    from throughput import interleaved_rounds
+
+    interleaved_rounds(cases, args.steps, args.rounds)
 
     ours = cases[1]
     best_torch = min(cases[2:], key=lambda c: min(c.medians))

@@ -121,6 +121,21 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def interleaved_rounds(cases, steps, rounds):
+    """Time `cases` (objects with `name`, `run(steps)` and a `medians` list) in interleaved rounds.
+
+    Each case first runs 2 untimed steps (tracing, kernel caches); then each
+    round runs every case in turn, so a busy machine slows them alike.
+    """
+    for case in cases:
+        case.run(2)
+        case.medians.clear()
+    for round_index in range(rounds):
+        for case in cases:
+            case.run(steps)
+        print(f"round {round_index + 1}: " + ", ".join(f"{c.name} {c.medians[-1]:.3f}s" for c in cases), flush=True)
+
+
 def timed_fit(model, data, steps, batch):
     """Median seconds per step after one warm-up fit (tracing excluded)."""
     if isinstance(data, tuple):

@@ -39,7 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from throughput import StepTimer, forward_flops, matmul_ceiling  # noqa: E402
+from throughput import StepTimer, forward_flops, interleaved_rounds, matmul_ceiling  # noqa: E402
 
 from cm_unet_keras import CMUNet  # noqa: E402
 from cm_unet_keras.config import FinetuneConfig  # noqa: E402
@@ -149,13 +149,7 @@ def main():
 
     ceiling = matmul_ceiling(tf.bfloat16)
     cases = variants()
-    for case in cases:  # tracing and compilation, not timed
-        case.run(2)
-        case.medians.clear()
-    for round_index in range(args.rounds):
-        for case in cases:
-            case.run(args.steps)
-        print(f"round {round_index + 1}: " + ", ".join(f"{c.name} {c.medians[-1]:.3f}s" for c in cases), flush=True)
+    interleaved_rounds(cases, args.steps, args.rounds)
     ceiling = max(ceiling, matmul_ceiling(tf.bfloat16))
 
     flops_per_image = {size: forward_flops(cases[0].model, size, size) for size in (64, 128, 256)}
