@@ -149,3 +149,15 @@ def test_intervals_of_the_paired_difference_and_of_the_relative_drop():
     tight = [dict(r, metrics={"dice": 0.79 if r["n_labels"] == 30 else 0.70}) for r in records]
     tight_low, tight_high = study.relative_drop_interval(tight, "cmunet", 30, 3)
     assert tight_high - tight_low < 1e-9 < high - low
+
+
+def test_no_drop_is_reported_when_only_one_n_was_run():
+    records = [{"init": init, "n_labels": 3, "seed": s, "metrics": {"dice": 0.7 + 0.01 * s}}
+               for init in ("cmunet", "scratch") for s in range(3)]
+    assert study.relative_drop(records, "cmunet", 3, 3) is None
+    assert study.relative_drop_interval(records, "cmunet", 3, 3) is None
+    from cm_unet_keras.experiments.report import results_markdown
+
+    table = results_markdown(records, {})
+    row = next(line for line in table.splitlines() if line.startswith("| cmunet |"))
+    assert "0.0%" not in row and row.split("|")[3].strip() == "-"

@@ -38,20 +38,22 @@ def _by_cell(records, key="dice"):
 
 
 def relative_drop(records, init, n_high, n_low):
-    """(Dice(n_high) - Dice(n_low)) / Dice(n_high) of the seed means, or None."""
+    """(Dice(n_high) - Dice(n_low)) / Dice(n_high) of the seed means, or None
+    (also when only one N was run: there is no drop to speak of)."""
     cells = _by_cell(records)
     high, low = cells.get((init, n_high)), cells.get((init, n_low))
-    if not high or not low or np.mean(high) <= 0:
+    if n_high == n_low or not high or not low or np.mean(high) <= 0:
         return None
     return float((np.mean(high) - np.mean(low)) / np.mean(high))
 
 
 def relative_drop_interval(records, init, n_high, n_low, level=0.95, resamples=10000, seed=0):
     """Percentile bootstrap interval of `relative_drop`: the seeds of each N
-    are resampled with replacement, independently. None below 2 seeds a side."""
+    are resampled with replacement, independently. None below 2 seeds a side
+    or with one N."""
     cells = _by_cell(records)
     high, low = cells.get((init, n_high)), cells.get((init, n_low))
-    if not high or not low or len(high) < 2 or len(low) < 2:
+    if n_high == n_low or not high or not low or len(high) < 2 or len(low) < 2:
         return None
     rng = np.random.default_rng(seed)
     high_means = rng.choice(high, size=(resamples, len(high))).mean(axis=1)
