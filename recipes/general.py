@@ -15,8 +15,9 @@ CIMAT's 10 validation pairs, ARCADE's 60, the 2 XCAD pairs.
 Variants (`VARIANTS`) differ in appearance augmentation (zoom, simulated
 frame borders) and in how ARCADE's unlabelled side branches are treated:
 as background (weight 1), down-weighted, or ignored where they look like
-vessels. Runs go to `runs/general/<variant>` (resumable); one JSON line per
-scored variant to `benchmarks/cross_source/training.jsonl`.
+vessels. Runs go to `runs/general/<variant>[_s<steps>][_seed<seed>]`
+(resumable); one JSON line per scored run to
+`benchmarks/cross_source/training.jsonl`.
 """
 
 import argparse
@@ -44,11 +45,22 @@ VARIANTS = {
     "both_aug_ignore": (True, {**AUGMENT, "partial_share": 0.5, "partial_ignore_vessel_like": True}),
 }
 
+# The variant and budget of the shipped `cmunet_small_general` preset
+# (`recipes/build_presets.py --only general`), chosen on the validation parts
+# in `benchmarks/cross_source/training.md`.
+GENERAL_VARIANT = "both_aug"
+GENERAL_STEPS = 4000
+
 
 def finished():
     from cm_unet_keras.experiments.store import read_jsonl
 
-    return read_jsonl(OUT / "training.jsonl", lambda row: row["variant"])
+    return read_jsonl(OUT / "training.jsonl", lambda row: row.get("run", row["variant"]))
+
+
+def run_name(name, steps, seed):
+    """The variant's run folder and record key: its name, then any budget or seed other than the default."""
+    return name + ("" if steps == 2000 else f"_s{steps}") + ("" if seed == 0 else f"_seed{seed}")
 
 
 def training_parts(data_root):
@@ -64,7 +76,12 @@ def training_parts(data_root):
     return cimat, arcade
 
 
-def run_variant(name, init, steps, seed, data_root):
+def train(name, init, steps, seed, data_root, run_dir, log=print):
+    """Fine-tune variant `name` into `run_dir` and score it on every source: `(fit, config, scores)`.
+
+    CIMAT's validation pairs are scored after each epoch for the curve only:
+    the last epoch is kept whatever they say.
+    """
     import cross_source
 
     from cm_unet_keras.training.config import FinetuneConfig
@@ -75,12 +92,20 @@ def run_variant(name, init, steps, seed, data_root):
     validation = cross_source.source_records("cimat", data_root)
     config = FinetuneConfig(base_filters=16, depth=4, epochs=steps // 100, steps_per_epoch=100, seed=seed,
                             init=init, select="last", val_fraction=0.0, **overrides)
+    fit = finetune(config, cimat, run_dir, val_records=validation, partial_records=arcade if uses_arcade else None,
+                   verbose=0, log=log)
+    scores = cross_source.score(fit["model_path"], cross_source.SOURCES, data_root, log=log)
+    return fit, config, scores
+
+
+def run_variant(name, init, steps, seed, data_root):
     started = time.perf_counter()
-    fit = finetune(config, cimat, RUNS / name, val_records=validation, partial_records=arcade if uses_arcade else None,
-                   verbose=0, log=lambda line: print(f"[{name}] {line}", flush=True))
-    scores = cross_source.score(fit["model_path"], cross_source.SOURCES, data_root)
-    row = {"variant": name, "arcade_training": uses_arcade, "overrides": overrides, "init": init, "steps": steps,
-           "seed": seed, "model": str(fit["model_path"]), "seconds": round(time.perf_counter() - started, 1),
+    run = run_name(name, steps, seed)
+    fit, _, scores = train(name, init, steps, seed, data_root, RUNS / run,
+                           log=lambda line: print(f"[{run}] {line}", flush=True))
+    uses_arcade, overrides = VARIANTS[name]
+    row = {"run": run, "variant": name, "arcade_training": uses_arcade, "overrides": overrides, "init": init,
+           "steps": steps, "seed": seed, "model": str(fit["model_path"]), "seconds": round(time.perf_counter() - started, 1),
            "mean": {source: report["mean"] for source, report in scores["reports"].items()},
            "std": {source: report["std"] for source, report in scores["reports"].items()}}
     from cm_unet_keras.experiments.store import append_jsonl
@@ -100,6 +125,8 @@ def write_report(rows):
         "scored on the validation parts: CIMAT 10 pairs (Dice), ARCADE 60 pairs (sensitivity = recall of the",
         "annotated main segments, with specificity; Dice there counts correct side branches as errors), XCAD 2.",
         "Augmentation: zoom 0.7-2x and simulated dark borders / collimator edges on 30% of the patches.",
+        "Start `cmunet_small_pretrained` is the preset extracted from `runs/label_efficiency/pretrain/cmunet`: the",
+        "same weights. Mask threshold 0.5 throughout (other thresholds: `thresholds_*.md`).",
         "",
         "| variant | ARCADE training | start | steps | CIMAT Dice | ARCADE sensitivity | ARCADE specificity | "
         "ARCADE Dice | XCAD Dice |",
@@ -108,7 +135,7 @@ def write_report(rows):
     for row in rows:
         m = row["mean"]
         lines.append(
-            f"| {row['variant']} | {'yes' if row['arcade_training'] else 'no'} | {row['init']} | {row['steps']} | "
+            f"| {row.get('run', row['variant'])} | {'yes' if row['arcade_training'] else 'no'} | {row['init']} | {row['steps']} | "
             f"{m['cimat']['dice']:.3f} | {m['arcade']['sensitivity']:.3f} | {m['arcade']['specificity']:.3f} | "
             f"{m['arcade']['dice']:.3f} | {m['xcad']['dice']:.3f} |"
         )
@@ -127,7 +154,7 @@ def main(argv=None):
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     for name in args.variants:
-        if name in finished():
+        if run_name(name, args.steps, args.seed) in finished():
             continue
         row = run_variant(name, args.init, args.steps, args.seed, args.data)
         print(f"{name}: CIMAT Dice {row['mean']['cimat']['dice']:.3f}, ARCADE sensitivity "
