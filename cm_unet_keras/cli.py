@@ -515,10 +515,7 @@ def cmd_presets(args):
     print(f"presets in {root}:")
     for name in names:
         card = presets.preset_card(name)
-        metrics = card.get("validation_metrics")
-        dice = metrics.get("mean", {}).get("dice") if isinstance(metrics, dict) else None
-        score = f"validation Dice {dice:.3f}" if dice is not None else "no head (fine-tune it: --init)"
-        print(f"  {name:26s} {card.get('kind', '?'):10s} {score}")
+        print(f"  {name:26s} {card.get('kind', '?'):10s} {presets.validation_summary(card)}")
         if args.verbose_cards:
             print("    " + card.get("description", ""))
             print("    rebuild: " + card.get("rebuild", "?"))

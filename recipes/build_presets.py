@@ -319,7 +319,7 @@ def build_general(data_root, runs, root, overwrite, log=print):
                   "XCAD sample pairs (full trees)",
             "caveat": "the variant (sources, augmentation, unlabelled-vessel handling) and the budget were chosen "
                       "on these validation parts (benchmarks/cross_source/training.md); no test set was used",
-            **metrics,
+            "sources": metrics,
         },
         "input": INPUT,
         "rebuild": "cm-unet study --stage pretrain && python recipes/build_presets.py --only pretrained && "

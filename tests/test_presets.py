@@ -23,7 +23,7 @@ from cm_unet_keras.study import study_data
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
 SPLIT = ROOT / "recipes" / "xca_split.json"
-NAMES = ("cmunet_small_pretrained", "cmunet_small_xca")
+NAMES = ("cmunet_small_pretrained", "cmunet_small_xca", "cmunet_small_general")
 CARD_KEYS = {"name", "kind", "file", "sha256", "description", "intended_use", "not_intended_for", "limitations",
              "licences", "architecture", "data", "training", "validation_metrics", "input", "rebuild"}
 
@@ -118,6 +118,30 @@ def test_write_preset_is_atomic_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(InvalidInputError, match="16 MB"):
         presets.write_preset("q", [big], {"file": "big.keras"}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.keras", "model.keras", "p"]  # no leftovers
+
+
+def test_general_preset_reproduces_its_per_source_numbers(shared_data):
+    # The card holds one row per source; CIMAT's 10 and XCAD's 2 validation
+    # pairs are re-scored here (ARCADE's 60 are left to
+    # benchmarks/cross_source.py), and `cm-unet presets` reads ARCADE by its
+    # sensitivity.
+    from cm_unet_keras.data.layouts import index_images_masks
+
+    card = presets.preset_card("cmunet_small_general", SHIPPED)
+    sources = card["validation_metrics"]["sources"]
+    assert set(sources) == {"cimat", "arcade", "xcad"} and sources["arcade"]["images"] == 60
+    model = load_preset("cmunet_small_general", SHIPPED)
+    _, cimat = study_data(shared_data, SPLIT)
+    folder = shared_data / "xcad_sample" / "test"
+    xcad = index_images_masks(folder / "images", folder / "masks")
+    for source, records in (("cimat", cimat), ("xcad", xcad)):
+        report = evaluate_model(model, records)
+        assert report["n_images"] == sources[source]["images"]
+        for key in ("dice", "sensitivity"):
+            assert report["mean"][key] == pytest.approx(sources[source]["mean"][key], abs=2e-3), (source, key)
+    summary = presets.validation_summary(card)
+    assert f"arcade sensitivity {sources['arcade']['mean']['sensitivity']:.3f}" in summary
+    assert f"xcad dice {sources['xcad']['mean']['dice']:.3f}" in summary
 
 
 def test_presets_ship_inside_the_wheel(tmp_path, shared_data):

@@ -184,6 +184,13 @@ def render_card(card):
             lines += [f"| {key} | {value:g} | {metrics.get('std', {}).get(key, float('nan')):g} |"
                       for key, value in metrics["mean"].items()]
             lines.append("")
+        if "sources" in metrics:  # one row per source: mean +- std over its images
+            keys = list(next(iter(metrics["sources"].values()))["mean"])
+            lines += ["| source | images | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+            for source, result in metrics["sources"].items():
+                cells = [f"{result['mean'][key]:.3f} +- {result['std'][key]:.3f}" for key in keys]
+                lines.append(f"| {source} | {result.get('images', '?')} | " + " | ".join(cells) + " |")
+            lines.append("")
         if metrics.get("caveat"):
             lines += [f"Caveat: {metrics['caveat']}.", ""]
     else:
@@ -197,6 +204,22 @@ def render_card(card):
     lines += ["---", "Rendered from `card.json` by `cm_unet_keras.models.presets.render_card`: edit the card, "
               "then `write_card_readme(folder)`.", ""]
     return "\n".join(lines)
+
+
+def validation_summary(card):
+    """One line of a card's validation numbers, for `cm-unet presets`."""
+    metrics = card.get("validation_metrics")
+    if not isinstance(metrics, dict):
+        return "no head (fine-tune it: --init)"
+    if "sources" in metrics:
+        parts = []
+        for source, result in metrics["sources"].items():
+            # Sources with partial masks are read by their sensitivity (see the card).
+            key = "sensitivity" if "arcade" in source else "dice"
+            parts.append(f"{source} {key} {result['mean'][key]:.3f}")
+        return "validation " + ", ".join(parts)
+    dice = metrics.get("mean", {}).get("dice")
+    return f"validation Dice {dice:.3f}" if dice is not None else "no head (fine-tune it: --init)"
 
 
 def _markdown_items(value):
