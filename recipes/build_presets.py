@@ -132,7 +132,7 @@ CARD_TEXT = {
             "(CIMAT), after pretraining on about 1,530 unlabeled angiograms of ARCADE and CIMAT. Scanners, "
             "centres, projections, frame rates and patient groups outside these sources are untested.",
             "Validated on only 10 angiograms of the same database as its training pairs, with no independent "
-            "test set; the fine-tuning budget was chosen on those 10, so their Dice (0.76) is optimistic for "
+            "test set; the fine-tuning budget was chosen on those 10, so their Dice (0.77) is optimistic for "
             "new data.",
             "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the "
             "detected field of view.",
