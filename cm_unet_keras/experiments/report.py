@@ -146,7 +146,8 @@ def results_markdown(records, stage_seconds, command="", study=None):
         "## Dice",
         "",
         "| init | " + " | ".join(f"N={n}" for n in ns)
-        + f" | drop N={n_high} -> {n_low} [95% interval] | paper: ~500 -> 18 labels (drop) |",
+        + (f" | drop N={n_high} -> {n_low} [95% interval]" if n_high != n_low else " | drop (one N run: none)")
+        + " | paper: ~500 -> 18 labels (drop) |",
         "|---|" + "---|" * len(ns) + "---|---|",
     ]
     cells = _by_cell(records)
