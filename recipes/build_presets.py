@@ -17,10 +17,9 @@
 - `cmunet_small_general`: fine-tuned from `cmunet_small_pretrained` on every
   labelled source's training part, CIMAT's 30 pairs (full vessel trees)
   and ARCADE's 140 main-segment pairs of `recipes/arcade_split.json`
-  (partially labelled), with zoom and simulated-border augmentation
-  (`recipes/general.py`'s `GENERAL_VARIANT`, chosen there on the validation
-  parts); scored on the validation part of each source
-  (`benchmarks/cross_source.py`).
+  (partially labelled), as `recipes/general.py`'s `GENERAL_VARIANT` and
+  `GENERAL_STEPS` say (chosen there on the validation parts); scored on the
+  validation part of each source (`benchmarks/cross_source.py`).
 
 Each preset folder holds `model.keras` (float32, loads with
 `safe_mode=True`), `card.json` (intended use, limitations, data and what
@@ -302,8 +301,10 @@ def build_general(data_root, runs, root, overwrite, log=print):
         "description": (
             "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms from "
             f"several sources: {PRETRAINED} fine-tuned {general.GENERAL_STEPS:,} steps on 30 CIMAT pairs (full "
-            "vessel trees) and 140 ARCADE pairs (main coronary segments only), half the patches from each, with "
-            "zoom and simulated frame-border augmentation; last epoch kept."
+            "vessel trees) and 140 ARCADE pairs (main coronary segments only), half the patches from each"
+            + (", with zoom and simulated frame-border augmentation" if "augment_borders" in
+               general.VARIANTS[general.GENERAL_VARIANT][1] else "")
+            + "; last epoch kept."
         ),
         **CARD_TEXT[GENERAL],
         "architecture": {"class": "CMUNet", "base_filters": config.base_filters, "depth": config.depth},
