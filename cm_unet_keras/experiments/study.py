@@ -90,9 +90,10 @@ def cpu_config():
     `cmunet`, `scratch`, `mae_only` and Frangi (`contrastive_only` runs with
     `--inits`). 33 fine-tunes, 84,000 steps: about 5.4 hours at the
     0.23 s/step measured with Keras' BatchNorm; the fused BatchNorm made
-    the step 1.75x faster (`benchmarks/throughput/train_step.md`), about 3
-    hours (an estimate: the N = 3 part, 20,000 steps, took 95 minutes on
-    2 cores shared with two other jobs).
+    the step 1.34x faster on a quiet machine (0.131 s in
+    `benchmarks/throughput/train_step.md`, before the pipeline and
+    evaluation): about 3 to 4 hours, an estimate (the N = 3 part, 20,000
+    steps, took 95 minutes on 2 cores shared with two other jobs).
     """
     pretrain = build_config(PretrainConfig, ("cpu", PRETRAIN_RECIPES["cpu"]))
     finetune = FinetuneConfig(base_filters=16, depth=4)
