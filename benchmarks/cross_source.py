@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "cross_source"
 SOURCES = ("cimat", "arcade", "xcad")
 HEADLINE = {"cimat": "dice", "arcade": "sensitivity", "xcad": "dice"}
-DEFAULT_MODELS = ("cmunet_small_xca",)
+DEFAULT_MODELS = ("cmunet_small_xca", "cmunet_small_general")
 
 
 def source_records(name, data_root):
