@@ -215,10 +215,15 @@ def test_losses_agree_on_one_and_two_replicas(tmp_path):
     # BatchNorm moments, gradient all-reduce), and InfoNCE at tau 0.07
     # magnifies it to ~1e-3 relative after a step (seen: 1.1e-3). A wrong
     # reduction (per-replica negatives, unsynchronized statistics, a gradient
-    # summed instead of averaged) would move them far more.
-    for name in ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy"):
+    # summed instead of averaged) would move them far more. One replica now
+    # trains with the fused BatchNorm kernel and two with Keras' synchronized
+    # layer (models/layers.py): another summation order again, which the
+    # contrastive term magnifies to 5.9e-3 after two steps (seen once); the
+    # reconstruction and total losses stay within 5e-3.
+    for name, rtol in (("loss", 5e-3), ("reconstruction_loss", 5e-3), ("contrastive_loss", 1e-2),
+                       ("contrastive_accuracy", 1e-2)):
         np.testing.assert_allclose(
-            result["mirrored"][name], result["single"][name], rtol=5e-3, atol=1e-5, err_msg=name
+            result["mirrored"][name], result["single"][name], rtol=rtol, atol=1e-5, err_msg=name
         )
 
 
