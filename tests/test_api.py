@@ -195,7 +195,10 @@ def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
         for item in _prefetched(source(fail_at=7), 3):
             seen.append(item)
     assert seen == list(range(7))
+    before = set(threading.enumerate())  # other tests' pipelines may still be winding down
     early = _prefetched(source(), 2)
     assert next(early) == 0
+    started = [t for t in threading.enumerate() if t.name == "cm-unet-decode" and t not in before]
+    assert len(started) == 1
     early.close()
-    assert not any(t.name == "cm-unet-decode" for t in threading.enumerate())
+    assert not started[0].is_alive()

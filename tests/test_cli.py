@@ -200,7 +200,11 @@ def test_evaluate_and_predict_use_the_runs_clahe_and_threshold(pairs, tiny_model
     assert "threshold 0.45, CLAHE on (from" in told and "config.yaml" in told
     assert dice == pytest.approx(evaluate_model(model, records, threshold=0.45, clahe=True)["mean"]["dice"])
     plain = evaluate_model(model, records, threshold=0.5, clahe=False)["mean"]["dice"]
-    assert abs(dice - plain) > 1e-4  # the recorded settings change the result
+    # The recorded settings change the result: compared on the masks, since
+    # this barely trained model's Dice (about 0.09) moves by as little as 5e-5.
+    image = read_angiogram(pairs / "1.png")
+    recorded = segment_angiogram(model, image, clahe=True) >= 0.45
+    assert (recorded != (segment_angiogram(model, image, clahe=False) >= 0.5)).sum() > 20
     assert evaluated("--no-clahe", "--threshold", "0.5")[0] == pytest.approx(plain)
 
     code, _ = _run(["predict", "--model", str(run / "model.keras"), "--out", str(tmp_path / "p"),
