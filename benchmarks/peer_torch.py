@@ -140,22 +140,13 @@ class TorchCase:
 # --- Keras --------------------------------------------------------------------
 class KerasCase:
     def __init__(self, name, policy):
-        import keras
         import tensorflow as tf
 
         from throughput import StepTimer
-
-        from cm_unet_keras import CMUNet
-        from cm_unet_keras.config import FinetuneConfig
-        from cm_unet_keras.training.finetune import make_optimizer
-        from cm_unet_keras.training.losses import DiceBCELoss
+        from train_step import build  # the width-16, depth-4 U-Net compiled as the package fine-tunes it
 
         self.name, self.StepTimer = name, StepTimer
-        keras.mixed_precision.set_global_policy(policy)
-        keras.utils.set_random_seed(0)
-        self.model = CMUNet(base_filters=WIDTH, depth=DEPTH)
-        self.model.compile(optimizer=make_optimizer(FinetuneConfig(), 1000), loss=DiceBCELoss(), jit_compile=False)
-        keras.mixed_precision.set_global_policy("float32")
+        self.model = build(policy)
         self.params = self.model.count_params() - sum(
             int(np.prod(w.shape)) for w in self.model.non_trainable_weights)
         self.data = tf.data.Dataset.from_tensors(batch()).repeat()
