@@ -110,6 +110,21 @@ def test_a_minutes_budget_sizes_epochs_and_keeps_the_warmup_share():
     # A budget too small for an epoch still trains one, with one warm-up epoch.
     tiny = fit_to_budget(config, steps_per_epoch=1000, step_seconds=1.0)
     assert (tiny.epochs, tiny.warmup_epochs) == (1, 1)
+    # Each epoch's end (checkpoint, weights, curves) is paid from the budget too.
+    short = fit_to_budget(config, steps_per_epoch=2, step_seconds=0.05, epoch_end_seconds=0.9)
+    assert short.epochs == int(600.0 * (1.0 - BUDGET_OVERHEAD) / (2 * 0.05 + 0.9))
+
+
+def test_history_of_a_resumed_older_run_gains_the_new_column(tmp_path):
+    from types import SimpleNamespace
+
+    from cm_unet_keras.training.run import TrainingRun
+
+    older = {"epoch": 1, "loss": 1.0, "seconds": 2.0}
+    run = SimpleNamespace(run_dir=tmp_path, state={"history": [older, {**older, "epoch": 2, "end_seconds": 0.5}]})
+    TrainingRun.write_history(run)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == ["epoch,loss,seconds,end_seconds", "1,1.0,2.0,", "2,1.0,2.0,0.5"]
 
 
 def test_the_cpu_recipe_is_a_valid_pretraining_config():
@@ -126,15 +141,17 @@ def test_pretrain_with_a_minutes_budget_records_and_keeps_its_epochs(tmp_path, s
     arguments = [
         "pretrain", "--images", str(shared_data / "arcade_stenosis" / "test" / "images"), "--out", str(run_dir),
         "--max-images", "8", "--batch-size", "4", "--image-size", "32", "--working-size", "64",
-        "--base-filters", "4", "--depth", "2", "--steps-per-epoch", "2", "--minutes", "0.4", "--verbose", "0",
+        "--base-filters", "4", "--depth", "2", "--steps-per-epoch", "2", "--minutes", "0.25", "--verbose", "0",
     ]
     assert main(arguments) == 0
     import yaml
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     state = json.loads((run_dir / "state.json").read_text())
-    assert saved["minutes"] == 0.4 and saved["views"] == "crops"
+    assert saved["minutes"] == 0.25 and saved["views"] == "crops"
     assert saved["epochs"] >= 1 and len(state["history"]) == saved["epochs"]
+    # Every epoch records what its end cost, which the budget now counts.
+    assert all(row["end_seconds"] > 0 for row in state["history"])
     # The same budget again: the run keeps its epochs and trains nothing more.
     assert main(arguments) == 0
     assert len(json.loads((run_dir / "state.json").read_text())["history"]) == saved["epochs"]

@@ -43,6 +43,7 @@ parameters, linear warm-up from 1e-4 x lr, then cosine to 0. Deviations:
 
 import dataclasses
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_fo
 from cm_unet_keras.data.masking import expand_patch_mask, patchify, unpatchify
 from cm_unet_keras.data.views import TwoViewSampler, load_unlabeled, unlabeled_summary
 from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-from cm_unet_keras.training.run import TrainingRun, adamw, start_job
+from cm_unet_keras.training.run import TrainingRun, adamw, start_job, write_curves
 from cm_unet_keras.training.schedules import WarmupCosine
 
 CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
@@ -78,7 +79,7 @@ _MAY_DIFFER_ON_RESUME = ("epochs", "minutes", "grid_every", "skip_invalid")
 BUDGET_OVERHEAD = 0.05
 
 
-def fit_to_budget(config, steps_per_epoch, step_seconds, spent_seconds=0.0, epochs_done=0):
+def fit_to_budget(config, steps_per_epoch, step_seconds, spent_seconds=0.0, epochs_done=0, epoch_end_seconds=0.0):
     """`config` with `epochs` and `warmup_epochs` sized to `config.minutes`.
 
     Args:
@@ -89,22 +90,30 @@ def fit_to_budget(config, steps_per_epoch, step_seconds, spent_seconds=0.0, epoc
         spent_seconds: budget already used (measuring the step, or the
             epochs already done).
         epochs_done: epochs already done; the remaining time adds to them.
+        epoch_end_seconds: measured seconds of one epoch's end (checkpoint,
+            weights, curves): with short epochs it outweighs the steps.
 
     Returns:
         A new `PretrainConfig` (at least one epoch, at least one warm-up
         epoch when the recipe has one).
     """
     seconds = max(config.minutes * 60.0 - spent_seconds, 0.0) * (1.0 - BUDGET_OVERHEAD)
-    epochs = max(1, epochs_done + int(seconds / (step_seconds * steps_per_epoch)))
+    epochs = max(1, epochs_done + int(seconds / (step_seconds * steps_per_epoch + epoch_end_seconds)))
     share = min(config.warmup_epochs, config.epochs) / config.epochs
     warmup = min(epochs, max(1 if share > 0 else 0, int(round(share * epochs))))
     return dataclasses.replace(config, epochs=epochs, warmup_epochs=warmup)
 
 
-def measure_step_seconds(config, dataset, strategy, steps=5, warm_steps=2):
-    """(seconds per training step, seconds of the first `warm_steps`) of a
-    throwaway pretrainer (same model, batch, precision and strategy); the
-    warm steps hold the graph tracing, which the real run pays again."""
+def measure_costs(config, dataset, strategy, steps=5, warm_steps=2):
+    """What one run of `config` costs, measured on a throwaway pretrainer
+    (same model, batch, precision and strategy).
+
+    Returns:
+        (seconds per training step, seconds of the first `warm_steps` (they
+        hold the graph tracing, which the real run pays again), seconds of
+        one epoch's end: the checkpoint, the weights and the curves every
+        epoch writes).
+    """
     with strategy.scope():
         probe = ContrastiveMaskedPretrainer(**config.pretrainer_kwargs())
         probe.compile(optimizer=make_optimizer(config, 1000, 10), jit_compile=False)
@@ -112,7 +121,14 @@ def measure_step_seconds(config, dataset, strategy, steps=5, warm_steps=2):
     clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
     started = time.perf_counter()
     probe.fit(dataset, epochs=1, steps_per_epoch=warm_steps + steps, callbacks=[clock], verbose=0, shuffle=False)
-    return (ends[-1] - ends[warm_steps - 1]) / steps, ends[warm_steps - 1] - started
+    step_seconds, tracing = (ends[-1] - ends[warm_steps - 1]) / steps, ends[warm_steps - 1] - started
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        save_checkpoint(probe, Path(folder) / "checkpoint")
+        save_pretrained_weights(probe, Path(folder) / PRETRAINED_WEIGHTS)
+        write_curves([{"epoch": 1, **{column: 0.0 for column, _, _ in CURVES}}], Path(folder) / "curves.png", CURVES)
+        epoch_end = time.perf_counter() - started
+    return step_seconds, tracing, epoch_end
 
 
 def select_records(records, max_images, seed):
@@ -226,21 +242,24 @@ class PretrainRun(TrainingRun):
         }
         self.check_finite(row["loss"], epoch, f"the checkpoint of epoch {self.state['epochs_done']} is kept")
         checkpoint = f"checkpoints/epoch_{epoch + 1:04d}"
+        started = time.perf_counter()
+        self.state["history"].append(row)
         if self.chief:
             save_checkpoint(self.model, self.run_dir / checkpoint)
             save_pretrained_weights(self.model, self.run_dir / PRETRAINED_WEIGHTS)
+            self.write_curves(CURVES)
+        # What the epoch's end costs (a --minutes budget counts it).
+        row["end_seconds"] = time.perf_counter() - started
         self.state["epochs_done"] = epoch + 1
         self.state["checkpoint"] = checkpoint
-        self.state["history"].append(row)
         self.epochs_run += 1
         if self.chief:
+            self.write_history()
             # The state names the new checkpoint only once it is whole.
             self.save_state()
             for old in (self.run_dir / "checkpoints").glob("epoch_*"):
                 if old.name != Path(checkpoint).name:
                     shutil.rmtree(old, ignore_errors=True)
-            self.write_history()
-            self.write_curves(CURVES)
         self.log(
             f"epoch {epoch + 1}/{self.config.epochs}: loss {row['loss']:.4f}  "
             f"reconstruction {row['reconstruction_loss']:.4f}  contrastive {row['contrastive_loss']:.4f}  "
@@ -311,21 +330,22 @@ def _sized_to_budget(config, run, sampler, strategy, log):
     if run.state["epochs_done"] and saved.get("minutes") == config.minutes:
         log(f"--minutes {config.minutes:g}: keeping the run's {saved['epochs']} epochs")
         return dataclasses.replace(config, epochs=saved["epochs"], warmup_epochs=saved["warmup_epochs"])
-    history = [row["step_seconds"] for row in run.state["history"]]
-    spent = 0.0
+    history = run.state["history"]
     if history:
-        step_seconds = float(np.median(history))
-        spent = float(sum(row["seconds"] for row in run.state["history"]))
+        step_seconds = float(np.median([row["step_seconds"] for row in history]))
+        # Older runs did not time their epoch ends: they count as nothing.
+        epoch_end = float(np.median([row.get("end_seconds", 0.0) for row in history]))
+        spent = float(sum(row["seconds"] + row.get("end_seconds", 0.0) for row in history))
         source = f"median of the run's {len(history)} epochs"
     else:
         started = time.perf_counter()
-        step_seconds, tracing = measure_step_seconds(config, sampler.dataset(config.batch_size), strategy)
+        step_seconds, tracing, epoch_end = measure_costs(config, sampler.dataset(config.batch_size), strategy)
         # The probe's time, and the tracing the run will pay again.
         spent = time.perf_counter() - started + tracing
         source = f"measured in {time.perf_counter() - started:.0f} s"
-    sized = fit_to_budget(config, run.steps_per_epoch, step_seconds, spent, run.state["epochs_done"])
-    log(f"--minutes {config.minutes:g}: {step_seconds:.3f} s/step ({source}) -> {sized.epochs} epochs of "
-        f"{run.steps_per_epoch} steps, {sized.warmup_epochs} of warm-up")
+    sized = fit_to_budget(config, run.steps_per_epoch, step_seconds, spent, run.state["epochs_done"], epoch_end)
+    log(f"--minutes {config.minutes:g}: {step_seconds:.3f} s/step and {epoch_end:.2f} s an epoch's end ({source}) "
+        f"-> {sized.epochs} epochs of {run.steps_per_epoch} steps, {sized.warmup_epochs} of warm-up")
     return sized
 
 

@@ -129,10 +129,11 @@ class TrainingRun:
             )
 
     def write_history(self, fields=None):
-        """`history.csv`: one row per finished epoch (columns: `fields`, or the first row's)."""
+        """`history.csv`: one row per finished epoch (columns: `fields`, or
+        every row's in order of appearance; a column older rows lack is empty)."""
         history = self.state["history"]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields or list(history[0]))
+        writer = csv.DictWriter(buffer, fieldnames=fields or list(dict.fromkeys(k for row in history for k in row)))
         writer.writeheader()
         writer.writerows(history)
         atomic_write(self.run_dir / "history.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
