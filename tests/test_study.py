@@ -151,6 +151,30 @@ def test_intervals_of_the_paired_difference_and_of_the_relative_drop():
     assert tight_high - tight_low < 1e-9 < high - low
 
 
+def test_drop_difference_pairs_the_seeds_of_both_inits():
+    # Scratch drops 20% at every seed; cmunet 10%: a -10 point difference whatever the seeds drawn.
+    high = {0: 0.80, 1: 0.70, 2: 0.75}
+    records = [{"init": init, "n_labels": n, "seed": s, "metrics": {"dice": d * (1.0 - loss if n == 3 else 1.0)}}
+               for init, loss in (("scratch", 0.2), ("cmunet", 0.1)) for n in (30, 3) for s, d in high.items()]
+    point, low, high_bound = study.drop_difference(records, "cmunet", 30, 3)
+    # Each N is resampled on its own, so the ratio of its draws scales the -10 points: within 0.7/0.8 and 0.8/0.7.
+    assert point == pytest.approx(-0.1) and -0.1 * 0.8 / 0.7 - 1e-9 <= low < point < high_bound <= -0.1 * 0.7 / 0.8 + 1e-9
+    # Unpaired, each init's own drop interval is wide (the seeds differ by 0.1 Dice) and the two overlap.
+    cmunet_interval = study.relative_drop_interval(records, "cmunet", 30, 3)
+    scratch_interval = study.relative_drop_interval(records, "scratch", 30, 3)
+    assert cmunet_interval[1] > scratch_interval[0]
+    # Seeds only one init ran are left out; one shared seed gives no interval; one N gives nothing.
+    assert study.drop_difference(records + [dict(records[0], init="cmunet", seed=9)], "cmunet", 30, 3)[0] \
+        == pytest.approx(-0.1)
+    assert study.drop_difference([r for r in records if r["seed"] == 0], "cmunet", 30, 3)[1:] == (None, None)
+    assert study.drop_difference(records, "cmunet", 3, 3) is None
+    from cm_unet_keras.experiments.report import results_markdown
+
+    row = next(line for line in results_markdown(records, {}).splitlines()
+               if line.startswith("| cmunet |") and "/3)" in line)
+    assert row.rstrip(" |").endswith(f"-10.0% [{low:+.1%}, {high_bound:+.1%}]")
+
+
 def test_no_drop_is_reported_when_only_one_n_was_run():
     records = [{"init": init, "n_labels": 3, "seed": s, "metrics": {"dice": 0.7 + 0.01 * s}}
                for init in ("cmunet", "scratch") for s in range(3)]

@@ -63,6 +63,38 @@ def relative_drop_interval(records, init, n_high, n_low, level=0.95, resamples=1
     return float(np.quantile(drops, tail)), float(np.quantile(drops, 1.0 - tail))
 
 
+def drop_difference(records, init, n_high, n_low, reference="scratch", level=0.95, resamples=10000, seed=0):
+    """(point, low, high): `init`'s relative drop minus `reference`'s, with a
+    paired percentile bootstrap. The runs of one seed share their labelled
+    subsets across inits, so each resample draws the same seeds for both
+    (at each N on its own); only the seeds both inits ran count. Bounds are
+    None below 2 shared seeds a side; None with one N or a missing cell."""
+    by_run = {(r["init"], r["n_labels"], r["seed"]): r["metrics"].get("dice") for r in records}
+
+    def paired(n):
+        seeds = sorted(s for (i, m, s), v in by_run.items() if i == init and m == n and v is not None
+                       and by_run.get((reference, n, s)) is not None)
+        return np.array([[by_run[(init, n, s)], by_run[(reference, n, s)]] for s in seeds]).reshape(-1, 2)
+
+    high, low = paired(n_high), paired(n_low)
+    if n_high == n_low or not len(high) or not len(low):
+        return None
+
+    def difference(high_means, low_means):
+        drops = (high_means - low_means) / high_means  # columns: init, reference
+        return drops[..., 0] - drops[..., 1]
+
+    point = float(difference(high.mean(axis=0), low.mean(axis=0)))
+    if len(high) < 2 or len(low) < 2:
+        return point, None, None
+    rng = np.random.default_rng(seed)
+    high_means = high[rng.integers(len(high), size=(resamples, len(high)))].mean(axis=1)
+    low_means = low[rng.integers(len(low), size=(resamples, len(low)))].mean(axis=1)
+    differences = difference(high_means, low_means)
+    tail = (1.0 - level) / 2.0
+    return point, float(np.quantile(differences, tail)), float(np.quantile(differences, 1.0 - tail))
+
+
 def mean_interval(values, level=0.95):
     """(mean, low, high): Student-t interval of the mean; None bounds below 2 values."""
     values = np.asarray(values, float)
@@ -175,10 +207,12 @@ def results_markdown(records, stage_seconds, command="", study=None):
         lines += [
             "## Paired difference from scratch (Dice, same subset and seed)",
             "",
-            "Mean difference [Student-t 95% interval] (seeds where the init beats scratch / seeds).",
+            "Mean difference [Student-t 95% interval] (seeds where the init beats scratch / seeds)."
+            + (f" Last column: the init's relative drop N={n_high} -> {n_low} minus scratch's [paired bootstrap"
+               " 95% interval: the same seeds drawn for both]; below 0, the init loses less." if n_high != n_low else ""),
             "",
-            "| init | " + " | ".join(f"N={n}" for n in ns) + " |",
-            "|---|" + "---|" * len(ns),
+            "| init | " + " | ".join(f"N={n}" for n in ns) + (" | drop minus scratch's |" if n_high != n_low else " |"),
+            "|---|" + "---|" * len(ns) + ("---|" if n_high != n_low else ""),
         ]
         for init in [i for i in inits if i != "scratch"]:
             diffs = paired_differences(records, init)
@@ -191,6 +225,10 @@ def results_markdown(records, stage_seconds, command="", study=None):
                 mean, low, high = mean_interval(d)
                 bounds = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
                 row.append(f"{mean:+.3f}{bounds} ({sum(x > 0 for x in d)}/{len(d)})")
+            if n_high != n_low:
+                gap = drop_difference(records, init, n_high, n_low)
+                row.append("-" if gap is None else f"{gap[0]:+.1%}" + (
+                    f" [{gap[1]:+.1%}, {gap[2]:+.1%}]" if gap[1] is not None else ""))
             lines.append(f"| {init} | " + " | ".join(row) + " |")
         lines.append("")
     lines += [

@@ -55,6 +55,7 @@ from cm_unet_keras.evaluation.evaluate import write_report
 from cm_unet_keras.experiments.data import labelled_subset, study_data, unlabeled_pool
 from cm_unet_keras.experiments.frangi import FRANGI, evaluate_frangi, frangi_vesselness, tune_frangi  # noqa: F401
 from cm_unet_keras.experiments.report import (  # noqa: F401  (the intervals: study.mean_interval...)
+    drop_difference,
     mean_interval,
     relative_drop,
     relative_drop_interval,
