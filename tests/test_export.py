@@ -253,6 +253,17 @@ def test_clahe_trained_model_is_refused(tiny_model_file, tmp_path):
     assert not (tmp_path / "serving" / "tiny" / "1").exists()
 
 
+def test_pretrained_only_model_is_refused_and_nothing_is_written(tmp_path, capsys):
+    from cm_unet_keras.cli import main
+
+    with pytest.raises(InvalidInputError, match="pretrained only"):
+        export_model("cmunet_small_pretrained", tmp_path, "pretrained", 1)
+    assert main(["export", "--model", "cmunet_small_pretrained", "--out", str(tmp_path), "--name", "p",
+                 "--version", "1"]) != 0
+    assert "pretrained only" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_export_end_to_end(tiny_model_file, tmp_path):
     command = [
         sys.executable, "-m", "cm_unet_keras.cli", "export", "--model", str(tiny_model_file[0]),

@@ -24,7 +24,7 @@ from cm_unet_keras.export.serving import (
     SERVING_SIGNATURE,
     write_saved_model,
 )
-from cm_unet_keras.inference.settings import resolve_settings, training_context
+from cm_unet_keras.inference.settings import PRETRAINED_ONLY, resolve_settings, training_context
 from cm_unet_keras.models.loading import float32_policy, load_unet
 from cm_unet_keras.models.presets import resolve_model_path
 from cm_unet_keras.version import __version__
@@ -94,12 +94,18 @@ def export_model(
 
     Returns:
         The `Path` of the written version.
+
+    Raises:
+        InvalidInputError: a pretrained-only model (its head was never
+            trained) or one trained with CLAHE; nothing is written.
     """
     if export_format not in FORMATS:
         raise ValueError(f"export_format must be one of {FORMATS}, got {export_format!r}")
     check_version_free(version_dir(base_dir, name, version), overwrite)
     model_path = Path(resolve_model_path(model))
     context = training_context(model_path)
+    if context["pretrained_only"]:
+        raise InvalidInputError(model_path, PRETRAINED_ONLY + "; an export of it would serve noise")
     if context["clahe"]:
         raise InvalidInputError(
             model_path,

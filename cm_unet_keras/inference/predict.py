@@ -19,7 +19,7 @@ from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_unlabeled, iter_angiograms
 from cm_unet_keras.data.pipeline import preprocess_angiogram
 from cm_unet_keras.data.readers import read_frames
-from cm_unet_keras.inference.settings import SegmentationSettings, segmentation_settings
+from cm_unet_keras.inference.settings import PRETRAINED_ONLY, SegmentationSettings, segmentation_settings
 from cm_unet_keras.models import presets
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.loading import load_model_file, pretrained_weights_path
@@ -63,14 +63,10 @@ def load_model(name_or_path):
     model = load_model_file(path)
     model.segmentation_settings = segmentation_settings(path)
     if model.segmentation_settings.pretrained_only:
-        warnings.warn(f"{name_or_path}: {_PRETRAINED_ONLY}", UserWarning, stacklevel=2)
+        warnings.warn(f"{name_or_path}: {PRETRAINED_ONLY}", UserWarning, stacklevel=2)
     return model
 
 
-_PRETRAINED_ONLY = (
-    "pretrained only, its segmentation head was never trained: fine-tune it first "
-    "(cm-unet finetune --init ...) or use a fine-tuned model such as cmunet_small_xca"
-)
 
 
 def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH):
@@ -133,7 +129,7 @@ def _settings_of(model):
     """`model.segmentation_settings`, refusing a model that cannot segment."""
     recorded = getattr(model, "segmentation_settings", None) or SegmentationSettings(DEFAULT_THRESHOLD, False)
     if recorded.pretrained_only:
-        raise InvalidInputError(recorded.source or model.name, _PRETRAINED_ONLY)
+        raise InvalidInputError(recorded.source or model.name, PRETRAINED_ONLY)
     return recorded
 
 

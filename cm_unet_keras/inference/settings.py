@@ -14,6 +14,12 @@ from pathlib import Path
 from cm_unet_keras.config import FinetuneConfig, read_recipe
 from cm_unet_keras.models.pretrainer import PRETRAINER_CONFIG
 
+# What segment, predict and export say of a model whose head was never trained.
+PRETRAINED_ONLY = (
+    "pretrained only, its segmentation head was never trained: fine-tune it first "
+    "(cm-unet finetune --init ...) or use a fine-tuned model such as cmunet_small_xca"
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationSettings:
