@@ -169,8 +169,9 @@ class PretrainConfig:
     grid_every: int = 5  # epochs between reconstruction grids
     precision: str = setting("auto", "compute precision", choices=PRECISIONS)
     # Time budget in minutes for the training epochs: when set, `epochs` and
-    # `warmup_epochs` are sized to it from the measured step time (the
-    # warm-up keeps its share of the recipe's epochs); see `fit_to_budget`.
+    # `warmup_epochs` are sized to it from the measured step time and
+    # epoch-end cost (the warm-up keeps its share of the recipe's epochs);
+    # see `fit_to_budget`.
     minutes: Optional[float] = setting(
         None, "time budget for training: sizes the epochs and the schedule to it from the measured step time",
         none="none, the recipe's epochs",
