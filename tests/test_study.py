@@ -1,6 +1,7 @@
 """The label-efficiency study (issue 4): the `--quick` recipe end to end, its
 resume, its protocol rules, the Frangi baseline, and presets."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -63,6 +64,13 @@ def test_sweep_resumes_without_redoing_finished_runs(quick_study, shared_data):
     jsonl.write_text("\n".join(lines[:frangi_line] + lines[frangi_line + 1:]) + "\n")
     records, new = study.run_sweep(study.quick_config(), shared_data, SPLIT, runs, log=lambda *_: None)
     assert new == 1 and len(records) == len(lines)
+
+    # A call for one init reports every finished run of the folder, its own first.
+    one_init = dataclasses.replace(study.quick_config(), inits=("scratch",), frangi=False)
+    records, new = study.run_sweep(one_init, shared_data, SPLIT, runs, log=lambda *_: None)
+    assert new == 0 and len(records) == len(lines) and {r["init"] for r in records} == {"frangi", "cmunet", "scratch"}
+    planned = sum(len(study.study_seeds(one_init, n)) for n in one_init.n_labels)
+    assert {r["init"] for r in records[:planned]} == {"scratch"}
 
 
 def test_subsets_are_nested_and_never_touch_the_reported_pairs(shared_data):

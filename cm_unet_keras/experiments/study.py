@@ -209,7 +209,10 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
     """Run every sweep run not yet in `results.jsonl`; return all records.
 
     Returns:
-        (records in plan order, number of runs done by this call).
+        (every finished record of `runs_dir`: the plan's in plan order, then
+        those of earlier calls with other inits, N or seeds, so that a call
+        for one init (`--inits mae_only`) reports the whole study; number of
+        runs done by this call).
     """
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -244,8 +247,10 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
         finished[key] = record
         new += 1
         log(f"{key}: holdout Dice {record['metrics']['dice']:.4f} ({record['seconds']:.0f} s)")
-    ordered = [finished[run_key(*run)] for run in sweep_plan(study) if run_key(*run) in finished]
-    return ordered, new
+    planned = [run_key(*run) for run in sweep_plan(study)]
+    earlier = sorted(set(finished) - set(planned), key=lambda key: (
+        finished[key]["n_labels"], finished[key]["seed"], finished[key]["init"] != FRANGI, finished[key]["init"]))
+    return [finished[key] for key in planned if key in finished] + [finished[key] for key in earlier], new
 
 
 def stage_seconds(pretraining, records):
