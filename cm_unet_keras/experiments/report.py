@@ -55,12 +55,19 @@ def relative_drop_interval(records, init, n_high, n_low, level=0.95, resamples=1
     high, low = cells.get((init, n_high)), cells.get((init, n_low))
     if n_high == n_low or not high or not low or len(high) < 2 or len(low) < 2:
         return None
+    return _bootstrap(np.asarray(high, float), np.asarray(low, float),
+                      lambda high_means, low_means: (high_means - low_means) / high_means, level, resamples, seed)
+
+
+def _bootstrap(high, low, statistic, level, resamples, seed):
+    """Percentile interval of `statistic(mean of high, mean of low)`: the rows
+    (seeds) of `high` and of `low` are resampled with replacement, each on its own."""
     rng = np.random.default_rng(seed)
-    high_means = rng.choice(high, size=(resamples, len(high))).mean(axis=1)
-    low_means = rng.choice(low, size=(resamples, len(low))).mean(axis=1)
-    drops = (high_means - low_means) / high_means
+    high_means = high[rng.integers(len(high), size=(resamples, len(high)))].mean(axis=1)
+    low_means = low[rng.integers(len(low), size=(resamples, len(low)))].mean(axis=1)
+    values = statistic(high_means, low_means)
     tail = (1.0 - level) / 2.0
-    return float(np.quantile(drops, tail)), float(np.quantile(drops, 1.0 - tail))
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
 
 
 def drop_difference(records, init, n_high, n_low, reference="scratch", level=0.95, resamples=10000, seed=0):
@@ -87,12 +94,7 @@ def drop_difference(records, init, n_high, n_low, reference="scratch", level=0.9
     point = float(difference(high.mean(axis=0), low.mean(axis=0)))
     if len(high) < 2 or len(low) < 2:
         return point, None, None
-    rng = np.random.default_rng(seed)
-    high_means = high[rng.integers(len(high), size=(resamples, len(high)))].mean(axis=1)
-    low_means = low[rng.integers(len(low), size=(resamples, len(low)))].mean(axis=1)
-    differences = difference(high_means, low_means)
-    tail = (1.0 - level) / 2.0
-    return point, float(np.quantile(differences, tail)), float(np.quantile(differences, 1.0 - tail))
+    return (point, *_bootstrap(high, low, difference, level, resamples, seed))
 
 
 def mean_interval(values, level=0.95):

@@ -67,8 +67,6 @@ def load_model(name_or_path):
     return model
 
 
-
-
 def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH):
     """Segment raw angiograms of any size and intensity range.
 
