@@ -24,6 +24,7 @@ folder or card).
 """
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -99,6 +100,16 @@ def describe_pretraining(source):
         return {"config": config, "steps": len(history) * (config.get("steps_per_epoch") or 0),
                 "seconds": round(sum(row["seconds"] for row in history), 1),
                 "final": {k: last.get(k) for k in ("reconstruction_loss", "contrastive_loss", "contrastive_accuracy")}}
+    if (path / "pretrain_jax.json").is_file():  # recipes/pretrain_jax.py (an accelerator, JAX backend)
+        settings = json.loads((path / "pretrain_jax.json").read_text())
+        with open(path / "history.csv") as file:
+            last = list(csv.DictReader(file))[-1]
+        config = {key: settings[key] for key in ("base_filters", "depth", "image_size", "batch_size", "lr",
+                                                 "mask_ratio", "rc_weight", "ct_weight", "seed")}
+        config["views"] = "crops"
+        return {"config": config, "steps": settings["steps_done"], "seconds": round(settings["seconds"], 1),
+                "device": settings["device"],
+                "final": {k: float(last[k]) for k in ("reconstruction_loss", "contrastive_loss", "contrastive_accuracy")}}
     card = ROOT / "saved_models" / source / "card.json"
     if card.is_file():
         card = json.loads(card.read_text())
@@ -116,25 +127,34 @@ def write_report(rows):
         "",
         "Written by `python benchmarks/pretrain_screen.py --report` from `runs.jsonl`. Each probe fine-tunes",
         "the width-16 U-Net on N labelled XCA training pairs (the study's subsets) with the package defaults",
-        "(2,000 steps, batch 8 of 128 px patches, AdamW 2e-3, warm-up + cosine, last epoch kept) and scores",
+        "(batch 8 of 128 px patches, AdamW 2e-3, warm-up + cosine, last epoch kept) for the steps given and scores",
         "the other training pairs (the selection pairs). The 10 validation pairs of `recipes/xca_split.json`",
         "are not read: they are the study's. Dice is the mean over the selection pairs at the end of the run;",
         "'paired' is the mean difference from scratch on the same subsets (same seed).",
         "",
-        "| start | pretraining | N | seeds | Dice (mean +- sd) | paired vs scratch | Dice at 500 steps |",
-        "|---|---|---|---|---|---|---|",
+        "| start | pretraining | N | fine-tuning steps | seeds | Dice (mean +- sd) | paired vs scratch | Dice at 500 steps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     scratch = {(r["n_labels"], r["steps"], r["seed"]): r for r in rows if r["label"] == "scratch"}
+    # A start is described as it was when its probes ran: a preset or a run
+    # folder may have been rebuilt since (cmunet_small_pretrained was, after
+    # the shift_1200 probe), so a description already written is kept.
+    written = OUT / "pretrainings.json"
+    known = json.loads(written.read_text()) if written.is_file() else {}
     details = {}
     for label in labels:
         source = sources[label]
-        about = describe_pretraining(source) if source else {}
+        kept = {k: v for k, v in known.get(label, {}).items() if k != "source"}
+        about = kept if kept and known[label].get("source") == source else (
+            describe_pretraining(source) if source else {})
         details[label] = {"source": source, **about}
         what = "none"
         if about:
             c = about["config"]
             what = (f"{about['steps']:,} steps, batch {c['batch_size']}, {c.get('views', 'shift')} views, "
                     f"mask {c['mask_ratio']:.2f}, rc {c['rc_weight']:g} / ct {c['ct_weight']:g}")
+            if about.get("device", "cpu").startswith(("cuda", "gpu")):
+                what += f", lr {c['lr']:g}, GPU ({about['seconds'] / 60:.0f} min, `recipes/pretrain_jax.py`)"
         elif source:
             what = source
         for n, steps in sorted({(r["n_labels"], r["steps"]) for r in rows if r["label"] == label}):
@@ -148,7 +168,7 @@ def write_report(rows):
             paired_text = f"{np.mean(paired):+.3f} ({len(paired)})" if paired else "-"
             early_text = f"{np.mean(early):.3f}" if early else "-"
             seeds = ",".join(str(r["seed"]) for r in cell)
-            lines.append(f"| {label} | {what} | {n} | {seeds} | {np.mean(dice):.3f}{sd} | {paired_text} | {early_text} |")
+            lines.append(f"| {label} | {what} | {n} | {steps:,} | {seeds} | {np.mean(dice):.3f}{sd} | {paired_text} | {early_text} |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     (OUT / "pretrainings.json").write_text(json.dumps(details, indent=2) + "\n")
