@@ -52,6 +52,15 @@ def test_evaluate_writes_the_documented_json(pairs, tiny_model_path, tmp_path, c
     assert "dice" in printed.out
 
 
+def test_evaluate_refuses_a_pretrained_only_model_and_writes_nothing(pairs, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code, printed = _run(["evaluate", "--model", "cmunet_small_pretrained", "--pairs", str(pairs),
+                          "--json", str(out)], capsys)
+    assert code != 0
+    assert "pretrained only" in printed.err and "cmunet_small_pretrained" in printed.err
+    assert not out.exists()
+
+
 def test_predict_writes_mask_probability_and_overlay_for_any_size(tiny_model_path, tmp_path, shared_data, capsys):
     odd = tmp_path / "odd.png"
     cv2.imwrite(str(odd), np.random.default_rng(0).integers(0, 255, (333, 517), dtype=np.uint8))
