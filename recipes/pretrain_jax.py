@@ -452,6 +452,17 @@ def train(data, out, args):
     print(f"done: {total} steps in {time.perf_counter() - train_started:.0f} s; weights in {out}", flush=True)
 
 
+def initial_weights(out, args):
+    """The online networks' weights as `train` starts them (same seed, same backend), for
+    `benchmarks/weight_change.py`: JAX and TensorFlow draw other initial values."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(args.seed)
+    networks = build_networks(args.base_filters, args.depth)
+    np.savez(out, **layer_weights(networks, WEIGHTS["online"]))
+
+
 # --- import (TensorFlow machine) --------------------------------------------------
 def import_run(source, run_dir):
     """`train`'s output -> a pretraining run folder (`pretrained.weights.h5`, `pretrainer.json`)."""
@@ -527,6 +538,11 @@ def main(argv=None):
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--precision", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--seed", type=int, default=60)
+    p = commands.add_parser("initial-weights", help="the online networks' weights before training")
+    p.add_argument("out")
+    p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--seed", type=int, default=60)
     p = commands.add_parser("import", help="train's output -> a pretraining run folder")
     p.add_argument("source")
     p.add_argument("run_dir")
@@ -535,6 +551,8 @@ def main(argv=None):
         pack(args.cache, args.out)
     elif args.command == "train":
         train(args.data, args.out, args)
+    elif args.command == "initial-weights":
+        initial_weights(args.out, args)
     else:
         import_run(args.source, args.run_dir)
 
