@@ -73,6 +73,24 @@ def test_sweep_resumes_without_redoing_finished_runs(quick_study, shared_data):
     assert {r["init"] for r in records[:planned]} == {"scratch"}
 
 
+def test_a_later_pretraining_call_keeps_the_earlier_variants_times(quick_study, shared_data, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(quick_study / "runs", runs)
+    record = runs / "pretraining.json"
+    earlier = json.loads(record.read_text())
+    assert set(earlier) == {"cmunet"} and earlier["cmunet"]["seconds"] > 0
+    # As if another variant had been pretrained by an earlier call.
+    record.write_text(json.dumps({**earlier, "mae_only": {"run_dir": "elsewhere", "epochs_done": 2, "seconds": 60.0}}))
+    config = dataclasses.replace(study.quick_config(), inits=("cmunet", "scratch"))
+    result = study.run_study(config, shared_data, SPLIT, runs, tmp_path / "out", stage="all", log=lambda *_: None,
+                             verbose=0)
+    assert result["new_runs"] == 0  # everything was finished: cmunet's pretraining is only read back
+    kept = json.loads(record.read_text())
+    assert set(kept) == {"cmunet", "mae_only"} and kept["cmunet"]["epochs_done"] == earlier["cmunet"]["epochs_done"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "- pretraining (mae_only): 1.0 min" in markdown and "- pretraining (cmunet): " in markdown
+
+
 def test_subsets_are_nested_and_never_touch_the_reported_pairs(shared_data):
     train, holdout = study.study_data(shared_data, SPLIT)
     assert (len(train), len(holdout)) == (30, 10)

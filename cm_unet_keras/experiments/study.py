@@ -50,7 +50,7 @@ from cm_unet_keras.config import (  # noqa: F401  (StudyConfig and INITS: study.
     build_config,
 )
 from cm_unet_keras.core.errors import InvalidInputError
-from cm_unet_keras.core.files import json_safe
+from cm_unet_keras.core.files import atomic_write_json, json_safe
 from cm_unet_keras.evaluation.evaluate import write_report
 from cm_unet_keras.experiments.data import labelled_subset, study_data, unlabeled_pool
 from cm_unet_keras.experiments.frangi import FRANGI, evaluate_frangi, frangi_vesselness, tune_frangi  # noqa: F401
@@ -255,9 +255,7 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
 
 def stage_seconds(pretraining, records):
     """Training time of each stage, summed over runs (so resumed calls add up)."""
-    times = {}
-    if pretraining:
-        times["pretraining (" + ", ".join(pretraining) + ")"] = sum(v["seconds"] for v in pretraining.values())
+    times = {f"pretraining ({variant})": done["seconds"] for variant, done in pretraining.items()}
     if records:
         times[f"sweep ({len(records)} runs)"] = sum(r.get("seconds", 0.0) for r in records)
     return times
@@ -311,12 +309,13 @@ def run_study(study, data_root, split_path, runs_dir, out_dir, stage="all", log=
     runs_dir.mkdir(parents=True, exist_ok=True)
     check_same_protocol(study, runs_dir)
     (runs_dir / "split.json").write_text(Path(split_path).read_text())
-    pretraining = {}
+    # Every variant pretrained in this runs folder, by this call or an
+    # earlier one (`--inits cmunet`, later `--inits mae_only`).
+    record = runs_dir / "pretraining.json"
+    pretraining = json.loads(record.read_text()) if record.is_file() else {}
     if stage in ("pretrain", "all"):
-        pretraining = run_pretraining(study, data_root, split_path, runs_dir, log, verbose)
-        (runs_dir / "pretraining.json").write_text(json.dumps(pretraining, indent=2))
-    elif (runs_dir / "pretraining.json").is_file():
-        pretraining = json.loads((runs_dir / "pretraining.json").read_text())
+        pretraining.update(run_pretraining(study, data_root, split_path, runs_dir, log, verbose))
+        atomic_write_json(record, pretraining)
     records, new = [], 0
     if stage in ("sweep", "all"):
         records, new = run_sweep(study, data_root, split_path, runs_dir, log, verbose)
