@@ -60,7 +60,7 @@ def probe_key(label, n, steps, seed):
     return f"{label}_n{n}_s{steps}_seed{seed}"
 
 
-def run_probe(label, source, n, steps, seed, data_root, split):
+def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_factor=1.0):
     from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.experiments.data import labelled_subset, study_data
     from cm_unet_keras.experiments.store import append_jsonl
@@ -72,7 +72,7 @@ def run_probe(label, source, n, steps, seed, data_root, split):
     selection = [r for r in train if r.name not in chosen]
     config = FinetuneConfig(
         base_filters=16, depth=4, epochs=steps // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH, seed=seed,
-        init=source, select="last", val_fraction=0.0,
+        init=source, select="last", val_fraction=0.0, pretrained_lr_factor=pretrained_lr_factor,
     )
     name = probe_key(label, n, steps, seed)
     started = time.perf_counter()
@@ -81,6 +81,7 @@ def run_probe(label, source, n, steps, seed, data_root, split):
     state = json.loads((RUNS / name / "state.json").read_text())
     curve = [[r["epoch"] * STEPS_PER_EPOCH, r["val_dice"]] for r in state["history"]]
     row = {"key": name, "label": label, "source": source, "n_labels": n, "steps": steps, "seed": seed,
+           "pretrained_lr_factor": pretrained_lr_factor,
            "labelled": sorted(chosen), "n_selection": len(selection),
            "final_dice": curve[-1][1], "seconds": round(time.perf_counter() - started, 1), "curve": curve}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -157,6 +158,9 @@ def write_report(rows):
                 what += f", lr {c['lr']:g}, GPU ({about['seconds'] / 60:.0f} min, `recipes/pretrain_jax.py`)"
         elif source:
             what = source
+        factors = {r.get("pretrained_lr_factor", 1.0) for r in rows if r["label"] == label}
+        if factors != {1.0}:
+            what += "; fine-tuned with the pretrained layers at " + "/".join(f"{f:g}" for f in sorted(factors)) + " x lr"
         for n, steps in sorted({(r["n_labels"], r["steps"]) for r in rows if r["label"] == label}):
             cell = [r for r in rows if r["label"] == label and r["n_labels"] == n and r["steps"] == steps]
             dice = [r["final_dice"] for r in cell]
@@ -181,6 +185,9 @@ def main(argv=None):
                         help="LABEL=SOURCE (run folder, preset, .keras) or scratch; repeat")
     parser.add_argument("--n-labels", type=int, nargs="+", default=[3])
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--pretrained-lr-factor", type=float, default=1.0,
+                        help="fine-tuning learning-rate multiplier of the transferred layers (give such starts "
+                             "their own label)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--split", default=str(ROOT / "recipes" / "xca_split.json"))
@@ -191,7 +198,8 @@ def main(argv=None):
             for label, source in args.init:
                 if probe_key(label, n, args.steps, seed) in finished():
                     continue
-                row = run_probe(label, source, n, args.steps, seed, args.data, args.split)
+                factor = args.pretrained_lr_factor if source else 1.0
+                row = run_probe(label, source, n, args.steps, seed, args.data, args.split, factor)
                 print(f"{row['key']}: selection Dice {row['final_dice']:.4f} ({row['seconds']:.0f} s)", flush=True)
     if args.report:
         write_report(list(finished().values()))
