@@ -5,10 +5,10 @@ lent to this project has JAX but no TensorFlow and no network (its Python
 packages travel as wheels of at most 64 MiB, TensorFlow is far larger), so
 this recipe runs the same method on Keras 3's JAX backend:
 
-- the network is the package's own: `cm_unet_keras.models.unet.CMUNet`
-  (imported without the package's TensorFlow start-up), with the
-  pretrainer's reconstruction head, projector, predictor and EMA target
-  built as `cm_unet_keras.models.pretrainer` builds them;
+- the networks are the package's own: `CMUNet` with the pretrainer's
+  reconstruction head, projector, predictor and EMA target, built by
+  `cm_unet_keras.models.pretrainer_networks` (imported without the
+  package's TensorFlow start-up) as `ContrastiveMaskedPretrainer` builds them;
 - the step is `ContrastiveMaskedPretrainer.train_step` written for JAX:
   per-sample count-exact 16 px patch masks, MSE to the per-patch-normalised
   view over the masked patches, InfoNCE (tau, x 2 tau) of the predictor's
@@ -109,15 +109,16 @@ def unpack(path):
 
 
 # --- the networks (either backend) --------------------------------------------
-def _import_unet_without_tensorflow():
-    """`cm_unet_keras.models.unet` without running the package's __init__ (which needs TensorFlow)."""
+def _package_without_tensorflow():
+    """Make `cm_unet_keras.models` importable without running the package's
+    __init__ (which needs TensorFlow), with a one-device BatchNorm off TensorFlow."""
     if "cm_unet_keras" not in sys.modules:
         package = types.ModuleType("cm_unet_keras")
         package.__path__ = [str(ROOT / "cm_unet_keras")]
         sys.modules["cm_unet_keras"] = package
     import keras
 
-    from cm_unet_keras.models import layers, unet
+    from cm_unet_keras.models import layers
 
     if keras.backend.backend() != "tensorflow" and layers.BatchNormalization.__name__ != "_OneDeviceBatchNorm":
         # The U-Net asks for synchronised BatchNorm (global-batch statistics
@@ -128,40 +129,17 @@ def _import_unet_without_tensorflow():
                 super().__init__(**kwargs)
 
         layers.BatchNormalization = _OneDeviceBatchNorm
-    return unet
-
-
-def _mlp(keras, input_dim, hidden_dim, output_dim, name, momentum, epsilon):
-    """`cm_unet_keras.models.pretrainer._mlp` (that module imports TensorFlow)."""
-    features = keras.Input(shape=(input_dim,), name=f"{name}_input")
-    x = keras.layers.Dense(hidden_dim, name=f"{name}_dense1")(features)
-    x = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=f"{name}_bn")(x)
-    x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.Dense(output_dim, use_bias=False, name=f"{name}_dense2")(x)
-    return keras.Model(features, x, name=name)
 
 
 def build_networks(base_filters, depth, projection_dim=256):
     """online_network, projector, predictor, target_encoder, target_projector:
-    the sub-networks of `ContrastiveMaskedPretrainer`, same layers and names."""
-    import keras
+    `ContrastiveMaskedPretrainer`'s sub-networks (`models.pretrainer_networks`)."""
+    _package_without_tensorflow()
+    from cm_unet_keras.models.pretrainer_networks import pretrainer_networks
 
-    unet_module = _import_unet_without_tensorflow()
-    unet = unet_module.CMUNet(base_filters=base_filters, depth=depth)
-    reconstruction = keras.layers.Conv2D(1, 1, dtype="float32", name="reconstruction_head")(unet.decoder_output())
-    online = keras.Model(unet.input, {"bottleneck": unet.bottleneck_output(), "reconstruction": reconstruction},
-                         name="online_network")
-    width = base_filters * 2**depth
-    bn = dict(momentum=unet_module.BN_MOMENTUM, epsilon=unet_module.BN_EPSILON)
-    projector = _mlp(keras, width, 4 * width, projection_dim, "projector", **bn)
-    predictor = _mlp(keras, projection_dim, 4 * width, projection_dim, "predictor", **bn)
-    encoder = keras.Model(unet.input, unet.bottleneck_output())
-    cloned = keras.models.clone_model(encoder)
-    target_encoder = keras.Model(cloned.input, cloned.output, name="target_encoder")
-    cloned = keras.models.clone_model(projector)
-    target_projector = keras.Model(cloned.input, cloned.output, name="target_projector")
-    return {"online_network": online, "projector": projector, "predictor": predictor,
-            "target_encoder": target_encoder, "target_projector": target_projector}
+    networks = pretrainer_networks(base_filters, depth, projection_dim)
+    networks.pop("unet")  # its layers are the online network's
+    return networks
 
 
 def layer_weights(networks, keys):

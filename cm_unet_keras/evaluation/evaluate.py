@@ -3,12 +3,10 @@
 import json
 from pathlib import Path
 
-from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.data.layouts import read_pair
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
-from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram
-from cm_unet_keras.inference.settings import PRETRAINED_ONLY
+from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram, settings_of
 
 
 def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta=False):
@@ -25,9 +23,7 @@ def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta
             pretraining run or a pretrained preset): its head was never
             trained, so its scores would be noise.
     """
-    recorded = getattr(model, "segmentation_settings", None)
-    if recorded is not None and recorded.pretrained_only:
-        raise InvalidInputError(recorded.source or model.name, PRETRAINED_ONLY + "; its scores would be noise")
+    settings_of(model, "; its scores would be noise")
     per_image = []
     for record in records:
         angiogram, vessel_mask = read_pair(record)

@@ -101,7 +101,7 @@ def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision=
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # refused below, with the reason
             model = load_model(model)
-    settings = _settings_of(model).overridden(threshold, clahe)
+    settings = settings_of(model).overridden(threshold, clahe)
     threshold, clahe = settings.threshold, settings.clahe
     if isinstance(angiograms, (list, tuple)):
         return [segment(model, item, threshold, clahe, tta, precision, batch_size) for item in angiograms]
@@ -123,11 +123,13 @@ def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision=
     return Segmentation(probability, probability >= threshold)
 
 
-def _settings_of(model):
-    """`model.segmentation_settings`, refusing a model that cannot segment."""
+def settings_of(model, consequence=""):
+    """`model.segmentation_settings` (the defaults if it has none), refusing a
+    model that cannot segment: a pretrained-only one raises `InvalidInputError`
+    (its message ends with `consequence`)."""
     recorded = getattr(model, "segmentation_settings", None) or SegmentationSettings(DEFAULT_THRESHOLD, False)
     if recorded.pretrained_only:
-        raise InvalidInputError(recorded.source or model.name, PRETRAINED_ONLY)
+        raise InvalidInputError(recorded.source or model.name, PRETRAINED_ONLY + consequence)
     return recorded
 
 
@@ -379,7 +381,7 @@ def predict_files(
         InvalidInputError: as `segment`: a pretrained-only model, or a file
             that cannot be read (unless `skipped`).
     """
-    _settings_of(model)
+    settings_of(model)
     model = inference_model(model, precision)
     records = index_unlabeled(inputs)
     bar = ProgressBar(len(records), progress) if progress is not None else None

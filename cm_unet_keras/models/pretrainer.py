@@ -49,25 +49,13 @@ import tensorflow as tf
 
 from cm_unet_keras.data.masking import MASK_RATIO, apply_patch_mask, sample_patch_masks
 from cm_unet_keras.models.losses import info_nce, masked_reconstruction_loss
-from cm_unet_keras.models.unet import BN_EPSILON, BN_MOMENTUM, CMUNet
+from cm_unet_keras.models.pretrainer_networks import pretrainer_networks
 
 # The files of a pretraining run that hold its result: the pretrainer's
 # weights (without optimizer state), and beside them its `get_config()`,
 # which is what is needed to rebuild it and load them.
 PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 PRETRAINER_CONFIG = "pretrainer.json"
-
-
-def _mlp(input_dim, hidden_dim, output_dim, name):
-    """Linear - BN - ReLU - Linear (no bias), the projector/predictor shape."""
-    features = keras.Input(shape=(input_dim,), name=f"{name}_input")
-    x = keras.layers.Dense(hidden_dim, name=f"{name}_dense1")(features)
-    x = keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
-    )(x)
-    x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.Dense(output_dim, use_bias=False, name=f"{name}_dense2")(x)
-    return keras.Model(features, x, name=name)
 
 
 def _synchronize_batch_norm(model):
@@ -158,28 +146,13 @@ class ContrastiveMaskedPretrainer(keras.Model):
             raise ValueError(
                 f"rc_weight and ct_weight must be >= 0 and not both 0, got {rc_weight}, {ct_weight}"
             )
-        bottleneck_width = base_filters * 2**depth
-        hidden = projection_hidden_dim or 4 * bottleneck_width
-
-        # === Online network ===
-        self.unet = CMUNet(base_filters=base_filters, depth=depth)
-        reconstruction = keras.layers.Conv2D(
-            1, 1, dtype="float32", name="reconstruction_head"
-        )(self.unet.decoder_output())
-        self.online_network = keras.Model(
-            self.unet.input,
-            {"bottleneck": self.unet.bottleneck_output(), "reconstruction": reconstruction},
-            name="online_network",
-        )
-        self.projector = _mlp(bottleneck_width, hidden, projection_dim, "projector")
-        self.predictor = _mlp(projection_dim, hidden, projection_dim, "predictor")
-
-        # === Target network (EMA, no gradient) ===
-        online_encoder = keras.Model(self.unet.input, self.unet.bottleneck_output())
-        cloned = keras.models.clone_model(online_encoder)
-        self.target_encoder = keras.Model(cloned.input, cloned.output, name="target_encoder")
-        cloned = keras.models.clone_model(self.projector)
-        self.target_projector = keras.Model(cloned.input, cloned.output, name="target_projector")
+        # Online network (U-Net, reconstruction head, projector, predictor)
+        # and the EMA target (encoder and projector, no gradient).
+        networks = pretrainer_networks(base_filters, depth, projection_dim, projection_hidden_dim)
+        self.unet = networks["unet"]
+        self.online_network = networks["online_network"]
+        self.projector, self.predictor = networks["projector"], networks["predictor"]
+        self.target_encoder, self.target_projector = networks["target_encoder"], networks["target_projector"]
         for model in (self.online_network, self.projector, self.predictor,
                       self.target_encoder, self.target_projector):
             _synchronize_batch_norm(model)
