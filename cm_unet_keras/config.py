@@ -13,6 +13,7 @@ help)`: `cm-unet` builds the flag from the field (its name, type, default,
 help and choices), so adding a flag is adding a field.
 """
 
+import argparse
 import dataclasses
 import json
 import math
@@ -34,6 +35,35 @@ VIEWS = ("crops", "shift")
 ALGORITHMS = ("random", "bayesian", "hyperband")
 # The study's starting points: a pretraining variant of the same code, or a random start.
 INITS = ("cmunet", "scratch", "mae_only", "contrastive_only")
+
+
+def split_init(name):
+    """A study init: `'cmunet'` -> `('cmunet', None)`; `'cmunet@500'` ->
+    `('cmunet', 500)`, the same start fine-tuned for 500 steps at every N
+    instead of the study's budget (a budget chosen for that start on the
+    selection pairs, e.g. by `benchmarks/pretrain_screen.py`).
+
+    Raises:
+        ValueError: an unknown start, or steps that are not a positive integer.
+    """
+    base, at, steps = str(name).partition("@")
+    if base not in INITS:
+        raise ValueError(f"init {name!r}: choose one of {', '.join(INITS)}, optionally with @STEPS")
+    if not at:
+        return base, None
+    if not steps.isdigit() or int(steps) < 1:
+        raise ValueError(f"init {name!r}: write START@STEPS with a positive whole number of steps")
+    return base, int(steps)
+
+
+def init_name(name):
+    """`name` if `split_init` accepts it: the type of `--inits` values, whose
+    refusal argparse prints as it is."""
+    try:
+        split_init(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return str(name)
 
 
 def setting(default, help, choices=None, none=None, item=None):
@@ -294,7 +324,8 @@ class StudyConfig:
             (more where the spread is larger: few labels).
         steps_by_n: {N: fine-tuning steps} where an N needs another budget
             than `finetune`'s (the same for every init at that N).
-        inits: `scratch` and/or pretraining variants.
+        inits: `scratch` and/or pretraining variants; `VARIANT@STEPS`
+            fine-tunes that start for STEPS steps at every N (`split_init`).
         frangi: include the Frangi baseline.
         frangi_sigma_sets / frangi_thresholds: the Frangi grid; thresholds
             are fractions of each image's largest vesselness in its field
@@ -309,7 +340,8 @@ class StudyConfig:
     seeds: tuple = setting((0, 1, 2), "seeds of every N", item=int)
     seeds_by_n: dict = dataclasses.field(default_factory=dict)
     steps_by_n: dict = dataclasses.field(default_factory=dict)
-    inits: tuple = setting(INITS, "initialisations", choices=INITS, item=str)
+    inits: tuple = setting(INITS, f"initialisations: {', '.join(INITS)}; START@STEPS fine-tunes that start for "
+                                  "STEPS steps at every N instead of the study's budget", item=init_name)
     frangi: bool = True
     frangi_sigma_sets: tuple = ((1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4), (1, 2, 3, 4, 5, 6), (2, 4, 6))
     frangi_thresholds: tuple = tuple(np.round(np.geomspace(0.01, 0.5, 24), 4))

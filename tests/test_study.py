@@ -211,3 +211,54 @@ def test_no_drop_is_reported_when_only_one_n_was_run():
     table = results_markdown(records, {})
     row = next(line for line in table.splitlines() if line.startswith("| cmunet |"))
     assert "0.0%" not in row and row.split("|")[3].strip() == "-"
+
+
+def test_an_init_at_its_own_budget_starts_from_its_pretraining_and_is_paired_with_scratch(quick_study, shared_data,
+                                                                                          tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(quick_study / "runs", runs)
+    config = dataclasses.replace(study.quick_config(), inits=("cmunet@4",), frangi=False)
+    assert study.pretrained_variants(config) == ["cmunet"]
+    records, new = study.run_sweep(config, shared_data, SPLIT, runs, log=lambda *_: None, verbose=0)
+    assert new == len(config.n_labels)  # one seed: a run per N, the finished cmunet and scratch runs untouched
+    own = [r for r in records if r["init"] == "cmunet@4"]
+    default_steps = study.quick_config().finetune.epochs * study.quick_config().finetune.steps_per_epoch
+    assert {r["steps"] for r in own} == {4} and default_steps != 4
+    for record in own:
+        run_dir = runs / "sweep" / study.run_key("cmunet@4", record["n_labels"], record["seed"])
+        state = json.loads((run_dir / "state.json").read_text())
+        assert state["epochs_done"] == 4 // study.quick_config().finetune.steps_per_epoch
+        loaded = json.loads((run_dir / "transfer_report.json").read_text())["loaded"]
+        assert any(name.startswith("encoder_") for name in loaded)
+        cmunet = next(r for r in records if (r["init"], r["n_labels"], r["seed"]) == ("cmunet", record["n_labels"],
+                                                                                      record["seed"]))
+        assert record["labelled"] == cmunet["labelled"]  # the same subset as the study's cmunet run
+    study.write_results(records, tmp_path / "out", study=config)
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "cmunet@4: cmunet fine-tuned for 4 steps at every N" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| cmunet@4 |")]
+    assert len(rows) >= 3  # the Dice table, the paired table (against scratch) and the metrics table
+    inits_in_order = [line.split("|")[1].strip() for line in markdown.split("## Dice")[1].splitlines()
+                      if line.startswith("| ") and not line.startswith("| init")][:4]
+    assert inits_in_order == ["frangi", "cmunet", "cmunet@4", "scratch"]
+
+
+def test_init_names_and_their_budgets_are_checked(tmp_path):
+    from cm_unet_keras.cli import build_parser
+    from cm_unet_keras.config import split_init
+
+    assert split_init("cmunet@500") == ("cmunet", 500) and split_init("scratch") == ("scratch", None)
+    for bad in ("unet", "cmunet@", "cmunet@0", "cmunet@-5", "cmunet@1e3", "frangi"):
+        with pytest.raises(ValueError, match="init"):
+            split_init(bad)
+    with pytest.raises(ValueError, match="not a whole number"):
+        study.run_config(study.cpu_config(), "cmunet@550", 3, 0, tmp_path)
+    config = study.run_config(study.cpu_config(), "cmunet@500", 30, 0, tmp_path)
+    assert config.epochs * config.steps_per_epoch == 500 and config.init == str(tmp_path / "cmunet")
+    assert study.run_config(study.cpu_config(), "cmunet", 30, 0, tmp_path).epochs * config.steps_per_epoch == 4000
+    args = build_parser().parse_args(["study", "--inits", "cmunet@500", "scratch"])
+    assert args.inits == ["cmunet@500", "scratch"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["study", "--inits", "cmunet@lots"])
+    with pytest.raises(ValueError, match="unet"):
+        study.study_config("cpu", inits=["unet"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cm_unet_keras.config import INITS
+from cm_unet_keras.config import INITS, split_init
 from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS
 from cm_unet_keras.experiments.frangi import FRANGI
@@ -124,9 +124,16 @@ def write_results(records, out_dir, stage_seconds=None, command="", study=None):
 
 
 def _inits_in(records):
+    """Frangi, then the inits in `INITS` order, each followed by its own-budget
+    runs (`cmunet`, `cmunet@500`, ...)."""
     order = [FRANGI] + list(INITS)
     present = {r["init"] for r in records}
-    return [i for i in order if i in present] + sorted(present - set(order))
+
+    def rank(init):
+        start, steps = split_init(init) if init != FRANGI else (FRANGI, None)
+        return order.index(start), steps or 0
+
+    return sorted(present, key=rank)
 
 
 def paired_differences(records, init, reference="scratch", key="dice"):
@@ -141,7 +148,9 @@ def paired_differences(records, init, reference="scratch", key="dice"):
     return differences
 
 
-def _budget_lines(study):
+def _budget_lines(study, inits=()):
+    """How the study pretrained and fine-tuned; `inits` (those in the records)
+    name the own-budget runs."""
     if study is None:
         return []
     p, f = study.pretrain, study.finetune
@@ -150,8 +159,10 @@ def _budget_lines(study):
         f"{p.working_size} px working size, \"{p.views}\" views; batch {p.batch_size}; {p.epochs} epochs x "
         f"{p.steps_per_epoch} steps; peak lr {p.peak_lr():g}; mask {p.mask_ratio:.0%} of {p.patch_size} px patches; "
         f"tau {p.temperature}; EMA {p.ema_momentum}.",
-        f"Fine-tuning (every run, every init): {f.epochs * f.steps_per_epoch} steps"
+        f"Fine-tuning (every run of every init, but for those named START@STEPS): {f.epochs * f.steps_per_epoch} steps"
         + "".join(f", {steps} at N = {n}" for n, steps in sorted(study.steps_by_n.items()))
+        + "".join(f"; {init}: {split_init(init)[0]} fine-tuned for {split_init(init)[1]} steps at every N"
+                  for init in inits if init != FRANGI and split_init(init)[1] is not None)
         + f"; batch {f.batch_size} of {f.patch_size} px patches; AdamW lr {f.lr:g}, weight decay "
         f"{f.weight_decay:g}; Dice weight {f.dice_weight}; precision {f.precision}.",
     ]
@@ -175,7 +186,7 @@ def results_markdown(records, stage_seconds, command="", study=None):
         "its 10, among its 30) and seeds the initialisation; every run trains on all N and keeps the last",
         "epoch.",
         f"Machine: {machine_text}." + (f" Command: `{command}`" if command else ""),
-        *_budget_lines(study),
+        *_budget_lines(study, inits),
         "",
         "## Dice",
         "",

@@ -11,7 +11,10 @@ so an interrupted stage resumes and a finished one is not redone.
 
 Stage 2 (`run_sweep`) fine-tunes, for every N in `n_labels` and seed in
 `seeds`, from each init in `inits` (`scratch` or a pretraining variant),
-with one shared `FinetuneConfig`. A seed draws the N labelled pairs (a
+with one shared `FinetuneConfig`; an init `VARIANT@STEPS` (`cmunet@500`) is
+that start fine-tuned for its own number of steps at every N, a budget
+chosen for it on the selection pairs (`benchmarks/pretrain_screen.py`),
+never on the reported ones. A seed draws the N labelled pairs (a
 prefix of one seeded permutation of the 30 training pairs, so the subsets
 are nested: 3 of seed s are among its 10, which are among its 30) and seeds
 the initialisation. Every run trains on all its N pairs for the fixed
@@ -48,6 +51,7 @@ from cm_unet_keras.config import (  # noqa: F401  (StudyConfig and INITS: study.
     PretrainConfig,
     StudyConfig,
     build_config,
+    split_init,
 )
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import atomic_write_json, json_safe
@@ -143,18 +147,27 @@ def study_config(preset="cpu", seeds=None, n_labels=None, inits=None):
     if n_labels:
         config.n_labels = tuple(n_labels)
     if inits:
+        for init in inits:
+            split_init(init)
         config.inits = tuple(inits)
     return config
 
 
 def run_config(study, init, n_labels, seed, pretrain_dir):
-    """The `FinetuneConfig` of one sweep run: the shared budget, this run's seed and
-    init; all N pairs train and the last epoch is kept, whatever N."""
+    """The `FinetuneConfig` of one sweep run: the shared budget (or the init's
+    own, `cmunet@500`), this run's seed and init; all N pairs train and the
+    last epoch is kept, whatever N."""
     config = copy.deepcopy(study.finetune)
     config.seed = seed
-    if n_labels in study.steps_by_n:
-        config.epochs = max(1, study.steps_by_n[n_labels] // config.steps_per_epoch)
-    config.init = None if init == "scratch" else str(Path(pretrain_dir) / init)
+    start, steps = split_init(init)
+    if steps is None and n_labels in study.steps_by_n:
+        steps = study.steps_by_n[n_labels]
+    if steps is not None:
+        if steps % config.steps_per_epoch:
+            raise ValueError(f"init {init!r}: {steps} steps is not a whole number of "
+                             f"{config.steps_per_epoch}-step epochs")
+        config.epochs = max(1, steps // config.steps_per_epoch)
+    config.init = None if start == "scratch" else str(Path(pretrain_dir) / start)
     config.val_fraction, config.select = 0.0, "last"
     return config
 
@@ -170,7 +183,7 @@ def run_pretraining(study, data_root, split_path, runs_dir, log=print, verbose=2
     train, _ = study_data(data_root, split_path)
     pool = unlabeled_pool(data_root, train)
     done = {}
-    for variant in [i for i in study.inits if i in PRETRAINED_INITS]:
+    for variant in pretrained_variants(study):
         config = dataclasses.replace(study.pretrain, **PRETRAINED_INITS[variant], max_images=study.max_unlabeled)
         run_dir = Path(runs_dir) / "pretrain" / variant
         log(f"pretraining {variant} on {len(pool)} unlabeled angiograms -> {run_dir}")
@@ -181,6 +194,12 @@ def run_pretraining(study, data_root, split_path, runs_dir, log=print, verbose=2
             "seconds": float(sum(row["seconds"] for row in result["history"])),
         }
     return done
+
+
+def pretrained_variants(study):
+    """The pretraining variants the study's inits start from (`cmunet@500` -> `cmunet`)."""
+    starts = dict.fromkeys(split_init(init)[0] for init in study.inits)
+    return [start for start in starts if start in PRETRAINED_INITS]
 
 
 # --- stage 2 --------------------------------------------------------------------
@@ -223,8 +242,9 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
         key = run_key(init, n_labels, seed)
         if key in finished:
             continue
-        if init in PRETRAINED_INITS and not (runs_dir / "pretrain" / init / "pretrained.weights.h5").is_file():
-            raise FileNotFoundError(f"no pretraining of {init} in {runs_dir / 'pretrain'}: run --stage pretrain first")
+        start = split_init(init)[0] if init != FRANGI else FRANGI
+        if start in PRETRAINED_INITS and not (runs_dir / "pretrain" / start / "pretrained.weights.h5").is_file():
+            raise FileNotFoundError(f"no pretraining of {start} in {runs_dir / 'pretrain'}: run --stage pretrain first")
         subset = labelled_subset(train, n_labels, seed)
         started = time.perf_counter()
         run_dir = runs_dir / "sweep" / key
@@ -236,7 +256,8 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
         else:
             config = run_config(study, init, n_labels, seed, runs_dir / "pretrain")
             fit, report = finetune_and_evaluate(config, subset, holdout, run_dir, log=log, verbose=verbose)
-            extra = {"selection": "last epoch of the fixed budget", "best_epoch": fit["best_epoch"], "n_train": fit["n_train"],
+            extra = {"selection": "last epoch of the fixed budget", "steps": config.epochs * config.steps_per_epoch,
+                     "best_epoch": fit["best_epoch"], "n_train": fit["n_train"],
                      "n_val": fit["n_val"], "best_val_dice": fit["best_val_dice"]}
         record = {
             "init": init, "n_labels": n_labels, "seed": seed,
