@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "pretrain_screen"
 RUNS = ROOT / "runs" / "pretrain_screen" / "probes"
 STEPS_PER_EPOCH = 100
+STUDY_STEPS = 2000  # the study's fine-tuning budget at N = 3 and 10 (`study.cpu_config`)
 
 
 def parse_init(text):
@@ -60,7 +61,7 @@ def probe_key(label, n, steps, seed):
     return f"{label}_n{n}_s{steps}_seed{seed}"
 
 
-def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_factor=1.0):
+def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_factor=1.0, frozen_encoder_epochs=0):
     from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.experiments.data import labelled_subset, study_data
     from cm_unet_keras.experiments.store import append_jsonl
@@ -73,6 +74,7 @@ def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_fac
     config = FinetuneConfig(
         base_filters=16, depth=4, epochs=steps // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH, seed=seed,
         init=source, select="last", val_fraction=0.0, pretrained_lr_factor=pretrained_lr_factor,
+        frozen_encoder_epochs=frozen_encoder_epochs,
     )
     name = probe_key(label, n, steps, seed)
     started = time.perf_counter()
@@ -81,7 +83,7 @@ def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_fac
     state = json.loads((RUNS / name / "state.json").read_text())
     curve = [[r["epoch"] * STEPS_PER_EPOCH, r["val_dice"]] for r in state["history"]]
     row = {"key": name, "label": label, "source": source, "n_labels": n, "steps": steps, "seed": seed,
-           "pretrained_lr_factor": pretrained_lr_factor,
+           "pretrained_lr_factor": pretrained_lr_factor, "frozen_encoder_steps": frozen_encoder_epochs * STEPS_PER_EPOCH,
            "labelled": sorted(chosen), "n_selection": len(selection),
            "final_dice": curve[-1][1], "seconds": round(time.perf_counter() - started, 1), "curve": curve}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -131,10 +133,13 @@ def write_report(rows):
         "(batch 8 of 128 px patches, AdamW 2e-3, warm-up + cosine, last epoch kept) for the steps given and scores",
         "the other training pairs (the selection pairs). The 10 validation pairs of `recipes/xca_split.json`",
         "are not read: they are the study's. Dice is the mean over the selection pairs at the end of the run;",
-        "'paired' is the mean difference from scratch on the same subsets (same seed).",
+        "'paired' is the mean difference from scratch on the same subsets (same seed) and budget; the next",
+        f"column pairs it with scratch at the study's {STUDY_STEPS:,} steps (its converged budget at N = 3 and 10),",
+        "which is how a start with its own shorter budget compares with the baseline (per seed in brackets).",
         "",
-        "| start | pretraining | N | fine-tuning steps | seeds | Dice (mean +- sd) | paired vs scratch | Dice at 500 steps |",
-        "|---|---|---|---|---|---|---|---|",
+        "| start | pretraining | N | fine-tuning steps | seeds | Dice (mean +- sd) | paired vs scratch | "
+        f"paired vs scratch at {STUDY_STEPS:,} steps | Dice at 500 steps |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     scratch = {(r["n_labels"], r["steps"], r["seed"]): r for r in rows if r["label"] == "scratch"}
     # A start is described as it was when its probes ran: a preset or a run
@@ -161,6 +166,9 @@ def write_report(rows):
         factors = {r.get("pretrained_lr_factor", 1.0) for r in rows if r["label"] == label}
         if factors != {1.0}:
             what += "; fine-tuned with the pretrained layers at " + "/".join(f"{f:g}" for f in sorted(factors)) + " x lr"
+        frozen = {r.get("frozen_encoder_steps", 0) for r in rows if r["label"] == label}
+        if frozen != {0}:
+            what += "; encoder frozen for the first " + "/".join(f"{f:,}" for f in sorted(frozen)) + " steps"
         for n, steps in sorted({(r["n_labels"], r["steps"]) for r in rows if r["label"] == label}):
             cell = [r for r in rows if r["label"] == label and r["n_labels"] == n and r["steps"] == steps]
             dice = [r["final_dice"] for r in cell]
@@ -168,11 +176,14 @@ def write_report(rows):
             early = [e for e in early if e is not None]
             paired = [r["final_dice"] - scratch[(n, steps, r["seed"])]["final_dice"] for r in cell
                       if (n, steps, r["seed"]) in scratch and label != "scratch"]
+            long = [r["final_dice"] - scratch[(n, STUDY_STEPS, r["seed"])]["final_dice"] for r in cell
+                    if (n, STUDY_STEPS, r["seed"]) in scratch and (label, steps) != ("scratch", STUDY_STEPS)]
+            long_text = (f"{np.mean(long):+.3f} (" + ", ".join(f"{d:+.3f}" for d in long) + ")") if long else "-"
             sd = f" +- {np.std(dice, ddof=1):.3f}" if len(dice) > 1 else ""
             paired_text = f"{np.mean(paired):+.3f} ({len(paired)})" if paired else "-"
             early_text = f"{np.mean(early):.3f}" if early else "-"
             seeds = ",".join(str(r["seed"]) for r in cell)
-            lines.append(f"| {label} | {what} | {n} | {steps:,} | {seeds} | {np.mean(dice):.3f}{sd} | {paired_text} | {early_text} |")
+            lines.append(f"| {label} | {what} | {n} | {steps:,} | {seeds} | {np.mean(dice):.3f}{sd} | {paired_text} | {long_text} | {early_text} |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     (OUT / "pretrainings.json").write_text(json.dumps(details, indent=2) + "\n")
@@ -188,18 +199,24 @@ def main(argv=None):
     parser.add_argument("--pretrained-lr-factor", type=float, default=1.0,
                         help="fine-tuning learning-rate multiplier of the transferred layers (give such starts "
                              "their own label)")
+    parser.add_argument("--frozen-encoder-epochs", type=int, default=0,
+                        help="fine-tune with the encoder frozen for the first epochs of 100 steps (linear-probe-"
+                             "then-fine-tune; give such starts their own label)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--split", default=str(ROOT / "recipes" / "xca_split.json"))
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
+    if args.steps < STEPS_PER_EPOCH or args.steps % STEPS_PER_EPOCH:
+        parser.error(f"--steps {args.steps}: a multiple of the {STEPS_PER_EPOCH}-step epoch")
     for seed in args.seeds:
         for n in args.n_labels:
             for label, source in args.init:
                 if probe_key(label, n, args.steps, seed) in finished():
                     continue
                 factor = args.pretrained_lr_factor if source else 1.0
-                row = run_probe(label, source, n, args.steps, seed, args.data, args.split, factor)
+                frozen = args.frozen_encoder_epochs if source else 0
+                row = run_probe(label, source, n, args.steps, seed, args.data, args.split, factor, frozen)
                 print(f"{row['key']}: selection Dice {row['final_dice']:.4f} ({row['seconds']:.0f} s)", flush=True)
     if args.report:
         write_report(list(finished().values()))
