@@ -90,7 +90,9 @@ class FinetuneConfig:
     whole 256 px images. We train on native-resolution patches with AdamW,
     warm-up and cosine decay over a fixed budget (2,000 steps: the N = 3
     validation curves are flat from about 1,000; at N = 30 4,000 steps
-    still add 0.006-0.016: `benchmarks/finetune_budget/results.md`), on
+    still add 0.006-0.016: `benchmarks/finetune_budget/results.md`; a
+    pretrained start with a handful of pairs is better at 500, `--epochs 5`:
+    `benchmarks/pretrain_screen/results.md`), on
     every labelled pair, and keep the last epoch, as nnU-Net does: the paper
     picked its checkpoint on its test set, and picking it on 1 or 2 of a
     few labelled images is noisier than not picking at all.
