@@ -123,6 +123,12 @@ def write_results(records, out_dir, stage_seconds=None, command="", study=None):
     plot_dice_vs_labels(records, out_dir / "dice_vs_labels.png")
 
 
+def init_start(init):
+    """(start, own fine-tuning steps or None) of a record's init
+    (`config.split_init`); Frangi is a start of its own."""
+    return (FRANGI, None) if init == FRANGI else split_init(init)
+
+
 def _inits_in(records):
     """Frangi, then the inits in `INITS` order, each followed by its own-budget
     runs (`cmunet`, `cmunet@500`, ...)."""
@@ -130,7 +136,7 @@ def _inits_in(records):
     present = {r["init"] for r in records}
 
     def rank(init):
-        start, steps = split_init(init) if init != FRANGI else (FRANGI, None)
+        start, steps = init_start(init)
         return order.index(start), steps or 0
 
     return sorted(present, key=rank)
@@ -161,8 +167,8 @@ def _budget_lines(study, inits=()):
         f"tau {p.temperature}; EMA {p.ema_momentum}.",
         f"Fine-tuning (every run of every init, but for those named START@STEPS): {f.epochs * f.steps_per_epoch} steps"
         + "".join(f", {steps} at N = {n}" for n, steps in sorted(study.steps_by_n.items()))
-        + "".join(f"; {init}: {split_init(init)[0]} fine-tuned for {split_init(init)[1]} steps at every N"
-                  for init in inits if init != FRANGI and split_init(init)[1] is not None)
+        + "".join(f"; {init}: {start} fine-tuned for {steps} steps at every N"
+                  for init, (start, steps) in ((i, init_start(i)) for i in inits) if steps is not None)
         + f"; batch {f.batch_size} of {f.patch_size} px patches; AdamW lr {f.lr:g}, weight decay "
         f"{f.weight_decay:g}; Dice weight {f.dice_weight}; precision {f.precision}.",
     ]

@@ -60,6 +60,7 @@ from cm_unet_keras.experiments.data import labelled_subset, study_data, unlabele
 from cm_unet_keras.experiments.frangi import FRANGI, evaluate_frangi, frangi_vesselness, tune_frangi  # noqa: F401
 from cm_unet_keras.experiments.report import (  # noqa: F401  (the intervals: study.mean_interval...)
     drop_difference,
+    init_start,
     mean_interval,
     relative_drop,
     relative_drop_interval,
@@ -166,7 +167,7 @@ def run_config(study, init, n_labels, seed, pretrain_dir):
         if steps % config.steps_per_epoch:
             raise ValueError(f"init {init!r}: {steps} steps is not a whole number of "
                              f"{config.steps_per_epoch}-step epochs")
-        config.epochs = max(1, steps // config.steps_per_epoch)
+        config.epochs = steps // config.steps_per_epoch
     config.init = None if start == "scratch" else str(Path(pretrain_dir) / start)
     config.val_fraction, config.select = 0.0, "last"
     return config
@@ -242,7 +243,7 @@ def run_sweep(study, data_root, split_path, runs_dir, log=print, verbose=2):
         key = run_key(init, n_labels, seed)
         if key in finished:
             continue
-        start = split_init(init)[0] if init != FRANGI else FRANGI
+        start = init_start(init)[0]
         if start in PRETRAINED_INITS and not (runs_dir / "pretrain" / start / "pretrained.weights.h5").is_file():
             raise FileNotFoundError(f"no pretraining of {start} in {runs_dir / 'pretrain'}: run --stage pretrain first")
         subset = labelled_subset(train, n_labels, seed)
