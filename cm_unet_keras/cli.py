@@ -522,16 +522,17 @@ def cmd_presets(args):
 
 
 def add_demo(command):
-    demo = command("demo", "end-to-end demo on synthetic angiograms")
+    demo = command("demo", "segment, adapt and pretrain on real angiograms shipped with the package")
     demo.add_argument("--out", default="demo_out", help="folder of the report and the runs")
     demo.add_argument("--quick", action="store_true", help="a smoke-test sized run")
+    demo.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision")
     demo.set_defaults(run=cmd_demo)
 
 
 def cmd_demo(args):
     from cm_unet_keras.demo import run_demo
 
-    report_path = run_demo(args.out, quick=args.quick)
+    report_path = run_demo(args.out, quick=args.quick, precision=args.precision)
     print(f"demo report: {report_path}")
 
 
