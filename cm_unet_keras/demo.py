@@ -15,6 +15,7 @@ licences in its README.md):
 """
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def run_demo(out_dir, quick=False, precision="auto", log=print):
     out_dir = Path(out_dir)
     frames = demo_frames()
     seconds = {}
+    cpu_started, load = time.process_time(), os.getloadavg()[0]
 
     started = time.perf_counter()
     log(f"1/3 segmenting {len(frames)} real angiograms with the {PRESET} preset")
@@ -91,12 +93,16 @@ def run_demo(out_dir, quick=False, precision="auto", log=print):
     pretrained = pretrain_briefly(frames, sizes, precision, out_dir / "pretrain", log)
     seconds["pretrain"] = time.perf_counter() - started
 
+    # CPU seconds and the load beside the wall time: on a shared machine the
+    # wall time says more about the other jobs than about the demo.
     context = {"precision": resolve_precision(precision), "config": config, "seconds": seconds,
-               "train": train, "pretrained": pretrained}
+               "train": train, "pretrained": pretrained, "cpu_seconds": time.process_time() - cpu_started,
+               "load": load, "cores": os.cpu_count()}
     path = write_markdown(out_dir, segmented, {f.name: s for f, s in zip(held_out, adapted)},
                           [f.name for f in held_out], context)
     log(f"demo: {sum(seconds.values()):.0f} s in all (segment {seconds['segment']:.0f} s, "
-        f"few labels {seconds['few_labels']:.0f} s, pretraining {seconds['pretrain']:.0f} s)")
+        f"few labels {seconds['few_labels']:.0f} s, pretraining {seconds['pretrain']:.0f} s); "
+        f"{context['cpu_seconds']:.0f} CPU s on {context['cores']} cores, load average {load:.1f} at the start")
     return path
 
 
@@ -236,7 +242,8 @@ def write_markdown(out_dir, segmented, adapted, held_out, context):
 
 Public angiograms shipped with the package (`cm_unet_keras/demo_data/`: CIMAT, BSD-3-Clause,
 Cervantes-Sanchez et al.; ARCADE, CC BY 4.0, Popov et al. 2024). Precision
-{context["precision"]}; wall time {sum(seconds.values()):.0f} s ({timing}).
+{context["precision"]}; wall time {sum(seconds.values()):.0f} s ({timing}), after importing TensorFlow;
+{context["cpu_seconds"]:.0f} CPU seconds on {context["cores"]} cores, load average {context["load"]:.1f} at the start.
 
 {segment_section(segmented, out_dir)}
 {few_labels_section(segmented, adapted, held_out, context, out_dir)}

@@ -178,8 +178,14 @@ def test_the_wheel_ships_the_demo_angiograms(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
+    # Built from a copy: pip builds in place, and its build/ would land in the checkout.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(root / "cm_unet_keras", checkout / "cm_unet_keras", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy(root / name, checkout)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(checkout)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
