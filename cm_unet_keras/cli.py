@@ -32,7 +32,7 @@ from cm_unet_keras.data.layouts import NNUNET_SUBSETS
 FINETUNE_FLAGS = (
     "base_filters", "depth", "epochs", "steps_per_epoch", "batch_size", "lr", "patch_size", "val_fraction",
     "seed", "limit", "init", "frozen_encoder_epochs", "pretrained_lr_factor", "select", "precision", "clahe",
-    "deterministic",
+    "deterministic", "cldice_weight",
 )
 PRETRAIN_FLAGS = (
     "minutes", "views", "base_filters", "depth", "epochs", "warmup_epochs", "steps_per_epoch", "batch_size",
