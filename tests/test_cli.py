@@ -44,7 +44,7 @@ def test_evaluate_writes_the_documented_json(pairs, tiny_model_path, tmp_path, c
     code, printed = _run(["evaluate", "--model", str(tiny_model_path), "--pairs", str(pairs), "--json", str(out)], capsys)
     assert code == 0
     report = json.loads(out.read_text())
-    keys = {"dice", "iou", "cldice", "sensitivity", "specificity", "hd95"}
+    keys = {"dice", "iou", "cldice", "centerline_recall", "sensitivity", "specificity", "hd95"}
     assert report["n_images"] == 3
     assert set(report["mean"]) == keys and set(report["std"]) == keys
     assert [row["name"] for row in report["per_image"]] == ["1", "2", "3"]

@@ -250,15 +250,17 @@ def results_markdown(records, stage_seconds, command="", study=None):
                     f" [{gap[1]:+.1%}, {gap[2]:+.1%}]" if gap[1] is not None else ""))
             lines.append(f"| {init} | " + " | ".join(row) + " |")
         lines.append("")
+    # Records written before a metric existed lack it: its column is left out.
+    keys = [key for key in METRIC_KEYS if any(key in record["metrics"] for record in records)]
     lines += [
         "## All metrics (mean +- sample sd over seeds)",
         "",
-        "| init | N | " + " | ".join(METRIC_KEYS) + " |",
-        "|---|---|" + "---|" * len(METRIC_KEYS),
+        "| init | N | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
     ]
     for init in inits:
         for n in ns:
-            per_key = {key: _by_cell(records, key).get((init, n)) for key in METRIC_KEYS}
+            per_key = {key: _by_cell(records, key).get((init, n)) for key in keys}
             if not per_key["dice"]:
                 continue
             values = [_spread(v) if v else "-" for v in per_key.values()]

@@ -243,7 +243,7 @@ class FinetuneRun(TrainingRun):
                     set_encoder_trainable(self.model, encoder_trainable)
                     self.model.compile(
                         optimizer=make_optimizer(config, total_steps, transferred),
-                        loss=DiceBCELoss(config.dice_weight),
+                        loss=DiceBCELoss(config.dice_weight, config.cldice_weight),
                         jit_compile=False,
                     )
                     # A new optimizer starts at step 0: move it to where the
@@ -388,11 +388,13 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
 
 
 def check_config(config):
-    """Refuse settings `finetune` cannot run (patch size, selection rule)."""
+    """Refuse settings `finetune` cannot run (patch size, selection rule, loss weight)."""
     if config.patch_size % 2**config.depth:
         raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
     if config.select not in SELECT_RULES:
         raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
+    if not config.cldice_weight >= 0.0:
+        raise ValueError(f"cldice_weight {config.cldice_weight} must be >= 0")
 
 
 def patch_sampler(config, train_records, partial_records=None):
