@@ -110,8 +110,8 @@ def score_frames(model, frames, precision, overlay_dir):
     """Segment `frames`, write their overlays, and score them against their masks.
 
     Frames of one size go through the network together. Returns one dict
-    per frame: name, source, size, `overlay` (a path relative to the demo
-    folder's parent of `overlay_dir`) and its Dice, clDice and sensitivity.
+    per frame: name, source, size, `overlay` (the overlay PNG written in
+    `overlay_dir`) and its Dice, clDice and sensitivity.
     """
     pairs = [read_pair(frame.record) for frame in frames]
     by_size = {}
