@@ -267,7 +267,8 @@ class FinetuneRun(TrainingRun):
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate,
                "train_seconds": round(seconds, 2),
                "val_seconds": round(time.perf_counter() - trained, 2)}
-        logs["val_dice"] = val_dice
+        if self.val_items:  # a run that holds nothing out has no validation metric to log
+            logs["val_dice"] = val_dice
         self.check_finite(row["loss"], epoch, f"the last good checkpoint {self.last_path} and best weights are kept")
         keep_last = config.select == "last" or not self.val_items
         improved = keep_last or val_dice > self.state["best_val_dice"]
@@ -287,7 +288,8 @@ class FinetuneRun(TrainingRun):
             save_model_atomic(self.model, self.last_path)
             self.write_history(HISTORY_FIELDS)
         self.log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
+            f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}"
+            + (f"  val_dice {val_dice:.4f}" if self.val_items else "")
             + ("  (best)" if improved and not keep_last else "")
         )
 

@@ -1,0 +1,431 @@
+"""Your scanner, your few labels: which start adapts best, leave-one-source-out (issue 25).
+
+    python benchmarks/adaptation.py --arcade-train DIR --stage starts   # the generalist without CIMAT
+    python benchmarks/adaptation.py --stage screen                      # budgets, on the selection pairs
+    python benchmarks/adaptation.py --stage cimat                       # target CIMAT, k = 0, 1, 3, 10
+    python benchmarks/adaptation.py --stage arcade                      # target ARCADE, k = 3, 10
+    python benchmarks/adaptation.py --report                            # results.md, results.json
+
+A lab with a new scanner annotates k frames and fine-tunes a start on them.
+Each target source is left out of the starts it is scored against:
+
+- Target CIMAT (`xca_vessels`, full vessel trees, catheter included):
+  `scratch` (random initialisation), `cmunet` (the `cmunet_small_pretrained`
+  preset: CM-UNet pretraining, no labels) and `general_no_cimat` (that
+  preset fine-tuned on ARCADE's syntax *train* split, 1,000 angiograms
+  imported by `recipes/import_arcade_syntax.py`, plus the 140 ARCADE
+  training pairs of `recipes/arcade_split.json`: main segments, no CIMAT
+  label). Each is fine-tuned on k = 1, 3, 10 of the 30 CIMAT training pairs
+  (the study's nested subsets, `experiments.data.labelled_subset`: the same
+  pairs for every start at a seed; seeds 0-4 at k <= 3, 0-2 at k = 10) and
+  scored on the 10 validation pairs of `recipes/xca_split.json`. k = 0 is
+  the start itself (the generalist, zero-shot).
+- Target ARCADE (`arcade_vessels/val`, main segments only): `xca` (the
+  `cmunet_small_xca` preset: the CM-UNet start fine-tuned on the 30 CIMAT
+  pairs, no ARCADE label), `cmunet` and `scratch`, fine-tuned on k = 3, 10
+  of the 140 ARCADE training pairs, scored on the 60 validation pairs:
+  centerline recall (the share of the annotated segments' skeleton that
+  the mask covers) as the headline, pixel sensitivity beside it,
+  specificity as a floor.
+
+Budgets (steps, learning rate) per start are the few-label rule of
+`cm_unet_keras.training.few_label`, chosen by `--stage screen` on the
+selection pairs (the training pairs not drawn for the run), never on the
+scored ones. `--reuse-study` takes scratch runs the label-efficiency study
+already made under the same protocol (same code, subsets, seeds, budget
+and scoring: `benchmarks/label_efficiency/results.json`) instead of
+repeating them; they are marked as such in the results.
+
+Runs go to `runs/adaptation/` (each resumes); one JSON line per finished
+run in `benchmarks/adaptation/runs.jsonl`.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "adaptation"
+RUNS = ROOT / "runs" / "adaptation"
+DATA = ROOT.parent / "shared" / "data"
+STEPS_PER_EPOCH = 100
+GENERAL_STEPS = 4000  # the budget of the previous general preset (benchmarks/cross_source/training.md)
+SEEDS = {0: (), 1: (0, 1, 2, 3, 4), 3: (0, 1, 2, 3, 4), 10: (0, 1, 2)}
+ARCADE_SEEDS = {3: (0, 1, 2), 10: (0, 1, 2)}
+SCREEN_SEEDS = (0, 1)
+
+
+# --- data -------------------------------------------------------------------
+
+def cimat_parts(data_root):
+    """(30 training, 10 validation) CIMAT records of `recipes/xca_split.json`."""
+    from cm_unet_keras.experiments.data import study_data
+
+    return study_data(data_root, ROOT / "recipes" / "xca_split.json")
+
+
+def arcade_parts(data_root):
+    """(140 training, 60 validation) ARCADE records of `recipes/arcade_split.json`."""
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.data.splits import select_part
+
+    folder = Path(data_root) / "arcade_vessels" / "val"
+    records = index_images_masks(folder / "images", folder / "masks")
+    split = ROOT / "recipes" / "arcade_split.json"
+    return select_part(records, split, "train"), select_part(records, split, "holdout")
+
+
+def arcade_syntax_train(folder):
+    from cm_unet_keras.data.layouts import index_images_masks
+
+    folder = Path(folder)
+    if not (folder / "images").is_dir():
+        raise SystemExit(f"{folder}: no images/ folder; import ARCADE's syntax train split with "
+                         "recipes/import_arcade_syntax.py first")
+    return index_images_masks(folder / "images", folder / "masks")
+
+
+# --- starts -----------------------------------------------------------------
+
+def general_no_cimat_path():
+    return RUNS / "starts" / "general_no_cimat" / "model.keras"
+
+
+def train_general_no_cimat(arcade_train_dir, data_root, log=print):
+    """The CIMAT-free generalist: `cmunet_small_pretrained` fine-tuned on
+    ARCADE's syntax train split and the 140 ARCADE training pairs, the
+    previous general preset's recipe (`recipes/general.py`, variant "both":
+    no augmentation, last epoch of 4,000 steps)."""
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.training.finetune import finetune
+
+    records = arcade_syntax_train(arcade_train_dir) + arcade_parts(data_root)[0]
+    config = FinetuneConfig(base_filters=16, depth=4, epochs=GENERAL_STEPS // STEPS_PER_EPOCH,
+                            steps_per_epoch=STEPS_PER_EPOCH, init="cmunet_small_pretrained", select="last",
+                            val_fraction=0.0, seed=0)
+    started = time.perf_counter()
+    fit = finetune(config, records, general_no_cimat_path().parent, verbose=0,
+                   log=lambda line: log(f"[general_no_cimat] {line}"))
+    log(f"general_no_cimat: {len(records)} pairs, {GENERAL_STEPS} steps, {time.perf_counter() - started:.0f} s")
+    return fit
+
+
+def start_init(start):
+    """The `--init` of a start (None: random initialisation)."""
+    if start == "general_no_cimat":
+        path = general_no_cimat_path()
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run --stage starts first")
+        return str(path)
+    return {"scratch": None, "cmunet": "cmunet_small_pretrained", "xca": "cmunet_small_xca"}[start]
+
+
+def finetune_config(start, steps, lr, seed):
+    from cm_unet_keras.config import FinetuneConfig
+
+    return FinetuneConfig(base_filters=16, depth=4, epochs=steps // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH,
+                          lr=lr, seed=seed, init=start_init(start), select="last", val_fraction=0.0)
+
+
+def budget(start, k):
+    """(steps, lr) of the package's few-label rule for a start and k pairs."""
+    from cm_unet_keras.training.few_label import few_label_settings
+
+    kind = {"scratch": "scratch", "cmunet": "pretrained"}.get(start, "finetuned")
+    steps, lr, _ = few_label_settings(kind, k)
+    return (steps or 2000), (lr or 2e-3)
+
+
+# --- runs -------------------------------------------------------------------
+
+def finished(name):
+    from cm_unet_keras.experiments.store import read_jsonl
+
+    return read_jsonl(OUT / name, lambda row: row["key"])
+
+
+def record(name, row):
+    from cm_unet_keras.experiments.store import append_jsonl
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    append_jsonl(OUT / name, row)
+
+
+def screen_run(start, k, steps, lr, seed, data_root, log=print):
+    """Fine-tune `start` on k CIMAT training pairs; Dice on the other training
+    pairs (the selection pairs) after the last epoch. The validation pairs
+    are not read."""
+    from cm_unet_keras.experiments.data import labelled_subset
+    from cm_unet_keras.training.finetune import finetune
+
+    key = f"{start}_k{k}_s{steps}_lr{lr:g}_seed{seed}"
+    if key in finished("screen.jsonl"):
+        return
+    train, _ = cimat_parts(data_root)
+    labelled = labelled_subset(train, k, seed)
+    chosen = {r.name for r in labelled}
+    selection = [r for r in train if r.name not in chosen]
+    started = time.perf_counter()
+    fit = finetune(finetune_config(start, steps, lr, seed), labelled, RUNS / "screen" / key, val_records=selection,
+                   verbose=0, log=lambda line: log(f"[{key}] {line}"))
+    history = json.loads((RUNS / "screen" / key / "state.json").read_text())["history"]
+    record("screen.jsonl", {"key": key, "start": start, "k": k, "steps": steps, "lr": lr, "seed": seed,
+                            "labelled": sorted(chosen), "n_selection": len(selection),
+                            "selection_dice": history[-1]["val_dice"], "seconds": round(time.perf_counter() - started, 1),
+                            "curve": [[row["epoch"] * STEPS_PER_EPOCH, row["val_dice"]] for row in history],
+                            "best_val_dice": fit["best_val_dice"]})
+    log(f"{key}: selection Dice {history[-1]['val_dice']:.4f}")
+
+
+def target_parts(target, data_root):
+    return cimat_parts(data_root) if target == "cimat" else arcade_parts(data_root)
+
+
+def sweep_run(target, start, k, seed, data_root, log=print):
+    """Fine-tune `start` on k pairs of `target`'s training part (k = 0: the
+    start as it is) and score it on `target`'s validation part."""
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.experiments.data import labelled_subset
+    from cm_unet_keras.experiments.runs import finetune_and_evaluate
+    from cm_unet_keras.inference.predict import load_model
+
+    steps, lr = budget(start, k) if k else (0, None)
+    key = f"{target}_{start}_k{k}_seed{seed}"
+    if key in finished("runs.jsonl"):
+        return
+    train, validation = target_parts(target, data_root)
+    started = time.perf_counter()
+    if k == 0:
+        labelled = []
+        report = evaluate_model(load_model(start_init(start)), validation, threshold=0.5)
+    else:
+        labelled = labelled_subset(train, k, seed)
+        _, report = finetune_and_evaluate(finetune_config(start, steps, lr, seed), labelled, validation,
+                                          RUNS / "sweep" / key, verbose=0, log=lambda line: log(f"[{key}] {line}"))
+    record("runs.jsonl", {"key": key, "target": target, "start": start, "k": k, "seed": seed, "steps": steps, "lr": lr,
+                          "labelled": sorted(r.name for r in labelled), "n_scored": len(validation),
+                          "metrics": report["mean"], "metrics_std": report["std"],
+                          "seconds": round(time.perf_counter() - started, 1), "ran": "this benchmark"})
+    log(f"{key}: " + ", ".join(f"{name} {value:.4f}" for name, value in report["mean"].items()))
+
+
+# The study's inits that are this benchmark's starts at its budgets: scratch
+# at 2,000 steps, and cmunet@500, the study's `cmunet` pretraining (the same
+# weights as the `cmunet_small_pretrained` preset, which was extracted from
+# it) fine-tuned 500 steps.
+STUDY_STARTS = {("scratch", 2000): "scratch", ("cmunet@500", 500): "cmunet"}
+
+
+def reuse_study(path):
+    """Runs of the label-efficiency study at this benchmark's protocol (the
+    rule's budget and lr 2e-3, the same nested subsets, seeds and validation
+    pairs) as records of this benchmark, marked as reused."""
+    done = finished("runs.jsonl")
+    for row in json.loads(Path(path).read_text()):
+        start = STUDY_STARTS.get((row["init"], row.get("steps") or 2000))
+        if start is None or row["n_labels"] not in SEEDS or budget(start, row["n_labels"])[0] != (row.get("steps") or 2000):
+            continue
+        key = f"cimat_{start}_k{row['n_labels']}_seed{row['seed']}"
+        if key not in done:
+            record("runs.jsonl", {"key": key, "target": "cimat", "start": start, "k": row["n_labels"],
+                                  "seed": row["seed"], "steps": row.get("steps") or 2000, "lr": 2e-3,
+                                  "labelled": row["labelled"],
+                                  "n_scored": row["n_holdout"], "metrics": row["metrics"],
+                                  "metrics_std": row["metrics_std"], "seconds": row.get("seconds"),
+                                  "ran": f"reused from {Path(path).relative_to(ROOT)}"})
+
+
+def xcad_run(fold, data_root, log=print):
+    """A new source with one labelled frame: the shipped `cmunet_small_general`
+    fine-tuned by the few-label rule on one `xcad_sample` pair and scored on
+    the other (fold 0 trains on the first), beside the preset untouched on
+    that frame. Two frames: a smoke test of the rule on a third source, not
+    a measurement."""
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.experiments.runs import finetune_and_evaluate
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.models.presets import preset_card
+
+    key = f"xcad_general_fold{fold}"
+    if key in finished("runs.jsonl"):
+        return
+    folder = Path(data_root) / "xcad_sample" / "test"
+    records = index_images_masks(folder / "images", folder / "masks")
+    labelled, scored = [records[fold]], [records[1 - fold]]
+    steps, lr = budget("general", 1)
+    config = dataclasses.replace(finetune_config("scratch", steps, lr, fold), init="cmunet_small_general")
+    started = time.perf_counter()
+    before = evaluate_model(load_model("cmunet_small_general"), scored, threshold=0.5)["mean"]
+    _, report = finetune_and_evaluate(config, labelled, scored, RUNS / "sweep" / key, verbose=0,
+                                      log=lambda line: log(f"[{key}] {line}"))
+    record("runs.jsonl", {"key": key, "target": "xcad", "start": "general", "k": 1, "seed": fold, "steps": steps,
+                          "lr": lr, "labelled": [labelled[0].name], "n_scored": 1, "metrics": report["mean"],
+                          "metrics_before": before, "preset_sha256": preset_card("cmunet_small_general")["sha256"],
+                          "seconds": round(time.perf_counter() - started, 1), "ran": "this benchmark"})
+    log(f"{key}: Dice {before['dice']:.4f} untouched -> {report['mean']['dice']:.4f} after {steps} steps on "
+        f"{labelled[0].name}")
+
+
+# --- plans ------------------------------------------------------------------
+
+# (start, k, steps, lr): the screen's grid. cmunet and scratch at k = 3 were
+# screened before (benchmarks/pretrain_screen/results.md: cmunet peaks at
+# 500 steps, scratch needs 2,000); the generalist is new.
+SCREEN = (
+    ("general_no_cimat", 3, 200, 2e-3), ("general_no_cimat", 3, 500, 2e-3), ("general_no_cimat", 3, 1000, 2e-3),
+    ("general_no_cimat", 3, 500, 5e-4),
+    ("general_no_cimat", 10, 500, 2e-3), ("general_no_cimat", 10, 2000, 2e-3),
+    ("cmunet", 10, 500, 2e-3), ("cmunet", 10, 2000, 2e-3),
+)
+STARTS = {"cimat": ("general_no_cimat", "cmunet", "scratch"), "arcade": ("xca", "cmunet", "scratch")}
+ZERO_SHOT = {"cimat": ("general_no_cimat",), "arcade": ("xca",)}
+HEADLINE = {"cimat": "dice", "arcade": "centerline_recall"}
+
+
+def sweep_plan(target, starts=None, ks=None):
+    seeds = SEEDS if target == "cimat" else ARCADE_SEEDS
+    plan = [(start, 0, 0) for start in ZERO_SHOT[target] if not starts or start in starts]
+    for k in sorted(k for k in seeds if k):
+        for start in starts or STARTS[target]:
+            plan += [(start, k, seed) for seed in seeds[k]]
+    return [run for run in plan if not ks or run[1] in ks]
+
+
+# --- report -----------------------------------------------------------------
+
+def paired(rows, target, a, b, k, key):
+    by = {(r["start"], r["seed"]): r["metrics"].get(key) for r in rows if r["target"] == target and r["k"] == k}
+    return [by[(a, s)] - by[(b, s)] for (start, s) in sorted(by) if start == a and by.get((b, s)) is not None
+            and by[(a, s)] is not None]
+
+
+def summary_table(rows, target, keys):
+    from cm_unet_keras.experiments.report import mean_interval
+
+    lines = [f"| start | k | runs | {' | '.join(keys)} | steps, lr |", "|---" * (len(keys) + 4) + "|"]
+    for start in STARTS[target]:
+        for k in sorted({r["k"] for r in rows if r["target"] == target and r["start"] == start}):
+            group = [r for r in rows if r["target"] == target and r["start"] == start and r["k"] == k]
+            cells = []
+            for key in keys:
+                values = [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
+                mean = mean_interval(values)[0] if values else float("nan")
+                cells.append(f"{mean:.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}")
+            reused = sum(1 for r in group if r["ran"] != "this benchmark")
+            budget_text = "zero-shot" if k == 0 else f"{group[0]['steps']}, {group[0]['lr']:g}"
+            lines.append(f"| {start} | {k} | {len(group)}{f' ({reused} reused)' if reused else ''} | "
+                         f"{' | '.join(cells)} | {budget_text} |")
+    return lines
+
+
+def paired_table(rows, target, key):
+    from cm_unet_keras.experiments.report import mean_interval
+
+    starts = STARTS[target]
+    pairs = [(a, b) for i, a in enumerate(starts) for b in starts[i + 1:]]
+    lines = ["| k | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+    for k in sorted({r["k"] for r in rows if r["target"] == target and r["k"]}):
+        cells = []
+        for a, b in pairs:
+            differences = paired(rows, target, a, b, k, key)
+            if not differences:
+                cells.append("-")
+                continue
+            mean, low, high = mean_interval(differences)
+            wins = sum(d > 0 for d in differences)
+            interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+            cells.append(f"{mean:+.3f}{interval} ({wins}/{len(differences)})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(command):
+    from cm_unet_keras.experiments.report import machine
+
+    rows = list(finished("runs.jsonl").values())
+    screen = list(finished("screen.jsonl").values())
+    lines = ["# Adaptation to a new source with k labelled frames, leave-one-source-out (issue 25)", "",
+             f"Written by `{command}`; machine: {machine()}. Mean +- sample sd over seeds (a seed draws the k",
+             "pairs: the study's nested subsets, the same for every start). Paired differences: mean [Student-t 95%",
+             "interval] (seeds where the first start wins / seeds); the runs of a seed share their k pairs.", ""]
+    for target, keys in (("cimat", ("dice", "cldice", "sensitivity", "specificity")),
+                         ("arcade", ("centerline_recall", "sensitivity", "specificity", "dice"))):
+        if not any(r["target"] == target for r in rows):
+            continue
+        scored = "the 10 validation pairs of `recipes/xca_split.json`" if target == "cimat" else \
+            "the 60 validation pairs of `recipes/arcade_split.json` (main segments only)"
+        present = [key for key in keys if any(key in r["metrics"] for r in rows if r["target"] == target)]
+        lines += [f"## Target {target.upper()}: scored on {scored}", ""] + summary_table(rows, target, present)
+        lines += ["", f"Paired differences in {HEADLINE[target]}:", ""] + paired_table(rows, target, HEADLINE[target])
+        lines += [""]
+    xcad = [r for r in rows if r["target"] == "xcad"]
+    if xcad:
+        lines += ["## A third source with one labelled frame: XCAD (2 frames, a smoke test, not a measurement)", "",
+                  "The shipped `cmunet_small_general` (SHA-256 prefix "
+                  f"{xcad[0]['preset_sha256'][:12]}) fine-tuned by the few-label rule on one `xcad_sample` pair, scored "
+                  "on the other, beside the preset untouched on that frame.", "",
+                  "| trained on | steps, lr | Dice untouched | Dice adapted | clDice untouched | clDice adapted |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(xcad, key=lambda r: r["seed"]):
+            lines.append(f"| {r['labelled'][0]} | {r['steps']}, {r['lr']:g} | {r['metrics_before']['dice']:.3f} | "
+                         f"{r['metrics']['dice']:.3f} | {r['metrics_before']['cldice']:.3f} | {r['metrics']['cldice']:.3f} |")
+        lines += [""]
+    if screen:
+        lines += ["## Screen: budgets on the selection pairs (CIMAT training pairs not drawn; validation never read)",
+                  "", "| start | k | steps | lr | seeds | selection Dice |", "|---|---|---|---|---|---|"]
+        for start, k, steps, lr in SCREEN:
+            group = [r["selection_dice"] for r in screen if (r["start"], r["k"], r["steps"], r["lr"]) == (start, k, steps, lr)]
+            if group:
+                lines.append(f"| {start} | {k} | {steps} | {lr:g} | {len(group)} | {np.mean(group):.3f} "
+                             f"({', '.join(f'{v:.3f}' for v in group)}) |")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+    (OUT / "results.json").write_text(json.dumps({"runs": rows, "screen": screen}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=("starts", "screen", "cimat", "arcade", "xcad"), action="append", default=[])
+    parser.add_argument("--arcade-train", help="ARCADE syntax train split imported by recipes/import_arcade_syntax.py")
+    parser.add_argument("--starts", nargs="+", help="only these starts (default: every start of the target)")
+    parser.add_argument("--k", type=int, nargs="+", help="only these k")
+    parser.add_argument("--reuse-study", nargs="?", const=str(ROOT / "benchmarks" / "label_efficiency" / "results.json"))
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if "starts" in args.stage:
+        if not args.arcade_train:
+            parser.error("--stage starts needs --arcade-train DIR")
+        train_general_no_cimat(args.arcade_train, args.data, log)
+    if args.reuse_study:
+        reuse_study(args.reuse_study)
+    if "screen" in args.stage:
+        for start, k, steps, lr in SCREEN:
+            if (not args.starts or start in args.starts) and (not args.k or k in args.k):
+                for seed in SCREEN_SEEDS if k <= 3 else SCREEN_SEEDS[:1]:
+                    screen_run(start, k, steps, lr, seed, args.data, log)
+    for target in ("cimat", "arcade"):
+        if target in args.stage:
+            for start, k, seed in sweep_plan(target, args.starts, args.k):
+                sweep_run(target, start, k, seed, args.data, log)
+    if "xcad" in args.stage:
+        for fold in (0, 1):
+            xcad_run(fold, args.data, log)
+    if args.report:
+        write_report("python benchmarks/adaptation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
