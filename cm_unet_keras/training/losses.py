@@ -24,10 +24,6 @@ def _soft_dilate(image):
     return tf.nn.max_pool2d(image, ksize=3, strides=1, padding="SAME")
 
 
-def _soft_open(image):
-    return _soft_dilate(_soft_erode(image))
-
-
 def soft_skeleton(image, iterations=SOFT_SKELETON_ITERATIONS):
     """Soft skeleton of probabilities `[B, H, W, 1]` by iterated min/max
     pooling (Shit et al. 2021, Algorithm 1): what each successive erosion
@@ -35,11 +31,14 @@ def soft_skeleton(image, iterations=SOFT_SKELETON_ITERATIONS):
     centreline and the operation has a gradient everywhere.
     """
     image = tf.cast(image, tf.float32)
-    skeleton = tf.nn.relu(image - _soft_open(image))
-    for _ in range(iterations):
-        image = _soft_erode(image)
-        delta = tf.nn.relu(image - _soft_open(image))
-        skeleton = skeleton + tf.nn.relu(delta - skeleton * delta)
+    skeleton = None
+    for _ in range(iterations + 1):
+        # The erosion inside this opening is the next step's image: computed
+        # once (Algorithm 1 erodes twice), with the same result.
+        eroded = _soft_erode(image)
+        delta = tf.nn.relu(image - _soft_dilate(eroded))
+        skeleton = delta if skeleton is None else skeleton + tf.nn.relu(delta - skeleton * delta)
+        image = eroded
     return skeleton
 
 
