@@ -379,3 +379,15 @@ def test_predict_shows_a_progress_bar_over_files_and_cine_frames(tiny_model_path
     code, printed = _run(argv + ["--quiet"], capsys)
     assert code == 0 and "ETA" not in printed.err and "run_f0002" not in printed.out
     assert len(list((tmp_path / "out").glob("*_mask.png"))) == 4
+
+
+def test_predict_reads_a_dicom_that_only_gdcm_decodes(tiny_model_path, tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    # JPEG extended 12-bit with a scan header pylibjpeg refuses (as some GE scanners write it).
+    source = get_testdata_file("JPEG-lossy.dcm")
+    code, printed = _run(["predict", "--model", str(tiny_model_path), "--out", str(tmp_path / "out"), source], capsys)
+    assert code == 0, printed.err
+    mask = cv2.imread(str(tmp_path / "out" / "JPEG-lossy_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (1024, 256) and set(np.unique(mask)) <= {0, 255}
+    assert "segmented 1 angiograms" in printed.out

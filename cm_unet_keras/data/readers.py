@@ -17,7 +17,9 @@ DICOM pixel data may be stored uncompressed or in any compressed transfer
 syntax X-ray angiography cines use: JPEG baseline and extended (12-bit),
 JPEG Lossless (process 14, SV1), JPEG-LS lossless and near-lossless,
 JPEG 2000 and RLE, decoded by the pylibjpeg plugins that are dependencies
-of the package.
+of the package. A compressed frame that every pydicom plugin refuses is
+decoded by the GDCM library (python-gdcm, `data.gdcm_frames`), frame by
+frame, then goes through the same Modality LUT and MONOCHROME1 handling.
 
 Every problem with a file raises `InvalidInputError` naming that file.
 """
@@ -391,18 +393,37 @@ def _read_dicom_frames(path, frames, frame_needed):
         stream.seek(0)
         decoded = iter_pixels(stream, indices=indices)
         try:
-            for frame, index in zip(frames, indices):
+            for position, (frame, index) in enumerate(zip(frames, indices)):
                 try:
                     stored = next(decoded)
                 except Exception as error:  # codecs and truncated data raise many types
-                    raise InvalidInputError(
-                        path, f"DICOM pixel data cannot be decoded: {error}"
-                    ) from None
+                    refused = error
+                    break
                 yield frame, _dicom_intensity(path, header, stored, index)
+            else:
+                return
         finally:
             # pydicom's generator restores the file position when closed:
             # close it while the file is still open.
             decoded.close()
+        # pydicom's plugins refused this frame: GDCM decodes it and the rest.
+        yield from _gdcm_fallback(path, header, frames[position:], indices[position:], refused)
+
+
+def _gdcm_fallback(path, header, frames, indices, refused):
+    """`(frame, angiogram)` decoded by GDCM (`data.gdcm_frames`), or an
+    `InvalidInputError` naming the file with both decoders' reasons."""
+    from cm_unet_keras.data.gdcm_frames import iter_gdcm_frames
+
+    decoded = iter_gdcm_frames(header, indices)
+    for frame, index in zip(frames, indices):
+        try:
+            stored = next(decoded)
+        except Exception as error:  # GdcmDecodeError, or pydicom's frame split on damaged data
+            raise InvalidInputError(
+                path, f"DICOM pixel data cannot be decoded: pydicom: {refused}; GDCM: {error}"
+            ) from None
+        yield frame, _dicom_intensity(path, header, stored, index)
 
 
 def _check_frame_number(path, frame, count, frame_needed):
