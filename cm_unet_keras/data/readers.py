@@ -28,14 +28,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
-from pydicom.pixels import iter_pixels
 
 from cm_unet_keras.core.errors import InvalidInputError
+
+# OpenCV and pydicom are imported where a file is decoded: indexing a
+# dataset and `cm-unet --help` do without their start-up time (~1 s).
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 """Suffixes (lower case) of angiograms and masks decoded with OpenCV."""
@@ -285,6 +283,8 @@ def _check_single_frame(path, frame):
 
 
 def _decode_image(path):
+    import cv2
+
     pixels = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise InvalidInputError(
@@ -337,6 +337,9 @@ def _open_dicom(path):
 
 def _read_dicom_header(path, stream):
     """Parse a DICOM header from `stream`, leaving the pixel data unread."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         return pydicom.dcmread(stream, defer_size=_DICOM_DEFER_BYTES)
     except InvalidDicomError:
@@ -391,6 +394,8 @@ def _read_dicom_frames(path, frames, frame_needed):
         if indices != sorted(set(indices)):
             raise ValueError(f"frames must be distinct and in increasing order, got {frames}")
         stream.seek(0)
+        from pydicom.pixels import iter_pixels
+
         decoded = iter_pixels(stream, indices=indices)
         try:
             for position, (frame, index) in enumerate(zip(frames, indices)):
@@ -480,6 +485,8 @@ def _pixel_value_transform(header, frame):
 
 def _apply_modality_lut(stored, transform):
     if "ModalityLUTSequence" in transform:
+        from pydicom.pixels import apply_modality_lut
+
         return apply_modality_lut(stored, transform).astype(np.float32)
     # Same arithmetic as pydicom's rescale, but in float32 and in place:
     # a float64 intermediate would double the memory of a large frame.

@@ -47,7 +47,8 @@ masks are drawn by `cm_unet_keras.data.masking`, the losses are
 import keras
 import tensorflow as tf
 
-from cm_unet_keras.data.masking import MASK_RATIO, apply_patch_mask, sample_patch_masks
+from cm_unet_keras.config import MASK_RATIO
+from cm_unet_keras.data.masking import apply_patch_mask, sample_patch_masks
 from cm_unet_keras.models.losses import info_nce, masked_reconstruction_loss
 from cm_unet_keras.models.pretrainer_networks import pretrainer_networks
 # The files of a pretraining run that hold its result: the pretrainer's
