@@ -46,6 +46,9 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
+    # The public angiograms `cm-unet demo` segments (sources and licences in
+    # cm_unet_keras/demo_data/README.md).
+    package_data={"cm_unet_keras": ["demo_data/*.md", "demo_data/cimat/*.png", "demo_data/arcade/*/*.png"]},
     # Upper bounds: below the next major release we have not tested (the
     # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0, pydicom 3.0,
     # pylibjpeg 2.1 with libjpeg 2.5, openjpeg 2.6 and rle 2.2, python-gdcm 3.2).

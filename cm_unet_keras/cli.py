@@ -27,6 +27,7 @@ from cm_unet_keras.config import (
     TuneConfig,
     build_config,
     optional_type,
+    read_recipe,
 )
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import NNUNET_SUBSETS
@@ -35,7 +36,7 @@ from cm_unet_keras.data.layouts import NNUNET_SUBSETS
 FINETUNE_FLAGS = (
     "base_filters", "depth", "epochs", "steps_per_epoch", "batch_size", "lr", "patch_size", "val_fraction",
     "seed", "limit", "init", "frozen_encoder_epochs", "pretrained_lr_factor", "select", "precision", "clahe",
-    "deterministic",
+    "deterministic", "cldice_weight",
 )
 PRETRAIN_FLAGS = (
     "minutes", "views", "base_filters", "depth", "epochs", "warmup_epochs", "steps_per_epoch", "batch_size",
@@ -274,10 +275,17 @@ def add_finetune(command):
 
 
 def cmd_finetune(args):
+    from cm_unet_keras.training.few_label import apply_few_label_rule, training_pair_count
     from cm_unet_keras.training.finetune import finetune
 
-    config = build_config(FinetuneConfig, args.config, **_flag_values(args, FINETUNE_FLAGS))
+    flags = _flag_values(args, FINETUNE_FLAGS)
+    config = build_config(FinetuneConfig, args.config, **flags)
     records, skipped = _records_from_layout(args)
+    # The budget and learning rate measured best for this kind of start,
+    # unless the user (a flag or the recipe file) set them.
+    given = {name for name, value in flags.items() if value is not None} | set(read_recipe(args.config) if args.config else ())
+    config, message = apply_few_label_rule(config, training_pair_count(config, len(records)), given)
+    print(message, file=sys.stderr)
     result = finetune(config, records, args.out, verbose=args.verbose, skipped_inputs=skipped)
     if result["n_val"]:
         kept = f"validation Dice {result['best_val_dice']:.4f} at the kept epoch {result['best_epoch']} ({config.select})"
@@ -526,16 +534,17 @@ def cmd_presets(args):
 
 
 def add_demo(command):
-    demo = command("demo", "end-to-end demo on synthetic angiograms")
+    demo = command("demo", "segment, adapt and pretrain on real angiograms shipped with the package")
     demo.add_argument("--out", default="demo_out", help="folder of the report and the runs")
     demo.add_argument("--quick", action="store_true", help="a smoke-test sized run")
+    demo.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision")
     demo.set_defaults(run=cmd_demo)
 
 
 def cmd_demo(args):
     from cm_unet_keras.demo import run_demo
 
-    report_path = run_demo(args.out, quick=args.quick)
+    report_path = run_demo(args.out, quick=args.quick, precision=args.precision)
     print(f"demo report: {report_path}")
 
 

@@ -113,6 +113,9 @@ class FinetuneConfig:
     warmup_fraction: float = 0.05
     # Fraction of the loss that is soft Dice; the rest is binary cross-entropy.
     dice_weight: float = 0.5
+    # Weight of 1 - soft clDice (Shit et al. 2021) added to Dice + BCE; 0
+    # leaves the loss as it was (benchmarks/cldice_screen/results.md).
+    cldice_weight: float = setting(0.0, "weight of a soft clDice term added to Dice + BCE (0: none)")
     augment_strength: float = 1.0
     # Zoom range of the training patches (log-uniform; > 1 widens vessels).
     augment_scale: tuple = (1.0, 1.0)

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_evaluate_writes_the_documented_json(pairs, tiny_model_path, tmp_path, c
     code, printed = _run(["evaluate", "--model", str(tiny_model_path), "--pairs", str(pairs), "--json", str(out)], capsys)
     assert code == 0
     report = json.loads(out.read_text())
-    keys = {"dice", "iou", "cldice", "sensitivity", "specificity", "hd95"}
+    keys = {"dice", "iou", "cldice", "centerline_recall", "sensitivity", "specificity", "hd95"}
     assert report["n_images"] == 3
     assert set(report["mean"]) == keys and set(report["std"]) == keys
     assert [row["name"] for row in report["per_image"]] == ["1", "2", "3"]
@@ -133,15 +134,67 @@ def test_console_script_reports_a_missing_model(tmp_path):
     assert result.returncode != 0 and "absent.keras" in result.stderr
 
 
-def test_quick_demo_writes_a_report(tmp_path, capsys):
-    code, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--quick"], capsys)
+def test_quick_demo_segments_adapts_and_pretrains_on_the_shipped_angiograms(tmp_path, capsys):
+    code, printed = _run(["demo", "--out", str(tmp_path / "demo"), "--quick", "--precision", "float32"], capsys)
     assert code == 0
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| dice |" in report and "_overlay.png" in report
-    assert "| scratch |" in report and "| pretrained |" in report
+    # 1: the preset segmented every shipped angiogram, one overlay and one Dice each.
+    for name in ("cimat_1", "cimat_9", "arcade_37", "arcade_193"):
+        assert (tmp_path / "demo" / "segment" / f"{name}_overlay.png").is_file()
+        assert f"](segment/{name}_overlay.png)" in report
+    rows = [line for line in report.splitlines() if line.startswith("| cimat_") or line.startswith("| arcade_")]
+    dice = [float(row.split("|")[3]) for row in rows[:8]]
+    assert len(dice) == 8 and min(dice) > 0.3  # a trained preset, not noise
+    # 2: fine-tuned on 3 pairs, the 5 others scored before and after.
+    assert "| cimat_8 |" in report and "Dice after" in report and "not a converged model" in report
+    history = (tmp_path / "demo" / "few_labels" / "history.csv").read_text()
+    assert history.count("\n") == 2  # the header and the quick run's one epoch
+    # 3: a pretraining run folder that `finetune --init` takes.
     assert (tmp_path / "demo" / "pretrain" / "pretrained.weights.h5").is_file()
-    evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
-    assert evaluation["n_images"] == 2
+    # A run that holds nothing out prints no validation metric (issue 27).
+    assert not re.search(r"\bnan\b", printed.out + printed.err + report, re.IGNORECASE)
+    assert "val_dice" not in printed.out + printed.err
+
+
+def test_the_demo_angiograms_are_the_public_files_named_in_their_readme(shared_data):
+    root = Path(__file__).resolve().parents[1]
+    shipped, data = root / "cm_unet_keras" / "demo_data", shared_data
+    xca_train = set(json.loads((root / "recipes" / "xca_split.json").read_text())["train"])
+    arcade_holdout = set(json.loads((root / "recipes" / "arcade_split.json").read_text())["holdout"])
+    cimat = sorted(shipped.glob("cimat/*.png"))
+    arcade = sorted(shipped.glob("arcade/*/*.png"))
+    assert len(cimat) == 10 and len(arcade) == 6
+    for path in cimat:
+        assert path.stem.removesuffix("_gt") in xca_train
+        assert path.read_bytes() == (data / "xca_vessels" / "train" / path.name).read_bytes()
+    for path in arcade:
+        assert path.stem in arcade_holdout
+        assert path.read_bytes() == (data / "arcade_vessels" / "val" / path.parent.name / path.name).read_bytes()
+    notice = (shipped / "README.md").read_text()
+    assert "BSD-3-Clause" in notice and "CC BY 4.0" in notice and "Copyright (c) 2016, fercer" in notice
+
+
+def test_the_wheel_ships_the_demo_angiograms(tmp_path):
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    # Built from a copy: pip builds in place, and its build/ would land in the checkout.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(root / "cm_unet_keras", checkout / "cm_unet_keras", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy(root / name, checkout)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(checkout)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("cm_unet_keras-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if "/demo_data/" in name}
+    source = root / "cm_unet_keras" / "demo_data"
+    expected = {f"cm_unet_keras/demo_data/{p.relative_to(source).as_posix()}" for p in source.rglob("*") if p.is_file()}
+    assert len(expected) == 17 and shipped == expected
+    assert sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) < 600_000
 
 
 def test_skip_invalid_leaves_out_and_lists_bad_pairs(pairs, tiny_model_path, tmp_path, capsys):

@@ -35,7 +35,7 @@ TOLERANCE = 1e-5
 # the network itself agrees to 5e-7.
 ONNX_TOLERANCE = 1e-3
 
-# The REST bodies quoted in the README: the same 2x3 8-bit angiogram in the
+# The REST bodies quoted in docs/serving.md: the same 2x3 8-bit angiogram in the
 # row ("instances") format and as a base64 PNG.
 README_INSTANCES_BODY = """{"signature_name": "serving_default",
  "instances": [[[[12], [80], [95]], [[10], [120], [101]]]]}"""

@@ -10,6 +10,7 @@ from scipy.spatial.distance import cdist
 from cm_unet_keras.evaluation import metrics
 from cm_unet_keras.evaluation.metrics import (
     METRIC_KEYS,
+    centerline_recall,
     cldice,
     dice,
     hd95,
@@ -67,6 +68,7 @@ def test_both_empty_is_perfect_agreement():
         "dice": 1.0,
         "iou": 1.0,
         "cldice": 1.0,
+        "centerline_recall": 1.0,
         "sensitivity": 1.0,
         "specificity": 1.0,
         "hd95": 0.0,
@@ -80,6 +82,7 @@ def test_empty_prediction_with_vessel_in_reference():
         "dice": 0.0,
         "iou": 0.0,
         "cldice": 0.0,
+        "centerline_recall": 0.0,
         "sensitivity": 0.0,
         "specificity": 1.0,
         "hd95": math.inf,
@@ -94,6 +97,7 @@ def test_vessel_predicted_on_empty_reference():
     assert result["dice"] == 0.0
     assert result["iou"] == 0.0
     assert result["cldice"] == 0.0
+    assert result["centerline_recall"] == 1.0
     assert result["sensitivity"] == 1.0
     assert result["specificity"] == pytest.approx(19 / 25)
     assert result["hd95"] == math.inf
@@ -213,10 +217,60 @@ def test_cldice_of_crossing_lines():
     assert cldice(reference, prediction) == pytest.approx(2 / 17)
 
 
+def test_centerline_recall_of_thin_line_inside_wide_polygon_is_one():
+    # An ARCADE-like reference: a bar 7 pixels tall (rows 3-9, cols 3-26)
+    # drawn around a lumen 3 pixels tall (rows 5-7) that the prediction
+    # marks exactly. Pixel sensitivity = 3/7; the reference's skeleton lies
+    # on its middle rows, inside the lumen, so all of it is covered.
+    reference = np.zeros((13, 30), dtype=bool)
+    reference[3:10, 3:27] = True
+    lumen = np.zeros((13, 30), dtype=bool)
+    lumen[5:8, 3:27] = True
+    assert sensitivity(lumen, reference) == pytest.approx(3 / 7)
+    assert centerline_recall(lumen, reference) == 1.0
+    assert segmentation_metrics(lumen, reference)["centerline_recall"] == 1.0
+
+
+def test_centerline_recall_of_half_the_skeleton_is_one_half():
+    # A one-pixel line is its own skeleton: 10 pixels, cols 2-11 of row 5.
+    # The prediction, a blob 5 pixels tall over cols 0-6, covers cols 2-6.
+    reference = _horizontal_line((12, 14), 5, 2, 12)
+    prediction = np.zeros((12, 14), dtype=bool)
+    prediction[3:8, 0:7] = True
+    assert centerline_recall(prediction, reference) == pytest.approx(5 / 10)
+    # It is Tsens alone: false positives elsewhere do not lower it.
+    prediction[9:12, 8:14] = True
+    assert centerline_recall(prediction, reference) == pytest.approx(5 / 10)
+
+
+def test_centerline_recall_empty_masks():
+    empty = np.zeros((12, 12), dtype=bool)
+    line = _horizontal_line((12, 12), 5, 1, 11)
+    assert centerline_recall(empty, empty) == 1.0
+    assert centerline_recall(line, empty) == 1.0  # nothing to miss
+    assert centerline_recall(empty, line) == 0.0
+
+
+def test_centerline_recall_on_real_arcade_masks_is_not_fooled_by_width(shared_data):
+    # A prediction two pixels thinner than each real ARCADE polygon (their
+    # borders eroded away) loses a third of the pixel sensitivity but keeps
+    # nearly all of the centreline.
+    from PIL import Image
+    from scipy import ndimage
+
+    masks = sorted((shared_data / "arcade_vessels" / "val" / "masks").glob("*.png"))[:3]
+    assert len(masks) == 3, "expected ARCADE masks in ../shared/data/arcade_vessels/val/masks"
+    for path in masks:
+        reference = np.array(Image.open(path)) >= 128
+        thinner = ndimage.binary_erosion(reference, iterations=2)
+        assert sensitivity(thinner, reference) < 0.75
+        assert centerline_recall(thinner, reference) > 0.97
+
+
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
         segmentation_metrics(np.zeros((4, 4)), np.zeros((4, 5)))
-    for metric in (dice, iou, cldice, sensitivity, specificity, hd95):
+    for metric in (dice, iou, cldice, centerline_recall, sensitivity, specificity, hd95):
         with pytest.raises(ValueError):
             metric(np.zeros((4, 4)), np.zeros((5, 4)))
 
@@ -244,6 +298,7 @@ def _per_image(dice_value, hd95_value):
         "dice": dice_value,
         "iou": dice_value / 2,
         "cldice": dice_value - 0.1,
+        "centerline_recall": 0.95,
         "sensitivity": 0.9,
         "specificity": 0.99,
         "hd95": hd95_value,

@@ -42,10 +42,10 @@ def write_report(report, path):
 
 def format_table(report):
     """A plain-text table of mean +- std per metric."""
-    lines = [f"{'metric':<12} {'mean':>8} {'std':>8}   (n = {report['n_images']})"]
+    lines = [f"{'metric':<17} {'mean':>8} {'std':>8}   (n = {report['n_images']})"]
     for key in METRIC_KEYS:
         mean, std = report["mean"][key], report["std"][key]
-        lines.append(f"{key:<12} {mean:>8.4f} {std:>8.4f}")
+        lines.append(f"{key:<17} {mean:>8.4f} {std:>8.4f}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,12 @@ once here and implemented exactly so):
   Both masks empty: 1.0; exactly one empty: 0.0. Should a non-empty mask
   thin to an empty skeleton (skeletonize keeps isolated pixels, so this is a
   guard, not an expected case), the mask stands in for its own skeleton.
+* ``centerline_recall`` = Tsens = |S(L)∩P| / |S(L)|: the share of the
+  reference's skeleton that the prediction covers. Unlike ``sensitivity``
+  it does not charge a thin prediction for a reference drawn wider than the
+  lumen (ARCADE's segment polygons). With no vessel in the reference there
+  is nothing to miss: 1.0 whatever the prediction (as ``sensitivity``); an
+  empty prediction against a non-empty reference: 0.0.
 * ``hd95``, in pixels: the boundary of a mask is ``mask XOR
   binary_erosion(mask)`` with the 4-connected cross as structuring element
   (medpy's ``connectivity=1``), so a boundary pixel is a vessel pixel with a
@@ -47,7 +53,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-METRIC_KEYS = ("dice", "iou", "cldice", "sensitivity", "specificity", "hd95")
+METRIC_KEYS = ("dice", "iou", "cldice", "centerline_recall", "sensitivity", "specificity", "hd95")
 
 # 4-connected cross: erosion by it leaves a boundary that is 8-connected.
 _BOUNDARY_STRUCTURE = ndimage.generate_binary_structure(2, 1)
@@ -105,21 +111,30 @@ def _centreline(mask):
     return skeleton if skeleton.any() else mask
 
 
-def _cldice(prediction, reference):
+def _skeleton_coverage(skeleton, mask):
+    """Share of the (non-empty) `skeleton` that lies inside `mask`."""
+    return np.count_nonzero(skeleton & mask) / np.count_nonzero(skeleton)
+
+
+def _centerline_recall(prediction, reference, reference_skeleton=None):
+    if not reference.any():
+        return 1.0
+    if reference_skeleton is None:
+        reference_skeleton = _centreline(reference)
+    return float(_skeleton_coverage(reference_skeleton, prediction))
+
+
+def _cldice(prediction, reference, reference_skeleton=None):
     prediction_empty = not prediction.any()
     reference_empty = not reference.any()
     if prediction_empty and reference_empty:
         return 1.0
     if prediction_empty or reference_empty:
         return 0.0
-    prediction_skeleton = _centreline(prediction)
-    reference_skeleton = _centreline(reference)
-    topology_precision = np.count_nonzero(prediction_skeleton & reference) / (
-        np.count_nonzero(prediction_skeleton)
-    )
-    topology_sensitivity = np.count_nonzero(reference_skeleton & prediction) / (
-        np.count_nonzero(reference_skeleton)
-    )
+    if reference_skeleton is None:
+        reference_skeleton = _centreline(reference)
+    topology_precision = _skeleton_coverage(_centreline(prediction), reference)
+    topology_sensitivity = _skeleton_coverage(reference_skeleton, prediction)
     total = topology_precision + topology_sensitivity
     if total == 0:
         return 0.0
@@ -182,6 +197,13 @@ def cldice(prediction, reference):
     return _cldice(prediction, reference)
 
 
+def centerline_recall(prediction, reference):
+    """Share of the reference's skeleton inside the prediction (clDice's
+    Tsens); 1.0 when the reference has no vessel pixel."""
+    prediction, reference = _as_vessel_masks(prediction, reference)
+    return _centerline_recall(prediction, reference)
+
+
 def hd95(prediction, reference):
     """95th-percentile Hausdorff distance in pixels; see the module docstring."""
     prediction, reference = _as_vessel_masks(prediction, reference)
@@ -196,15 +218,19 @@ def segmentation_metrics(prediction, reference):
         reference: ground-truth vessel mask of the same shape.
 
     Returns:
-        A dict with keys ``dice``, ``iou``, ``cldice``, ``sensitivity``,
-        ``specificity`` and ``hd95``, each a Python float.
+        A dict with keys ``dice``, ``iou``, ``cldice``,
+        ``centerline_recall``, ``sensitivity``, ``specificity`` and
+        ``hd95``, each a Python float.
     """
     prediction, reference = _as_vessel_masks(prediction, reference)
     tp, fp, fn, tn = _confusion_counts(prediction, reference)
+    # Thinning is the slow part: the reference is skeletonised once for both.
+    reference_skeleton = _centreline(reference) if reference.any() else None
     return {
         "dice": float(_dice(tp, fp, fn)),
         "iou": float(_iou(tp, fp, fn)),
-        "cldice": _cldice(prediction, reference),
+        "cldice": _cldice(prediction, reference, reference_skeleton),
+        "centerline_recall": _centerline_recall(prediction, reference, reference_skeleton),
         "sensitivity": float(_sensitivity(tp, fn)),
         "specificity": float(_specificity(tn, fp)),
         "hd95": _hd95(prediction, reference),

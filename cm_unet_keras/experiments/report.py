@@ -257,15 +257,17 @@ def results_markdown(records, stage_seconds, command="", study=None):
         "",
     ]
     lines += _paired_lines(records, inits, ns, n_high, n_low)
+    # Records written before a metric existed lack it: its column is left out.
+    keys = [key for key in METRIC_KEYS if any(key in record["metrics"] for record in records)]
     lines += [
         "## All metrics (mean +- sample sd over seeds)",
         "",
-        "| init | N | " + " | ".join(METRIC_KEYS) + " |",
-        "|---|---|" + "---|" * len(METRIC_KEYS),
+        "| init | N | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
     ]
     for init in inits:
         for n in ns:
-            per_key = {key: _by_cell(records, key).get((init, n)) for key in METRIC_KEYS}
+            per_key = {key: _by_cell(records, key).get((init, n)) for key in keys}
             if not per_key["dice"]:
                 continue
             values = [_spread(v) if v else "-" for v in per_key.values()]

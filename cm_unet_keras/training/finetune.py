@@ -243,7 +243,7 @@ class FinetuneRun(TrainingRun):
                     set_encoder_trainable(self.model, encoder_trainable)
                     self.model.compile(
                         optimizer=make_optimizer(config, total_steps, transferred),
-                        loss=DiceBCELoss(config.dice_weight),
+                        loss=DiceBCELoss(config.dice_weight, config.cldice_weight),
                         jit_compile=False,
                     )
                     # A new optimizer starts at step 0: move it to where the
@@ -267,7 +267,8 @@ class FinetuneRun(TrainingRun):
         row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_dice": val_dice, "lr": learning_rate,
                "train_seconds": round(seconds, 2),
                "val_seconds": round(time.perf_counter() - trained, 2)}
-        logs["val_dice"] = val_dice
+        if self.val_items:  # a run that holds nothing out has no validation metric to log
+            logs["val_dice"] = val_dice
         self.check_finite(row["loss"], epoch, f"the last good checkpoint {self.last_path} and best weights are kept")
         keep_last = config.select == "last" or not self.val_items
         improved = keep_last or val_dice > self.state["best_val_dice"]
@@ -287,7 +288,8 @@ class FinetuneRun(TrainingRun):
             save_model_atomic(self.model, self.last_path)
             self.write_history(HISTORY_FIELDS)
         self.log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}  val_dice {val_dice:.4f}"
+            f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}"
+            + (f"  val_dice {val_dice:.4f}" if self.val_items else "")
             + ("  (best)" if improved and not keep_last else "")
         )
 
@@ -386,11 +388,13 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
 
 
 def check_config(config):
-    """Refuse settings `finetune` cannot run (patch size, selection rule)."""
+    """Refuse settings `finetune` cannot run (patch size, selection rule, loss weight)."""
     if config.patch_size % 2**config.depth:
         raise ValueError(f"patch_size {config.patch_size} must be a multiple of 2**depth = {2**config.depth}")
     if config.select not in SELECT_RULES:
         raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
+    if not config.cldice_weight >= 0.0:
+        raise ValueError(f"cldice_weight {config.cldice_weight} must be >= 0")
 
 
 def patch_sampler(config, train_records, partial_records=None):

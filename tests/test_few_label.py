@@ -1,0 +1,62 @@
+"""The few-label default of `cm-unet finetune --init` (issue 25)."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from cm_unet_keras.cli import main
+from cm_unet_keras.config import FinetuneConfig
+from cm_unet_keras.models.unet import CMUNet
+from cm_unet_keras.training import few_label
+from cm_unet_keras.training.few_label import apply_few_label_rule, start_kind, training_pair_count
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("init") / "tiny.keras"
+    CMUNet(base_filters=4, depth=2).save(path)
+    return path
+
+
+def test_each_kind_of_start_is_told_apart(tiny_segmenter):
+    assert start_kind(None) == "scratch"
+    assert start_kind("cmunet_small_pretrained") == "pretrained"
+    assert start_kind("cmunet_small_general") == "finetuned"
+    assert start_kind(str(tiny_segmenter)) == "finetuned"
+
+
+def test_the_rule_sets_budget_and_rate_only_for_a_handful_of_pairs_and_only_when_not_given():
+    config = FinetuneConfig(init="cmunet_small_pretrained", lr=1e-2)
+    chosen, message = apply_few_label_rule(config, 3)
+    assert chosen.epochs * chosen.steps_per_epoch == few_label.PRETRAINED_STEPS
+    assert chosen.lr == few_label.PRETRAINED_LR and "3 labelled pairs" in message and "--epochs" in message
+    assert apply_few_label_rule(config, few_label.FEW_LABELS + 1)[0] == config  # tens of pairs: the defaults
+    kept, message = apply_few_label_rule(config, 3, given={"lr"})
+    assert kept == config and "--lr given" in message
+    scratch = dataclasses.replace(config, init=None)
+    assert apply_few_label_rule(scratch, 3)[0] == scratch
+
+
+def test_training_pairs_count_the_limit_and_the_validation_share():
+    assert training_pair_count(FinetuneConfig(), 7) == 7
+    assert training_pair_count(FinetuneConfig(limit=3), 30) == 3
+    assert training_pair_count(FinetuneConfig(limit=10, val_fraction=0.2), 30) == 8
+
+
+def test_finetune_applies_the_rule_prints_it_and_records_it(shared_data, tiny_segmenter, tmp_path, capsys,
+                                                           monkeypatch):
+    # A 100-step rule keeps the real command fast on a tiny U-Net.
+    monkeypatch.setattr(few_label, "FINETUNED_STEPS", 100)
+    monkeypatch.setattr(few_label, "FINETUNED_LR", 7e-4)
+    base = ["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--limit", "2",
+            "--base-filters", "4", "--depth", "2", "--patch-size", "32", "--init", str(tiny_segmenter), "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "rule")]) == 0
+    assert "few-label rule: 2 labelled pairs from a start that already segments: 100 steps at lr 0.0007" \
+        in capsys.readouterr().err
+    recorded = yaml.safe_load((tmp_path / "rule" / "config.yaml").read_text())
+    assert (recorded["epochs"], recorded["lr"]) == (1, 7e-4)
+    assert main(base + ["--out", str(tmp_path / "given"), "--epochs", "2", "--steps-per-epoch", "1"]) == 0
+    assert "few-label rule not applied: --epochs, --steps-per-epoch given" in capsys.readouterr().err
+    recorded = yaml.safe_load((tmp_path / "given" / "config.yaml").read_text())
+    assert (recorded["epochs"], recorded["lr"]) == (2, FinetuneConfig().lr)
