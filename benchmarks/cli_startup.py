@@ -60,7 +60,8 @@ def machine():
     except OSError:
         flags = ""
     isa = "AVX512_BF16" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else "?"
-    return f"{os.cpu_count()}-core {platform.machine()}, {isa}, load average {os.getloadavg()[0]:.1f} at start"
+    return (f"{os.cpu_count()}-core {platform.machine()}, {isa}, load average {os.getloadavg()[0]:.1f} at start, "
+            f"run at niceness {os.nice(0)}")
 
 
 def markdown(results):
