@@ -51,7 +51,7 @@ setup(
     package_data={"cm_unet_keras": ["demo_data/*.md", "demo_data/cimat/*.png", "demo_data/arcade/*/*.png"]},
     # Upper bounds: below the next major release we have not tested (the
     # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0, pydicom 3.0,
-    # pylibjpeg 2.1 with libjpeg 2.5, openjpeg 2.6 and rle 2.2).
+    # pylibjpeg 2.1 with libjpeg 2.5, openjpeg 2.6 and rle 2.2, python-gdcm 3.2).
     install_requires=[
         "keras>=3.3,<4",
         "numpy>=1.24,<3",
@@ -66,6 +66,10 @@ setup(
         "pylibjpeg-libjpeg>=2.1,<3",
         "pylibjpeg-openjpeg>=2.0,<3",
         "pylibjpeg-rle>=2.0,<3",
+        # The GDCM library, for the compressed frames every pydicom plugin
+        # refuses (12-bit JPEG extended with a non-standard scan header, as
+        # some GE scanners write): data.gdcm_frames decodes them frame by frame.
+        "python-gdcm>=3.0.20,<4",
         "keras-tuner>=1.4,<2",
         # KerasTuner's Bayesian optimisation imports scikit-learn without declaring it.
         "scikit-learn>=1.3,<2",

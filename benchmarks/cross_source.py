@@ -19,7 +19,7 @@ Sources (validation parts only; their training parts are for training):
 - `xcad`: the 2 pairs of `xcad_sample/test` (512x512, full trees).
 
 Each model segments whole angiograms with its own settings (threshold and
-CLAHE from its card or run folder, `inference.settings.resolve_settings`),
+CLAHE from its card or run folder, `models.segmentation.resolve_settings`),
 mirror padding and the field-of-view rule. The table gives mean +- sd over
 the images of a source. Writes `benchmarks/cross_source/results.md` and
 `results.json` (per-image metrics too).
@@ -67,7 +67,7 @@ def score(model_name, sources, data_root, tta=False, log=print):
     """{source: evaluate_model report} of one model, with its settings."""
     from cm_unet_keras.evaluation.evaluate import evaluate_model
     from cm_unet_keras.inference.predict import load_model
-    from cm_unet_keras.inference.settings import resolve_settings
+    from cm_unet_keras.models.segmentation import resolve_settings
     from cm_unet_keras.models.presets import resolve_model_path
 
     path = resolve_model_path(model_name)

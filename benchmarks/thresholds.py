@@ -29,7 +29,7 @@ def sweep(model_name, thresholds, data_root):
     from cm_unet_keras.data.layouts import read_pair
     from cm_unet_keras.evaluation.metrics import dice, sensitivity, specificity
     from cm_unet_keras.inference.predict import load_model, segment_angiogram
-    from cm_unet_keras.inference.settings import resolve_settings
+    from cm_unet_keras.models.segmentation import resolve_settings
     from cm_unet_keras.models.presets import resolve_model_path
 
     path = resolve_model_path(model_name)

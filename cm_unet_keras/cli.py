@@ -5,6 +5,10 @@ job's settings are built from the fields of its configuration class
 (`cm_unet_keras.config`): name, type, choices, help and default come from
 the field, and the names listed in `*_FLAGS` are passed back to the class
 as they are.
+
+Building the parser, `--help`, `--version` and `presets` import neither
+TensorFlow nor Keras, so they answer at once: each job imports what it
+needs, TensorFlow included, in its `cmd_*` function.
 """
 
 import argparse
@@ -13,7 +17,7 @@ import sys
 import typing
 from pathlib import Path
 
-import cm_unet_keras  # noqa: F401  (sets the backend and log level first)
+import cm_unet_keras  # noqa: F401  (sets the backend and log level first; imports no TensorFlow)
 from cm_unet_keras.config import (
     PRECISIONS,
     PRETRAIN_RECIPES,
@@ -452,7 +456,7 @@ def cmd_tune(args):
 
 
 def add_study(command):
-    from cm_unet_keras.experiments import study
+    from cm_unet_keras.experiments.presets import study_config
 
     parser = command("study", "label-efficiency study on XCA: pretraining variants x N labels x seeds")
     parser.add_argument("--stage", choices=["pretrain", "sweep", "all"], default="all", help="what to run")
@@ -466,8 +470,8 @@ def add_study(command):
                         "of a source checkout; required otherwise)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny models, N in {2, 3}, one seed")
     parser.add_argument("--gpu-paper", action="store_true", help="the paper's sizes (width 64, batch 256, 300 epochs)")
-    full = study.study_config("cpu")
-    presets = {"": vars(full), "with --quick": vars(study.study_config("quick"))}
+    full = study_config("cpu")
+    presets = {"": vars(full), "with --quick": vars(study_config("quick"))}
     per_n = "".join(f", {_shown(seeds)} at N = {n}" for n, seeds in full.seeds_by_n.items())
     _config_flags(parser, StudyConfig, STUDY_FLAGS, presets,
                   helps={"seeds": f"seeds of every N (they replace the study's own seeds by N{per_n})"})

@@ -25,9 +25,13 @@ import numpy as np
 import yaml
 
 from cm_unet_keras.core.errors import InvalidInputError
-from cm_unet_keras.data.masking import MASK_RATIO
-from cm_unet_keras.data.views import ViewConfig
 
+# Nothing here imports TensorFlow: `cm-unet --help` builds its flags from
+# these classes and must answer at once.
+
+# The paper's share of masked patches (127 of the 196 16-px patches of a
+# 224 px view); the pretrainer's default too.
+MASK_RATIO = 0.65
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # How model.keras is chosen among the epochs of a fine-tuning (`FinetuneConfig.select`).
 SELECT_RULES = ("best", "last")
@@ -214,6 +218,8 @@ class PretrainConfig:
     )
 
     def view_config(self):
+        from cm_unet_keras.data.views import ViewConfig  # TensorFlow: a job is running
+
         return ViewConfig(
             image_size=self.image_size,
             crop_area=tuple(self.crop_area),

@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from cm_unet_keras.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
 from cm_unet_keras.models import presets  # noqa: E402
-from cm_unet_keras.models.loading import float32_policy, load_model_file  # noqa: E402
+from cm_unet_keras.models.loading import load_model_file  # noqa: E402
+from cm_unet_keras.models.saving import float32_policy  # noqa: E402
 from cm_unet_keras.version import __version__  # noqa: E402
 
 PRETRAINED = "cmunet_small_pretrained"

@@ -180,7 +180,7 @@ def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
     # thread.
     import threading
 
-    from cm_unet_keras.inference.predict import _prefetched
+    from cm_unet_keras.models.segmentation import _prefetched
 
     producer_threads = []
 

@@ -432,3 +432,60 @@ def test_predict_shows_a_progress_bar_over_files_and_cine_frames(tiny_model_path
     code, printed = _run(argv + ["--quiet"], capsys)
     assert code == 0 and "ETA" not in printed.err and "run_f0002" not in printed.out
     assert len(list((tmp_path / "out").glob("*_mask.png"))) == 4
+
+
+def test_predict_reads_a_dicom_that_only_gdcm_decodes(tiny_model_path, tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    # JPEG extended 12-bit with a scan header pylibjpeg refuses (as some GE scanners write it).
+    source = get_testdata_file("JPEG-lossy.dcm")
+    code, printed = _run(["predict", "--model", str(tiny_model_path), "--out", str(tmp_path / "out"), source], capsys)
+    assert code == 0, printed.err
+    mask = cv2.imread(str(tmp_path / "out" / "JPEG-lossy_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (1024, 256) and set(np.unique(mask)) <= {0, 255}
+    assert "segmented 1 angiograms" in printed.out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code, timeout=300):
+    """Run `code` in a fresh interpreter from the checkout's root (its package first)."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_help_version_and_presets_import_neither_tensorflow_nor_keras():
+    printed = _python(
+        "import sys\n"
+        "from cm_unet_keras.cli import build_parser, main\n"
+        "def heavy():\n"
+        "    return [name for name in ('tensorflow', 'keras') if name in sys.modules]\n"
+        "parser = build_parser()\n"
+        "assert heavy() == [], ('build_parser', heavy())\n"
+        "(commands,) = [action.choices for action in parser._actions if isinstance(action.choices, dict)]\n"
+        "runs = [['--version'], ['--help'], ['presets']] + [[name, '--help'] for name in commands]\n"
+        "for argv in runs:\n"
+        "    try:\n"
+        "        code = main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        code = exit.code\n"
+        "    assert code in (0, None), (argv, code)\n"
+        "    assert heavy() == [], (argv, heavy())\n"
+        "print('checked', len(runs))\n"
+    )
+    assert "cmunet_small_xca" in printed and "usage: cm-unet" in printed and "cm-unet-keras " in printed
+    assert int(printed.split("checked ")[-1]) >= 14
+
+
+def test_keras_imported_after_the_package_loads_a_saved_cmunet(tiny_model_path):
+    # `import cm_unet_keras` is light, yet keeps its promise: Keras knows CMUNet.
+    printed = _python(
+        "import sys, cm_unet_keras\n"
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
+        "import keras\n"
+        f"model = keras.models.load_model({str(tiny_model_path)!r}, safe_mode=True)\n"
+        "print(type(model).__module__, type(model).__name__, model.depth)\n"
+    )
+    assert printed.split() == ["cm_unet_keras.models.unet", "CMUNet", "2"]

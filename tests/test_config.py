@@ -47,18 +47,14 @@ def test_the_pretrainer_gets_every_setting_of_the_job_by_name():
 
 
 def test_old_import_paths_name_the_same_objects():
+    # The two old paths that recipes, benchmarks and tests still use; the
+    # others (data.errors, training.checkpoints, ...) are gone.
     import cm_unet_keras
-    from cm_unet_keras import config, core, experiments, models, study, tuning
-    from cm_unet_keras.data import errors
-    from cm_unet_keras.training import checkpoints, pretrain, runtime
+    from cm_unet_keras import config, experiments, study, tuning
     from cm_unet_keras.training import config as training_config
 
     assert training_config.FinetuneConfig is config.FinetuneConfig is cm_unet_keras.FinetuneConfig
-    assert pretrain.PretrainConfig is config.PretrainConfig is cm_unet_keras.PretrainConfig
-    assert pretrain.PRETRAIN_RECIPES is config.PRETRAIN_RECIPES
+    assert config.PretrainConfig is cm_unet_keras.PretrainConfig
     assert tuning.TuneConfig is config.TuneConfig
-    assert errors.InvalidInputError is core.errors.InvalidInputError
-    assert checkpoints.atomic_write is core.files.atomic_write
-    assert runtime.float32_policy is models.loading.float32_policy
     assert study is cm_unet_keras.study is experiments.study
     assert FinetuneConfig.threshold == 0.5  # a setting's default is still the class attribute

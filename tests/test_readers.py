@@ -496,3 +496,88 @@ def test_frames_of_a_compressed_cine_are_read_from_one_open_of_the_file(shared_d
     valid, skipped = validate_records(records)
     assert len(valid) == 6 and skipped == []
     assert len(opened) == 1, f"{len(opened)} opens for 6 frames"
+
+
+# --- what pydicom's plugins refuse and GDCM decodes ------------------------------
+
+
+def _gdcm_image_reader_pixels(path):
+    """The stored pixels of a single-frame file as `gdcm.ImageReader` decodes
+    it (the whole file at once): a second path through GDCM, independent of
+    the reader's frame-by-frame one."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), path
+    image = reader.GetImage()
+    columns, rows = image.GetDimension(0), image.GetDimension(1)
+    assert image.GetPixelFormat().GetScalarTypeAsString() == "UINT16"
+    data = image.GetBuffer().encode("utf-8", "surrogateescape")
+    return np.frombuffer(data, "<u2").reshape(rows, columns)
+
+
+def _jpeg_lossy(tmp_path, name="lossy.dcm", frames=None, **elements):
+    """pydicom's JPEG-lossy.dcm (JPEG extended 12-bit whose scan header
+    pylibjpeg refuses), rewritten with `frames` (encapsulated fragments,
+    default its own one) and `elements`."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    dataset = pydicom.dcmread(_pydicom_file("JPEG-lossy.dcm"))
+    (fragment,) = generate_frames(dataset.PixelData, number_of_frames=1)
+    frames = [fragment] if frames is None else [fragment if frame is None else frame for frame in frames]
+    if len(frames) > 1:
+        dataset.NumberOfFrames = len(frames)
+    dataset.PixelData = encapsulate(frames)
+    for keyword, value in elements.items():
+        setattr(dataset, keyword, value)
+    dataset.save_as(tmp_path / name)
+    return tmp_path / name
+
+
+def test_jpeg_lossy_that_pydicoms_plugins_refuse_is_decoded_by_gdcm():
+    import pydicom
+
+    path = _pydicom_file("JPEG-lossy.dcm")
+    with pytest.raises(Exception, match="scan start must be zero"):  # the fallback is what reads it
+        pydicom.dcmread(path).pixel_array
+    angiogram = read_angiogram(path)
+    reference = _gdcm_image_reader_pixels(path)
+    assert reference.shape == (1024, 256) and reference.dtype == np.uint16
+    assert angiogram.shape == (1024, 256) and angiogram.dtype == np.float32
+    np.testing.assert_array_equal(angiogram, reference)
+    # Pinned from both GDCM readers (ImageReader and ImageRegionReader agree).
+    assert angiogram[500, 100:103].tolist() == [31, 28, 24] and angiogram[421, 143] == 264
+
+
+def test_gdcm_frames_go_through_the_modality_lut_and_monochrome1(tmp_path):
+    stored = _gdcm_image_reader_pixels(_pydicom_file("JPEG-lossy.dcm")).astype(np.float32)
+    path = _jpeg_lossy(tmp_path, PhotometricInterpretation="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-10)
+    # MONOCHROME1 is inverted within the LUT's output range of 12 stored bits.
+    low, high = -10.0, 2.0 * 4095 - 10
+    np.testing.assert_array_equal(read_angiogram(path), low + high - (2 * stored - 10))
+
+
+def test_cine_that_only_gdcm_decodes_streams_frame_by_frame_and_names_a_corrupt_frame(tmp_path):
+    from cm_unet_keras.data.readers import read_frames
+
+    single = read_angiogram(_pydicom_file("JPEG-lossy.dcm"))
+    corrupt = bytes(6830)  # no JPEG marker at all: no decoder reads it
+    path = _jpeg_lossy(tmp_path, "run.dcm", frames=[None, None, corrupt])
+    assert count_frames(path) == 3
+    np.testing.assert_array_equal(read_angiogram(path, frame=1), single)
+    frames = read_frames(path)
+    for expected in (0, 1):  # the frames before the corrupt one arrive
+        number, angiogram = next(frames)
+        assert number == expected
+        np.testing.assert_array_equal(angiogram, single)
+    with pytest.raises(InvalidInputError, match=r"(?s)run\.dcm: DICOM pixel data cannot be decoded: pydicom: .*; GDCM: "):
+        next(frames)
+
+
+def test_dicom_whose_pixel_data_no_decoder_reads_names_the_file(tmp_path):
+    path = _jpeg_lossy(tmp_path, "corrupt.dcm", frames=[bytes(6830)])
+    with pytest.raises(InvalidInputError, match=r"corrupt\.dcm: DICOM pixel data cannot be decoded") as error:
+        read_angiogram(path)
+    assert "pylibjpeg" in str(error.value) and "GDCM could not decode the frame" in str(error.value)

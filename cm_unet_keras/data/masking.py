@@ -9,8 +9,6 @@ Masked pixels are set to 0 (the field of view's mean after z-scoring).
 
 import tensorflow as tf
 
-# The paper's share of masked patches (127 of the 196 16-px patches of a 224 px view).
-MASK_RATIO = 0.65
 # Offset that keeps the mask's random stream apart from the view sampler's
 # streams when both are seeded with the same integer.
 MASK_STREAM = 500

@@ -17,7 +17,9 @@ DICOM pixel data may be stored uncompressed or in any compressed transfer
 syntax X-ray angiography cines use: JPEG baseline and extended (12-bit),
 JPEG Lossless (process 14, SV1), JPEG-LS lossless and near-lossless,
 JPEG 2000 and RLE, decoded by the pylibjpeg plugins that are dependencies
-of the package.
+of the package. A compressed frame that every pydicom plugin refuses is
+decoded by the GDCM library (python-gdcm, `data.gdcm_frames`), frame by
+frame, then goes through the same Modality LUT and MONOCHROME1 handling.
 
 Every problem with a file raises `InvalidInputError` naming that file.
 """
@@ -26,14 +28,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
-from pydicom.pixels import iter_pixels
 
 from cm_unet_keras.core.errors import InvalidInputError
+
+# OpenCV and pydicom are imported where a file is decoded: indexing a
+# dataset and `cm-unet --help` do without their start-up time (~1 s).
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 """Suffixes (lower case) of angiograms and masks decoded with OpenCV."""
@@ -283,6 +283,8 @@ def _check_single_frame(path, frame):
 
 
 def _decode_image(path):
+    import cv2
+
     pixels = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise InvalidInputError(
@@ -335,6 +337,9 @@ def _open_dicom(path):
 
 def _read_dicom_header(path, stream):
     """Parse a DICOM header from `stream`, leaving the pixel data unread."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         return pydicom.dcmread(stream, defer_size=_DICOM_DEFER_BYTES)
     except InvalidDicomError:
@@ -389,20 +394,41 @@ def _read_dicom_frames(path, frames, frame_needed):
         if indices != sorted(set(indices)):
             raise ValueError(f"frames must be distinct and in increasing order, got {frames}")
         stream.seek(0)
+        from pydicom.pixels import iter_pixels
+
         decoded = iter_pixels(stream, indices=indices)
         try:
-            for frame, index in zip(frames, indices):
+            for position, (frame, index) in enumerate(zip(frames, indices)):
                 try:
                     stored = next(decoded)
                 except Exception as error:  # codecs and truncated data raise many types
-                    raise InvalidInputError(
-                        path, f"DICOM pixel data cannot be decoded: {error}"
-                    ) from None
+                    refused = error
+                    break
                 yield frame, _dicom_intensity(path, header, stored, index)
+            else:
+                return
         finally:
             # pydicom's generator restores the file position when closed:
             # close it while the file is still open.
             decoded.close()
+        # pydicom's plugins refused this frame: GDCM decodes it and the rest.
+        yield from _gdcm_fallback(path, header, frames[position:], indices[position:], refused)
+
+
+def _gdcm_fallback(path, header, frames, indices, refused):
+    """`(frame, angiogram)` decoded by GDCM (`data.gdcm_frames`), or an
+    `InvalidInputError` naming the file with both decoders' reasons."""
+    from cm_unet_keras.data.gdcm_frames import iter_gdcm_frames
+
+    decoded = iter_gdcm_frames(header, indices)
+    for frame, index in zip(frames, indices):
+        try:
+            stored = next(decoded)
+        except Exception as error:  # GdcmDecodeError, or pydicom's frame split on damaged data
+            raise InvalidInputError(
+                path, f"DICOM pixel data cannot be decoded: pydicom: {refused}; GDCM: {error}"
+            ) from None
+        yield frame, _dicom_intensity(path, header, stored, index)
 
 
 def _check_frame_number(path, frame, count, frame_needed):
@@ -459,6 +485,8 @@ def _pixel_value_transform(header, frame):
 
 def _apply_modality_lut(stored, transform):
     if "ModalityLUTSequence" in transform:
+        from pydicom.pixels import apply_modality_lut
+
         return apply_modality_lut(stored, transform).astype(np.float32)
     # Same arithmetic as pydicom's rescale, but in float32 and in place:
     # a float64 intermediate would double the memory of a large frame.

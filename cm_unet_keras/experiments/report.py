@@ -174,6 +174,40 @@ def _budget_lines(study, inits=()):
     ]
 
 
+def _paired_lines(records, inits, ns, n_high, n_low):
+    """The table of each init's paired difference from scratch (none without scratch)."""
+    lines = []
+    if "scratch" in inits:
+        lines += [
+            "## Paired difference from scratch (Dice, same subset and seed)",
+            "",
+            "Mean difference [Student-t 95% interval] (seeds where the init beats scratch / seeds)."
+            + (f" Last column: the init's relative drop N={n_high} -> {n_low} minus scratch's [paired bootstrap"
+               " 95% interval: the same seeds drawn for both]; below 0, the init loses less." if n_high != n_low else ""),
+            "",
+            "| init | " + " | ".join(f"N={n}" for n in ns) + (" | drop minus scratch's |" if n_high != n_low else " |"),
+            "|---|" + "---|" * len(ns) + ("---|" if n_high != n_low else ""),
+        ]
+        for init in [i for i in inits if i != "scratch"]:
+            diffs = paired_differences(records, init)
+            row = []
+            for n in ns:
+                d = diffs.get(n)
+                if not d:
+                    row.append("-")
+                    continue
+                mean, low, high = mean_interval(d)
+                bounds = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+                row.append(f"{mean:+.3f}{bounds} ({sum(x > 0 for x in d)}/{len(d)})")
+            if n_high != n_low:
+                gap = drop_difference(records, init, n_high, n_low)
+                row.append("-" if gap is None else f"{gap[0]:+.1%}" + (
+                    f" [{gap[1]:+.1%}, {gap[2]:+.1%}]" if gap[1] is not None else ""))
+            lines.append(f"| {init} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
 def results_markdown(records, stage_seconds, command="", study=None):
     ns = sorted({r["n_labels"] for r in records})
     inits = _inits_in(records)
@@ -222,34 +256,7 @@ def results_markdown(records, stage_seconds, command="", study=None):
         "images, full-size U-Net): a different dataset, so compare the drops, not the Dice values.",
         "",
     ]
-    if "scratch" in inits:
-        lines += [
-            "## Paired difference from scratch (Dice, same subset and seed)",
-            "",
-            "Mean difference [Student-t 95% interval] (seeds where the init beats scratch / seeds)."
-            + (f" Last column: the init's relative drop N={n_high} -> {n_low} minus scratch's [paired bootstrap"
-               " 95% interval: the same seeds drawn for both]; below 0, the init loses less." if n_high != n_low else ""),
-            "",
-            "| init | " + " | ".join(f"N={n}" for n in ns) + (" | drop minus scratch's |" if n_high != n_low else " |"),
-            "|---|" + "---|" * len(ns) + ("---|" if n_high != n_low else ""),
-        ]
-        for init in [i for i in inits if i != "scratch"]:
-            diffs = paired_differences(records, init)
-            row = []
-            for n in ns:
-                d = diffs.get(n)
-                if not d:
-                    row.append("-")
-                    continue
-                mean, low, high = mean_interval(d)
-                bounds = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
-                row.append(f"{mean:+.3f}{bounds} ({sum(x > 0 for x in d)}/{len(d)})")
-            if n_high != n_low:
-                gap = drop_difference(records, init, n_high, n_low)
-                row.append("-" if gap is None else f"{gap[0]:+.1%}" + (
-                    f" [{gap[1]:+.1%}, {gap[2]:+.1%}]" if gap[1] is not None else ""))
-            lines.append(f"| {init} | " + " | ".join(row) + " |")
-        lines.append("")
+    lines += _paired_lines(records, inits, ns, n_high, n_low)
     # Records written before a metric existed lack it: its column is left out.
     keys = [key for key in METRIC_KEYS if any(key in record["metrics"] for record in records)]
     lines += [

@@ -11,7 +11,7 @@ from cm_unet_keras.export.serving import (
     build_serving_module,
     write_saved_model,
 )
-from cm_unet_keras.inference.settings import training_context
+from cm_unet_keras.models.segmentation import training_context
 
 __all__ = [
     "FORMATS",

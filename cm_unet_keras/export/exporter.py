@@ -24,8 +24,8 @@ from cm_unet_keras.export.serving import (
     SERVING_SIGNATURE,
     write_saved_model,
 )
-from cm_unet_keras.inference.settings import PRETRAINED_ONLY, resolve_settings, training_context
-from cm_unet_keras.models.loading import float32_policy, load_unet
+from cm_unet_keras.models.segmentation import PRETRAINED_ONLY, resolve_settings, training_context
+from cm_unet_keras.models.saving import float32_policy, load_unet
 from cm_unet_keras.models.presets import resolve_model_path
 from cm_unet_keras.version import __version__
 

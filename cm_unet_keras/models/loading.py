@@ -1,47 +1,20 @@
 """Loading a U-Net: a `.keras` file, a preset, or a pretraining run.
 
 Every path that loads a model goes through here: inference and export
-(`load_unet`, `load_model_file`), fine-tuning's `--init` (`load_pretrainer`
-for a pretraining run), the presets (`load_preset`). Files are loaded with
+(`load_model_file`; a `.keras` U-Net alone: `models.saving.load_unet`),
+fine-tuning's `--init` (`load_pretrainer` for a pretraining run), the
+presets (`load_preset`). Files are loaded with
 Keras `safe_mode` (a `.keras` file carrying a `Lambda` layer is refused),
 and a pretrainer is rebuilt from its JSON config: no code from a file runs.
 """
 
-import contextlib
 import json
 from pathlib import Path
 
-import keras
-
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.models.presets import resolve_model_path
-from cm_unet_keras.models.pretrainer import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, ContrastiveMaskedPretrainer
-
-
-@contextlib.contextmanager
-def float32_policy():
-    """Build or load models in float32 inside this block, then restore the
-    global policy. A `.keras` file does not record its compute dtype: what
-    is saved, exported or served is built here, whatever training used."""
-    policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-
-
-def load_unet(path):
-    """Load a `.keras` U-Net with `safe_mode` (no code from the file runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(path, "model file not found")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except ValueError as error:
-        raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
-    except (OSError, KeyError) as error:
-        raise InvalidInputError(path, f"not a readable .keras model file: {error}") from error
+from cm_unet_keras.models.pretrainer import ContrastiveMaskedPretrainer
+from cm_unet_keras.models.saving import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG, load_unet
 
 
 def pretrained_weights_path(source):

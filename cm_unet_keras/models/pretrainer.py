@@ -47,15 +47,15 @@ masks are drawn by `cm_unet_keras.data.masking`, the losses are
 import keras
 import tensorflow as tf
 
-from cm_unet_keras.data.masking import MASK_RATIO, apply_patch_mask, sample_patch_masks
+from cm_unet_keras.config import MASK_RATIO
+from cm_unet_keras.data.masking import apply_patch_mask, sample_patch_masks
 from cm_unet_keras.models.losses import info_nce, masked_reconstruction_loss
 from cm_unet_keras.models.pretrainer_networks import pretrainer_networks
-
 # The files of a pretraining run that hold its result: the pretrainer's
 # weights (without optimizer state), and beside them its `get_config()`,
-# which is what is needed to rebuild it and load them.
-PRETRAINED_WEIGHTS = "pretrained.weights.h5"
-PRETRAINER_CONFIG = "pretrainer.json"
+# which is what is needed to rebuild it and load them. Named where U-Net
+# files are loaded (models.saving), which must not import this module.
+from cm_unet_keras.models.saving import PRETRAINED_WEIGHTS, PRETRAINER_CONFIG  # noqa: F401
 
 
 def _synchronize_batch_norm(model):

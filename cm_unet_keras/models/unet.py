@@ -125,19 +125,21 @@ class CMUNet(keras.Model):
 
     @classmethod
     def from_preset(cls, name):
-        """The U-Net of preset `name` (`saved_models/NAME`) or a model path,
-        checksum-verified, loaded with `safe_mode`, with the threshold and
-        CLAHE setting of its card (see `cm_unet_keras.load_model`). A
-        pretrained-only preset (`cmunet_small_pretrained`) loads with a
-        warning: fine-tune it before segmenting."""
-        # Lazy: inference is a later stage that builds on this module.
-        from cm_unet_keras.inference.predict import load_model
+        """The U-Net of preset `name` (`saved_models/NAME`) or a `.keras`
+        path, checksum-verified, loaded with `safe_mode`, with the threshold
+        and CLAHE setting of its card or run folder. A pretrained-only
+        preset (`cmunet_small_pretrained`) loads with a warning: fine-tune
+        it before segmenting. A pretraining run's weights load with
+        `cm_unet_keras.load_model`."""
+        # Imported here to keep `import CMUNet` light (registration alone);
+        # models.segmentation is below this module and never imports it.
+        from cm_unet_keras.models.segmentation import load_preset
 
-        return load_model(name)
+        return load_preset(name)
 
     def segment(self, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=8):
-        """Vessel probability and mask of raw angiograms: see `cm_unet_keras.segment`."""
-        from cm_unet_keras.inference.predict import segment
+        """Vessel probability and mask of raw angiograms: see `models.segmentation.segment`."""
+        from cm_unet_keras.models.segmentation import segment
 
         return segment(self, angiograms, threshold=threshold, clahe=clahe, tta=tta, precision=precision,
                        batch_size=batch_size)

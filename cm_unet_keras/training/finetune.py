@@ -44,7 +44,7 @@ from cm_unet_keras.core.files import atomic_write, atomic_write_json, save_model
 from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
 from cm_unet_keras.evaluation.metrics import dice
 from cm_unet_keras.models.full_image import predict_normalized
-from cm_unet_keras.models.loading import float32_policy
+from cm_unet_keras.models.saving import float32_policy
 from cm_unet_keras.models.unet import CMUNet, ENCODER_PREFIXES
 from cm_unet_keras.training.losses import DiceBCELoss
 from cm_unet_keras.training.run import TrainingRun, adamw, start_job

@@ -51,8 +51,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# PRETRAIN_RECIPES and PretrainConfig are imported from here too (their old home).
-from cm_unet_keras.config import PRETRAIN_RECIPES, PretrainConfig  # noqa: F401
 from cm_unet_keras.config import refuse_changed_settings, settings_changed
 from cm_unet_keras.core.files import atomic_write, atomic_write_json, publish_folder
 from cm_unet_keras.data.masking import expand_patch_mask, patchify, unpatchify
