@@ -340,6 +340,44 @@ def cmd_predict(args):
     print(f"segmented {len(written)} angiograms into {args.output}")
 
 
+def add_select(command):
+    select = command("select", "propose the frames of unlabeled angiograms to annotate")
+    select.add_argument("inputs", nargs="+", help="angiogram files, folders and DICOM cine runs")
+    select.add_argument("--model", required=True, help="preset, .keras file or pretraining run (pretrained or fine-tuned)")
+    select.add_argument("--count", type=int, required=True, help="frames to propose")
+    select.add_argument("--out", "--output", dest="output", required=True, help="folder for the frames, selection.csv "
+                        "and contact_sheet.png")
+    select.add_argument("--strategy", choices=("random", "peak", "typical", "uncertainty"), default="random",
+                        help="random (seeded); peak: highest vessel filling; typical: k-means on the encoder's "
+                        "features, most typical frame per cluster; uncertainty: flip disagreement (fine-tuned only)")
+    select.add_argument("--coverage", action="store_true", help="typical: k-center greedy instead of k-means")
+    select.add_argument("--no-peak-filter", dest="peak_filter", action="store_false",
+                        help="also propose cine frames before the contrast arrives or after it washes out")
+    select.add_argument("--min-gap", type=int, default=5, help="frames of one cine closer than this are not both proposed")
+    select.add_argument("--seed", type=int, default=0, help="seed of the random draw and of k-means")
+    select.add_argument("--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr)")
+    select.set_defaults(run=cmd_select)
+
+
+def cmd_select(args):
+    import warnings
+
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.selection import select_files
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a pretrained-only model is fine here: its encoder ranks frames
+        model = load_model(args.model)
+    skipped = [] if args.skip_invalid else None
+    chosen = select_files(model, args.inputs, args.count, args.output, skipped=skipped, strategy=args.strategy,
+                          seed=args.seed, peak_filter=args.peak_filter, coverage=args.coverage, min_gap=args.min_gap)
+    if args.skip_invalid:
+        _report_skipped(skipped)
+    for rank, choice in enumerate(chosen, 1):
+        print(f"{rank}: {choice['record'].name}  {choice['why']}")
+    print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, contact_sheet.png)")
+
+
 def add_export(command):
     export = command("export", "export a model for TF Serving (SavedModel) or ONNX")
     export.add_argument("--model", required=True, help=".keras file or preset name")
@@ -536,7 +574,7 @@ def cmd_demo(args):
 
 
 # --- the parser ---------------------------------------------------------------------
-COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_export, add_pretrain, add_tune,
+COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_select, add_export, add_pretrain, add_tune,
             add_study, add_presets, add_demo)
 
 
