@@ -320,6 +320,9 @@ def add_predict(command):
     predict.add_argument("--precision", choices=PRECISIONS, default="auto",
                          help="compute precision: auto is the machine's fastest (bfloat16 on AVX512_BF16 CPUs, "
                          "float16 on GPUs); float32 gives the exported model's outputs exactly")
+    predict.add_argument("--video", action="store_true",
+                         help="for each cine run also write NAME_overlay.mp4, the vessel-filling curve "
+                         "NAME_filling.png and NAME_cine.json with its best frame")
     predict.set_defaults(run=cmd_predict)
 
 
@@ -328,15 +331,19 @@ def cmd_predict(args):
 
     model, threshold, clahe = _model_and_settings(args)
     skipped = [] if args.skip_invalid else None
+    cines = [] if args.video else None
     # A progress bar where someone watches; a line per angiogram in logs.
     progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
     written = predict_files(
         model, args.inputs, args.output, threshold=threshold, clahe=clahe, skipped=skipped, tta=args.tta,
         log=None if args.quiet or progress else print, progress=progress, batch_size=args.batch_size,
-        precision=args.precision,
+        precision=args.precision, cine_summaries=cines,
     )
     if args.skip_invalid:
         _report_skipped(skipped)
+    for cine in cines or []:
+        print(f"{cine['source']}: best frame {cine['best_frame']} (vessel fraction {cine['best_vessel_fraction']:.4f}); "
+              f"{cine['video']}, {cine['filling_plot']}")
     print(f"segmented {len(written)} angiograms into {args.output}")
 
 

@@ -8,17 +8,12 @@ of one run for all of them.
 
 import numpy as np
 
+from cm_unet_keras.inference.video import near_peak
+
 STRATEGIES = ("random", "peak", "typical", "uncertainty")
 # Frames of one cine run closer than this are near duplicates (at 15 fps a
 # third of a second): one of them is proposed at most.
 MIN_FRAME_GAP = 5
-# A cine frame is past the contrast's arrival and before its washout when
-# its smoothed filling value is above this fraction of the way from the
-# run's lowest to its highest value.
-PEAK_LEVEL = 0.6
-# A run whose filling curve moves less than this fraction of its highest
-# value shows no arrival or washout to filter on: all its frames are kept.
-FLAT_CURVE = 0.05
 # Neighbours a frame's typicality is measured against (TypiClust's 20).
 TYPICALITY_NEIGHBOURS = 20
 
@@ -32,27 +27,14 @@ def runs_of(records):
     return {path: sorted(rows, key=lambda row: records[row].frame) for path, rows in runs.items()}
 
 
-def smoothed(curve):
-    """A 3-frame moving average (the ends average what they have)."""
-    curve = np.asarray(curve, np.float64)
-    if len(curve) < 3:
-        return curve
-    padded = np.concatenate([[curve[0]], curve, [curve[-1]]])
-    return (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
-
-
-def peak_candidates(records, filling, level=PEAK_LEVEL):
+def peak_candidates(records, filling):
     """Boolean `[N]`: frames not before the contrast arrives or after it
-    washes out. Single-frame files are all kept; in each cine run, the
-    frames whose smoothed filling value is at least `level` of the way from
-    the run's lowest value to its highest."""
+    washes out. Single-frame files are all kept; each cine run keeps the
+    frames its filling curve puts near peak opacification
+    (`inference.video.near_peak`, the rule `predict --video` shades)."""
     keep = np.ones(len(records), bool)
     for rows in runs_of(records).values():
-        curve = smoothed(filling[rows])
-        low, high = curve.min(), curve.max()
-        if high - low <= FLAT_CURVE * max(abs(high), 1e-12):
-            continue
-        keep[rows] = curve >= low + level * (high - low)
+        keep[rows] = near_peak(filling[rows])
     return keep
 
 
