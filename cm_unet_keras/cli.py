@@ -382,6 +382,9 @@ def cmd_select(args):
         _report_skipped(skipped)
     for rank, choice in enumerate(chosen, 1):
         print(f"{rank}: {choice['record'].name}  {choice['why']}")
+    if len(chosen) < args.count:
+        print(f"warning: only {len(chosen)} of {args.count} frames are --min-gap {args.min_gap} apart among the "
+              "candidates", file=sys.stderr)
     print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, contact_sheet.png)")
 
 

@@ -51,7 +51,7 @@ def test_peak_choice_finds_the_middle_of_a_contrast_run(model, contrast_cine, tm
     assert sheet.shape == (256, 256, 3)
 
 
-def test_peak_filter_keeps_arrival_and_washout_out_and_frames_apart(contrast_cine):
+def test_peak_filter_keeps_arrival_and_washout_out_and_frames_apart(contrast_cine, tmp_path, capsys):
     path, contrast = contrast_cine
     model, records = _model("cmunet_small_pretrained"), index_unlabeled(path)
     scan = scan_frames(model, records, filling=True, pretrained_only=True)
@@ -66,6 +66,10 @@ def test_peak_filter_keeps_arrival_and_washout_out_and_frames_apart(contrast_cin
         assert all("near peak opacification" in choice["why"] for choice in chosen)
     unfiltered = choose_frames(model, records, 4, strategy="random", seed=0, peak_filter=False)
     assert len(unfiltered) == 4 and min(contrast[c["record"].frame] for c in unfiltered) < 0.4
+    # the peak is narrower than 3 frames 5 apart: fewer are proposed, and the user is told
+    assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "peak", "--out",
+                 str(tmp_path), str(path)]) == 0
+    assert len(_rows(tmp_path)) < 3 and "frames are --min-gap 5 apart" in capsys.readouterr().err
 
 
 def test_frames_of_one_run_are_kept_apart():
