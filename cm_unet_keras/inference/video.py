@@ -18,6 +18,7 @@ of fullest opacification, the one to read (or to annotate).
 """
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -70,11 +71,19 @@ def vessel_fraction(angiogram, vessel_mask):
 def open_video(path, width, height, fps=VIDEO_FPS):
     """A `cv2.VideoWriter` for `path` with the first codec of `VIDEO_CODECS`
     this OpenCV can write."""
-    for codec in VIDEO_CODECS:
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
-        if writer.isOpened():
-            return writer
-        writer.release()
+    # FFmpeg's own lines about a missing H.264 encoder, read when OpenCV
+    # first opens FFmpeg; a level the user set is kept.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a codec it lacks is not an error
+    try:
+        for codec in VIDEO_CODECS:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+            if writer.isOpened():
+                return writer
+            writer.release()
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
     raise RuntimeError(f"{path}: this OpenCV build writes none of the MP4 codecs {', '.join(VIDEO_CODECS)}")
 
 
