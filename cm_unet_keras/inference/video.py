@@ -182,7 +182,8 @@ class CineViews:
             return
         if self.open is None or self.open.source != str(record.image_path):
             self._finish()
-            run_name = record.name.rsplit("_f", 1)[0]
+            suffix = f"_f{record.frame:04d}"  # index_unlabeled's frame names
+            run_name = record.name[:-len(suffix)] if record.name.endswith(suffix) else record.name
             self.open = CineView(self.output_dir, run_name, record.image_path, self.fps)
         self.open.add(record.frame, overlay_bgr, vessel_fraction(angiogram, vessel_mask))
 
