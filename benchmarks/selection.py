@@ -108,6 +108,7 @@ vesselness) rank with `cmunet_small_pretrained`; uncertainty with `cmunet_small_
 it was fine-tuned on these same 30 CIMAT training pairs (and 140 ARCADE pairs): its flip disagreement is
 measured on images it has seen, so this row is not a cold-start uncertainty result. One fine-tune per
 choice (seed 0): the spread of the random draws holds both the choice and the training noise of one seed.
+ARCADE k = 10 of 140 (scored on its 60 validation pairs) was not run.
 Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs (load average 10-14); the seconds are not a
 speed measurement."""
 

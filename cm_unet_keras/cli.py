@@ -354,7 +354,7 @@ def add_select(command):
     select.add_argument("--count", type=int, required=True, help="frames to propose")
     select.add_argument("--out", "--output", dest="output", required=True, help="folder for the frames, selection.csv "
                         "and contact_sheet.png")
-    select.add_argument("--strategy", choices=("random", "peak", "typical", "uncertainty"), default="random",
+    select.add_argument("--strategy", choices=("random", "peak", "typical", "uncertainty"), default="typical",
                         help="random (seeded); peak: highest vessel filling; typical: k-means on the encoder's "
                         "features, most typical frame per cluster; uncertainty: flip disagreement (fine-tuned only)")
     select.add_argument("--coverage", action="store_true", help="typical: k-center greedy instead of k-means")

@@ -118,14 +118,14 @@ def test_uncertainty_refuses_a_pretrained_only_model(shared_data, tmp_path, caps
 
 def test_random_draw_is_seeded_and_bad_files_are_named(shared_data, tmp_path):
     model, files = _model("cmunet_small_pretrained"), _cimat_files(shared_data, 10)
-    draw = lambda seed: [c["record"].name for c in choose_frames(model, index_unlabeled(files), 3, seed=seed)]  # noqa: E731
+    draw = lambda seed: [c["record"].name for c in choose_frames(model, index_unlabeled(files), 3, "random", seed=seed)]  # noqa: E731
     assert draw(1) == draw(1) and draw(1) != draw(2)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(InvalidInputError, match="broken.png"):
-        choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 2)
+        choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 2, "random")
     skipped = []
-    chosen = choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 3, skipped=skipped)
+    chosen = choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 3, "random", skipped=skipped)
     assert len(chosen) == 3 and [path for path, _ in skipped] == [str(broken)]
     with pytest.raises(ValueError, match="only 3 are candidates"):
-        choose_frames(model, index_unlabeled(files[:3]), 4)
+        choose_frames(model, index_unlabeled(files[:3]), 4, "random")
