@@ -332,6 +332,9 @@ def add_predict(command):
     predict.add_argument("--precision", choices=PRECISIONS, default="auto",
                          help="compute precision: auto is the machine's fastest (bfloat16 on AVX512_BF16 CPUs, "
                          "float16 on GPUs); float32 gives the exported model's outputs exactly")
+    predict.add_argument("--video", action="store_true",
+                         help="for each cine run also write NAME_overlay.mp4, the vessel-filling curve "
+                         "NAME_filling.png and NAME_cine.json with its best frame")
     predict.set_defaults(run=cmd_predict)
 
 
@@ -340,16 +343,61 @@ def cmd_predict(args):
 
     model, threshold, clahe = _model_and_settings(args)
     skipped = [] if args.skip_invalid else None
+    cines = [] if args.video else None
     # A progress bar where someone watches; a line per angiogram in logs.
     progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
     written = predict_files(
         model, args.inputs, args.output, threshold=threshold, clahe=clahe, skipped=skipped, tta=args.tta,
         log=None if args.quiet or progress else print, progress=progress, batch_size=args.batch_size,
-        precision=args.precision,
+        precision=args.precision, cine_summaries=cines,
     )
     if args.skip_invalid:
         _report_skipped(skipped)
+    for cine in cines or []:
+        print(f"{cine['source']}: best frame {cine['best_frame']} (vessel fraction {cine['best_vessel_fraction']:.4f}); "
+              f"{cine['video']}, {cine['filling_plot']}")
     print(f"segmented {len(written)} angiograms into {args.output}")
+
+
+def add_select(command):
+    select = command("select", "propose the frames of unlabeled angiograms to annotate")
+    select.add_argument("inputs", nargs="+", help="angiogram files, folders and DICOM cine runs")
+    select.add_argument("--model", required=True, help="preset, .keras file or pretraining run (pretrained or fine-tuned)")
+    select.add_argument("--count", type=int, required=True, help="frames to propose")
+    select.add_argument("--out", "--output", dest="output", required=True, help="folder for the frames, selection.csv "
+                        "and contact_sheet.png")
+    select.add_argument("--strategy", choices=("random", "peak", "typical", "uncertainty"), default="typical",
+                        help="random (seeded); peak: highest vessel filling; typical: k-means on the encoder's "
+                        "features, most typical frame per cluster; uncertainty: flip disagreement (fine-tuned only)")
+    select.add_argument("--coverage", action="store_true", help="typical: k-center greedy instead of k-means")
+    select.add_argument("--no-peak-filter", dest="peak_filter", action="store_false",
+                        help="also propose cine frames before the contrast arrives or after it washes out")
+    select.add_argument("--min-gap", type=int, default=5, help="frames of one cine closer than this are not both proposed")
+    select.add_argument("--seed", type=int, default=0, help="seed of the random draw and of k-means")
+    select.add_argument("--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr)")
+    select.set_defaults(run=cmd_select)
+
+
+def cmd_select(args):
+    import warnings
+
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.selection import select_files
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a pretrained-only model is fine here: its encoder ranks frames
+        model = load_model(args.model)
+    skipped = [] if args.skip_invalid else None
+    chosen = select_files(model, args.inputs, args.count, args.output, skipped=skipped, strategy=args.strategy,
+                          seed=args.seed, peak_filter=args.peak_filter, coverage=args.coverage, min_gap=args.min_gap)
+    if args.skip_invalid:
+        _report_skipped(skipped)
+    for rank, choice in enumerate(chosen, 1):
+        print(f"{rank}: {choice['record'].name}  {choice['why']}")
+    if len(chosen) < args.count:
+        print(f"warning: only {len(chosen)} of {args.count} frames are --min-gap {args.min_gap} apart among the "
+              "candidates", file=sys.stderr)
+    print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, contact_sheet.png)")
 
 
 def add_export(command):
@@ -549,7 +597,7 @@ def cmd_demo(args):
 
 
 # --- the parser ---------------------------------------------------------------------
-COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_export, add_pretrain, add_tune,
+COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_select, add_export, add_pretrain, add_tune,
             add_study, add_presets, add_demo)
 
 

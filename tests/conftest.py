@@ -80,3 +80,35 @@ def xa_cine_writer():
     from cm_unet_keras.data.cine import write_xa_cine
 
     return write_xa_cine
+
+
+# The contrast of `contrast_cine`: a bolus peaking between frames 14 and 15.
+CINE_FRAMES, CINE_PEAK, CINE_WIDTH = 30, 14.5, 5.0
+
+
+@pytest.fixture(scope="session")
+def contrast_cine(shared_data, tmp_path_factory):
+    """A 30-frame 512x512 XA cine (`write_xa_cine`) whose contrast rises and
+    falls: CIMAT angiogram 1 with its vessels inpainted away is the frame
+    without contrast, and frame t adds back `exp(-((t - 14.5) / 5)^2)` of the
+    vessels' darkening, plus noise. Returns `(path, contrast per frame)`."""
+    import cv2
+    import numpy as np
+
+    from cm_unet_keras.data.cine import write_xa_cine
+
+    folder = shared_data / "xca_vessels" / "train"
+    angiogram = cv2.imread(str(folder / "1.png"), cv2.IMREAD_GRAYSCALE)
+    vessels = cv2.imread(str(folder / "1_gt.png"), cv2.IMREAD_GRAYSCALE) >= 128
+    wide = cv2.dilate(vessels.astype(np.uint8), np.ones((5, 5), np.uint8))
+    background = cv2.inpaint(angiogram, wide, 5, cv2.INPAINT_TELEA).astype(np.float32)
+    darkening = angiogram.astype(np.float32) - background
+    contrast = np.exp(-(((np.arange(CINE_FRAMES) - CINE_PEAK) / CINE_WIDTH) ** 2))
+    rng = np.random.default_rng(0)
+    frames = []
+    for level in contrast:
+        frame = cv2.resize(background + level * darkening, (512, 512), interpolation=cv2.INTER_LINEAR)
+        frames.append(np.clip(frame + rng.normal(0.0, 2.0, frame.shape), 0, 255))
+    path = tmp_path_factory.mktemp("contrast_cine") / "run.dcm"
+    write_xa_cine(path, np.round(np.stack(frames)))
+    return path, contrast

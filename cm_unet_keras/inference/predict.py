@@ -19,6 +19,7 @@ import numpy as np
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_unlabeled, iter_angiograms
 from cm_unet_keras.data.pipeline import preprocess_angiogram
+from cm_unet_keras.inference.video import CineViews
 from cm_unet_keras.models import presets, segmentation
 from cm_unet_keras.models.full_image import predict_normalized
 from cm_unet_keras.models.loading import load_model_file, pretrained_weights_path
@@ -142,7 +143,7 @@ class ProgressBar:
 
 def predict_files(
     model, inputs, output_dir, threshold=DEFAULT_THRESHOLD, clahe=False, log=print, skipped=None, tta=False,
-    progress=None, batch_size=SEGMENT_BATCH, precision="float32",
+    progress=None, batch_size=SEGMENT_BATCH, precision="float32", cine_summaries=None,
 ):
     """Segment every angiogram in `inputs` (files, folders, DICOM runs).
 
@@ -164,6 +165,9 @@ def predict_files(
         precision: "float32" (outputs as the exported model's), "auto" (the
             machine's fastest: bfloat16 on AVX512_BF16 CPUs, float16 on
             GPUs), or a Keras mixed policy name.
+        cine_summaries: None; or a list: each cine run also gets an overlay
+            video, a vessel-filling plot and a summary with its best frame
+            (`inference.video`, `--video`), and the summaries are appended.
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
@@ -178,6 +182,8 @@ def predict_files(
     bar = ProgressBar(len(records), progress) if progress is not None else None
     written = []
     angiograms = {}
+    by_name = {record.name: record for record in records}
+    views = CineViews(output_dir) if cine_summaries is not None else None
 
     def readable():
         for record, angiogram in iter_angiograms(records):
@@ -194,13 +200,21 @@ def predict_files(
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs are written behind the forward passes
-        pending = []
+        pending, drawn = [], []
         for name, probability in stream_probabilities(model, readable(), clahe, tta, batch_size):
-            pending.append(writer.submit(write_prediction, output_dir, name, angiograms.pop(name), probability,
-                                         threshold))
+            angiogram = angiograms.pop(name)
+            pending.append(writer.submit(write_prediction, output_dir, name, angiogram, probability, threshold))
+            if views is not None:
+                vessel_mask = probability >= threshold
+                drawn.append(writer.submit(views.add, by_name[name], angiogram, vessel_mask,
+                                           overlay(angiogram, vessel_mask)))
             if log:
                 log(f"{name}: {int((probability >= threshold).sum())} vessel pixels")
             if bar:
                 bar.advance()
         written = [future.result() for future in pending]
+        for future in drawn:
+            future.result()  # a video that failed to write is an error, not a silent gap
+        if views is not None:
+            cine_summaries.extend(writer.submit(views.close).result())
     return written

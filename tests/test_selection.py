@@ -1,0 +1,131 @@
+"""`cm-unet select`: which frames to annotate, on real angiograms and on a
+synthetic cine whose contrast rises and falls."""
+
+import csv
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from cm_unet_keras.cli import main
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.layouts import AngiogramRecord, index_unlabeled
+from cm_unet_keras.data.readers import read_angiogram
+from cm_unet_keras.inference.predict import load_model
+from cm_unet_keras.selection import choose_frames
+from cm_unet_keras.selection.scan import scan_frames
+from cm_unet_keras.selection.strategies import peak_candidates, pick_apart
+
+
+def _model(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pretrained-only warning
+        return load_model(name)
+
+
+def _rows(folder):
+    with open(folder / "selection.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _cimat_files(shared_data, count):
+    folder = shared_data / "xca_vessels" / "train"
+    return [str(folder / f"{index}.png") for index in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("model", ["cmunet_small_pretrained", "cmunet_small_xca"])
+def test_peak_choice_finds_the_middle_of_a_contrast_run(model, contrast_cine, tmp_path):
+    path, contrast = contrast_cine
+    assert main(["select", "--model", model, "--count", "1", "--strategy", "peak", "--out", str(tmp_path),
+                 str(path)]) == 0
+    (row,) = _rows(tmp_path)
+    frame = int(row["frame"])
+    assert contrast[frame] > 0.7, (frame, contrast[frame])  # frames 11-18 of 30
+    assert row["source"] == str(path) and row["png"] == f"run_f{frame:04d}.png"
+    kind = "vesselness" if model.endswith("pretrained") else "vessel fraction"
+    assert kind in row["why"]
+    written = cv2.imread(str(tmp_path / row["png"]), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written, read_angiogram(path, frame))
+    sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
+    assert sheet.shape == (256, 256, 3)
+
+
+def test_peak_filter_keeps_arrival_and_washout_out_and_frames_apart(contrast_cine, tmp_path, capsys):
+    path, contrast = contrast_cine
+    model, records = _model("cmunet_small_pretrained"), index_unlabeled(path)
+    scan = scan_frames(model, records, filling=True, pretrained_only=True)
+    kept = np.flatnonzero(peak_candidates(scan.records, scan.filling))
+    assert kept.tolist() == list(range(kept[0], kept[-1] + 1))  # one stretch around the peak
+    assert contrast[kept].min() > 0.4 and 0 not in kept and 29 not in kept
+    for seed in range(3):
+        chosen = choose_frames(model, records, 2, strategy="random", seed=seed, min_gap=3)
+        frames = sorted(choice["record"].frame for choice in chosen)
+        assert len(frames) == 2 and frames[1] - frames[0] >= 3, frames
+        assert set(frames) <= set(kept.tolist()), (frames, kept)
+        assert all("near peak opacification" in choice["why"] for choice in chosen)
+    unfiltered = choose_frames(model, records, 4, strategy="random", seed=0, peak_filter=False)
+    assert len(unfiltered) == 4 and min(contrast[c["record"].frame] for c in unfiltered) < 0.4
+    # the peak is narrower than 3 frames 5 apart: fewer are proposed, and the user is told
+    assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "peak", "--out",
+                 str(tmp_path), str(path)]) == 0
+    assert len(_rows(tmp_path)) < 3 and "frames are --min-gap 5 apart" in capsys.readouterr().err
+
+
+def test_frames_of_one_run_are_kept_apart():
+    records = [AngiogramRecord(f"run_f{frame:04d}", "run.dcm", None, frame) for frame in range(20)]
+    records.append(AngiogramRecord("single", "single.png"))
+    assert pick_apart([10, 11, 12, 20, 14, 15, 3, 20, 0], records, 9, min_gap=5) == [10, 20, 15, 3]
+    assert pick_apart([10, 11, 12], records, 2, min_gap=1) == [10, 11]
+
+
+def test_typical_frames_of_real_angiograms_are_written_for_annotation(shared_data, tmp_path):
+    files = _cimat_files(shared_data, 12)
+    assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "typical",
+                 "--out", str(tmp_path), *files]) == 0
+    rows = _rows(tmp_path)
+    assert [row["rank"] for row in rows] == ["1", "2", "3"]
+    assert len({row["source"] for row in rows}) == 3 and all(row["frame"] == "" for row in rows)
+    for row in rows:
+        assert row["source"] in files and "most typical frame of cluster" in row["why"] and float(row["score"]) > 0
+        written = cv2.imread(str(tmp_path / row["png"]), cv2.IMREAD_UNCHANGED)
+        assert row["png"] == row["source"].rsplit("/", 1)[1]
+        np.testing.assert_array_equal(written, read_angiogram(row["source"]))
+    assert cv2.imread(str(tmp_path / "contact_sheet.png")).shape == (512, 512, 3)
+    coverage = choose_frames(_model("cmunet_small_pretrained"), index_unlabeled(files), 4, strategy="typical",
+                             coverage=True)
+    assert len({choice["record"].name for choice in coverage}) == 4
+    distances = [choice["score"] for choice in coverage[1:]]
+    assert distances == sorted(distances, reverse=True)  # each farthest point is nearer than the last
+
+
+def test_uncertainty_ranks_real_angiograms_by_flip_disagreement(shared_data):
+    model, records = _model("cmunet_small_xca"), index_unlabeled(_cimat_files(shared_data, 8))
+    chosen = choose_frames(model, records, 3, strategy="uncertainty")
+    scan = scan_frames(model, records, disagreement=True)
+    expected = np.sort(scan.disagreement)[::-1][:3]
+    np.testing.assert_allclose([choice["score"] for choice in chosen], expected, rtol=1e-2)
+    assert expected[0] > 0 and np.ptp(scan.disagreement) > 0
+
+
+def test_uncertainty_refuses_a_pretrained_only_model(shared_data, tmp_path, capsys):
+    code = main(["select", "--model", "cmunet_small_pretrained", "--count", "1", "--strategy", "uncertainty",
+                 "--out", str(tmp_path), *_cimat_files(shared_data, 2)])
+    assert code == 2
+    assert "needs a fine-tuned model" in capsys.readouterr().err
+    assert not (tmp_path / "selection.csv").exists()
+
+
+def test_random_draw_is_seeded_and_bad_files_are_named(shared_data, tmp_path):
+    model, files = _model("cmunet_small_pretrained"), _cimat_files(shared_data, 10)
+    draw = lambda seed: [c["record"].name for c in choose_frames(model, index_unlabeled(files), 3, "random", seed=seed)]  # noqa: E731
+    assert draw(1) == draw(1) and draw(1) != draw(2)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(InvalidInputError, match="broken.png"):
+        choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 2, "random")
+    skipped = []
+    chosen = choose_frames(model, index_unlabeled(files[:3] + [str(broken)]), 3, "random", skipped=skipped)
+    assert len(chosen) == 3 and [path for path, _ in skipped] == [str(broken)]
+    with pytest.raises(ValueError, match="only 3 are candidates"):
+        choose_frames(model, index_unlabeled(files[:3]), 4, "random")
