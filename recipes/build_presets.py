@@ -99,6 +99,17 @@ SHARED_LIMITATIONS = [
     "A small network (width 16, 1.95M parameters), sized to train on a laptop CPU; the paper's width-64 network was "
     "not trained here.",
 ]
+MASK_CONVENTION = {
+    PRETRAINED: (
+        'None of its own: its head was never trained. A model fine-tuned from it follows the convention of the masks it is fine-tuned on.'
+    ),
+    XCA: (
+        "CIMAT's: the whole visible vessel tree, side branches and the guiding catheter included (the catheter is marked vessel). XCAD's and ARCADE's masks leave the catheter out: on such frames expect the catheter in the mask."
+    ),
+    GENERAL: (
+        'Mixed, and so ambiguous: half its patches come from CIMAT (the whole tree, the guiding catheter included) and half from ARCADE (main SYNTAX segments only; side branches and the catheter unlabelled, trained as background). It marks the catheter on some frames and not on others. Fine-tune it on a few of your own masks to teach it your convention (docs/adaptation.md).'
+    ),
+}
 CARD_TEXT = {
     PRETRAINED: {
         "intended_use": (
@@ -125,6 +136,7 @@ CARD_TEXT = {
             "steps.",
             *SHARED_LIMITATIONS,
         ],
+        "mask_convention": MASK_CONVENTION[PRETRAINED],
         "licences": LICENCES,
     },
     XCA: {
@@ -145,6 +157,7 @@ CARD_TEXT = {
             "detected field of view.",
             *SHARED_LIMITATIONS,
         ],
+        "mask_convention": MASK_CONVENTION[XCA],
         "licences": LICENCES,
     },
     GENERAL: {
@@ -166,6 +179,7 @@ CARD_TEXT = {
             "detected field of view.",
             *SHARED_LIMITATIONS,
         ],
+        "mask_convention": MASK_CONVENTION[GENERAL],
         "licences": LICENCES,
     },
 }

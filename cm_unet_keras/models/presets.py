@@ -170,6 +170,7 @@ def render_card(card):
              ("package version", card.get("package_version"))]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in facts if value is not None] + [""]
     for title, key in (("Intended use", "intended_use"), ("Not intended for", "not_intended_for"),
+                       ("Mask convention: what it calls vessel", "mask_convention"),
                        ("Limitations", "limitations"), ("Licences: what they allow the weights", "licences")):
         if card.get(key):
             lines += [f"## {title}", "", *_markdown_items(card[key]), ""]
