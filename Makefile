@@ -27,8 +27,12 @@ install: $(STAMP)
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/cm-unet demo --out demo_out
 
+# Two worker processes: most of a test's time is TensorFlow tracing its
+# graphs, one Python thread, so a 2-core CPU runs two tests at once. Whole
+# files go to one worker (loadfile): a module's shared fixtures (one quick
+# study, one search) are then built once.
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=600 --durations=20
+	$(PY) -m pytest tests -q -p no:cacheprovider --timeout=600 --durations=20 -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo_out

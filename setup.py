@@ -87,7 +87,8 @@ setup(
         ],
         "cuda": ["tensorflow[and-cuda]>=2.16,<3"],
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"],
-        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3"],
+        # pytest-xdist: `make test` runs the suite in two processes (see the Makefile).
+        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
     cmdclass={"build_py": BuildWithPresets},

@@ -264,18 +264,19 @@ def test_pretrained_only_model_is_refused_and_nothing_is_written(tmp_path, capsy
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_export_end_to_end(tiny_model_file, tmp_path):
-    command = [
-        sys.executable, "-m", "cm_unet_keras.cli", "export", "--model", str(tiny_model_file[0]),
-        "--out", str(tmp_path), "--name", "tiny", "--version", "1",
-    ]
+def test_cli_export_end_to_end(tiny_model_file, tmp_path, capsys):
+    from cm_unet_keras.cli import main
+
+    arguments = ["export", "--model", str(tiny_model_file[0]), "--out", str(tmp_path), "--name", "tiny",
+                 "--version", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "cm_unet_keras.cli", *arguments]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     version = tmp_path / "tiny" / "1"
     assert (version / "saved_model.pb").is_file() and (version / "variables" / "variables.index").is_file()
-    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    # The refusal is the same code in this process (a second interpreter would import TensorFlow again).
+    assert main(arguments) == 2 and "--overwrite" in capsys.readouterr().err
 
 
 def test_tta_export_matches_tta_inference(tiny_model_file, angiograms, tmp_path):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,25 +33,42 @@ def _epochs_done(run):
         return 0
 
 
-def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, synthetic_dataset):
-    data = synthetic_dataset(6, size=64, seed=4).folder
-    # The reference runs in its own process too: op determinism, once on,
-    # stays on for the whole process.
-    whole = subprocess.run(_command(data, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    reference = keras.models.load_model(tmp_path / "reference" / "checkpoints" / "last.keras", safe_mode=True)
+def _start(command, run):
+    """Start `command` (which writes to the folder `run`); its stderr goes to
+    `run`.stderr, a file, so that a full pipe never stalls it."""
+    with open(f"{run}.stderr", "w") as stderr:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
 
-    run = tmp_path / "killed"
-    process = subprocess.Popen(_command(data, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+def _finish(process, run):
+    """Wait for the uninterrupted run in `run`; it must succeed."""
+    process.wait(timeout=300)
+    assert process.returncode == 0, Path(f"{run}.stderr").read_text()[-3000:]
+
+
+def _kill_after_two_epochs(process, run, settle):
+    """SIGKILL `process` `settle` seconds after `run` has saved its second epoch."""
     deadline = time.monotonic() + 240
     while _epochs_done(run) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.05)  # into the next epoch
+    time.sleep(settle)
     assert process.poll() is None, "finished before it could be killed: make the run longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_finetune_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, synthetic_dataset):
+    data = synthetic_dataset(6, size=64, seed=4).folder
+    # The reference runs in its own process too (op determinism, once on,
+    # stays on for the whole process), at the same time as the killed run:
+    # the two share nothing but the read-only data.
+    whole = _start(_command(data, tmp_path / "reference"), tmp_path / "reference")
+    run = tmp_path / "killed"
+    _kill_after_two_epochs(_start(_command(data, run), run), run, settle=0.05)  # into the next epoch
     killed_at = _epochs_done(run)
     assert 2 <= killed_at < SETTINGS["epochs"]
+    _finish(whole, tmp_path / "reference")
+    reference = keras.models.load_model(tmp_path / "reference" / "checkpoints" / "last.keras", safe_mode=True)
 
     finished = subprocess.run(_command(data, run), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -98,19 +116,11 @@ def _pretrained_weights(run):
 
 def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, synthetic_dataset):
     images = synthetic_dataset(6, size=64, seed=5).images
-    whole = subprocess.run(_pretrain_command(images, tmp_path / "reference"), capture_output=True, text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
+    whole = _start(_pretrain_command(images, tmp_path / "reference"), tmp_path / "reference")  # as above
     run = tmp_path / "killed"
-    process = subprocess.Popen(_pretrain_command(images, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while _epochs_done(run) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    assert process.poll() is None, "finished before it could be killed: make the run longer"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    _kill_after_two_epochs(_start(_pretrain_command(images, run), run), run, settle=0.2)
     assert 2 <= _epochs_done(run) < PRETRAIN["epochs"]
+    _finish(whole, tmp_path / "reference")
 
     finished = subprocess.run(_pretrain_command(images, run), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
