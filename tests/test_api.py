@@ -205,3 +205,17 @@ def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
     assert len(started) == 1
     early.close()
     assert not started[0].is_alive()
+
+
+def test_a_preset_loads_in_float32_whatever_policy_an_earlier_job_left():
+    """A fine-tune in the same process leaves mixed_bfloat16 set on such CPUs;
+    a model loaded after it must still compute in float32 (the exact path)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = CMUNet.from_preset("cmunet_small_xca")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert {layer.compute_dtype for layer in model.layers if layer.weights} == {"float32"}

@@ -314,7 +314,8 @@ def test_finetune_rerun_with_other_settings_stops_and_keeps_the_record(pairs, ti
     record = {name: (run / name).read_bytes() for name in ("config.yaml", "split.json", "model.keras")}
     code, printed = _run(base + ["--lr", "5e-4"], capsys)  # the issue's rerun: other lr, no --init
     assert code == 2 and "Traceback" not in printed.err and "resuming" not in printed.out
-    (error,) = printed.err.strip().splitlines()
+    *rule, error = printed.err.strip().splitlines()  # the few-label rule's line comes first
+    assert all(line.startswith("few-label rule") for line in rule)
     assert error.startswith(f"error: {run}: ") and "lr 0.002 -> 0.0005" in error and "init '" in error
     assert "new --out" in error
     assert {name: (run / name).read_bytes() for name in record} == record

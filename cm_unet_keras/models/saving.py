@@ -32,12 +32,16 @@ def float32_policy():
 
 
 def load_unet(path):
-    """Load a `.keras` U-Net with `safe_mode` (no code from the file runs)."""
+    """Load a `.keras` U-Net with `safe_mode` (no code from the file runs),
+    built in float32 whatever policy an earlier job in this process left set
+    (a `finetune` call leaves mixed_bfloat16 on such CPUs): a loaded model
+    computes in float32, and `precision=` makes any faster copy of it."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(path, "model file not found")
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        with float32_policy():
+            return keras.models.load_model(path, safe_mode=True, compile=False)
     except ValueError as error:
         raise InvalidInputError(path, f"refused or unreadable model file: {error}") from error
     except (OSError, KeyError) as error:
