@@ -175,6 +175,7 @@ CARD_TEXT = {
             "and patient groups are untested.",
             "Validated on 10 CIMAT, 60 ARCADE and 2 XCAD angiograms carved from the same sources; the training "
             "variant and budget were chosen on them, so their numbers are optimistic for new data.",
+            "Adapting it to a new source with the few-label default (benchmarks/adaptation/results.md, docs/adaptation.md): with one labelled XCAD frame, Dice on the other XCAD frame fell (0.76 -> 0.59 and 0.74 -> 0.69, 100 steps at 5e-4); a generalist trained like it but without CIMAT reached 0.701 +- 0.039 on CIMAT from 3 CIMAT pairs (+0.037 over cmunet_small_pretrained, every draw). Score an adapted copy on a frame you held out before using it.",
             "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the "
             "detected field of view.",
             *SHARED_LIMITATIONS,

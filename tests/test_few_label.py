@@ -34,6 +34,11 @@ def test_the_rule_sets_budget_and_rate_only_for_a_handful_of_pairs_and_only_when
     assert apply_few_label_rule(config, few_label.FEW_LABELS + 1)[0] == config  # tens of pairs: the defaults
     kept, message = apply_few_label_rule(config, 3, given={"lr"})
     assert kept == config and "--lr given" in message
+    segmenting = dataclasses.replace(config, init="cmunet_small_general")
+    for pairs, steps, lr in ((1, few_label.VERY_FEW_STEPS, few_label.VERY_FEW_LR),
+                             (3, few_label.FINETUNED_STEPS, few_label.FINETUNED_LR)):
+        chosen, _ = apply_few_label_rule(segmenting, pairs)
+        assert (chosen.epochs * chosen.steps_per_epoch, chosen.lr) == (steps, lr)
     scratch = dataclasses.replace(config, init=None)
     assert apply_few_label_rule(scratch, 3)[0] == scratch
 
@@ -49,10 +54,10 @@ def test_finetune_applies_the_rule_prints_it_and_records_it(shared_data, tiny_se
     # A 100-step rule keeps the real command fast on a tiny U-Net.
     monkeypatch.setattr(few_label, "FINETUNED_STEPS", 100)
     monkeypatch.setattr(few_label, "FINETUNED_LR", 7e-4)
-    base = ["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--limit", "2",
+    base = ["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--limit", "3",
             "--base-filters", "4", "--depth", "2", "--patch-size", "32", "--init", str(tiny_segmenter), "--quiet"]
     assert main(base + ["--out", str(tmp_path / "rule")]) == 0
-    assert "few-label rule: 2 labelled pairs from a start that already segments: 100 steps at lr 0.0007" \
+    assert "few-label rule: 3 labelled pairs from a start that already segments: 100 steps at lr 0.0007" \
         in capsys.readouterr().err
     recorded = yaml.safe_load((tmp_path / "rule" / "config.yaml").read_text())
     assert (recorded["epochs"], recorded["lr"]) == (1, 7e-4)
