@@ -41,7 +41,6 @@ run in `benchmarks/adaptation/runs.jsonl`.
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -125,7 +124,8 @@ def start_init(start):
         if not path.is_file():
             raise SystemExit(f"{path} is missing: run --stage starts first")
         return str(path)
-    return {"scratch": None, "cmunet": "cmunet_small_pretrained", "xca": "cmunet_small_xca"}[start]
+    return {"scratch": None, "cmunet": "cmunet_small_pretrained", "xca": "cmunet_small_xca",
+            "general": "cmunet_small_general"}[start]
 
 
 def finetune_config(start, steps, lr, seed):
@@ -278,7 +278,7 @@ def xcad_run(fold, data_root, log=print):
     folder = Path(data_root) / "xcad_sample" / "test"
     records = index_images_masks(folder / "images", folder / "masks")
     labelled, scored = [records[fold]], [records[1 - fold]]
-    config = dataclasses.replace(finetune_config("scratch", steps, lr, fold), init="cmunet_small_general")
+    config = finetune_config("general", steps, lr, fold)
     started = time.perf_counter()
     before = evaluate_model(load_model("cmunet_small_general"), scored, threshold=0.5)["mean"]
     _, report = finetune_and_evaluate(config, labelled, scored, RUNS / "sweep" / key, verbose=0,

@@ -180,7 +180,7 @@ def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
     # thread.
     import threading
 
-    from cm_unet_keras.models.segmentation import _prefetched
+    from cm_unet_keras.models.segmentation import prefetched
 
     producer_threads = []
 
@@ -191,15 +191,15 @@ def test_decoding_runs_ahead_on_a_thread_and_errors_arrive_in_order():
                 raise ValueError(f"unreadable item {i}")
             yield i
 
-    assert list(_prefetched(source(), 3)) == list(range(20))
+    assert list(prefetched(source(), 3)) == list(range(20))
     assert set(producer_threads) == {"cm-unet-decode"}
     seen = []
     with pytest.raises(ValueError, match="unreadable item 7"):
-        for item in _prefetched(source(fail_at=7), 3):
+        for item in prefetched(source(fail_at=7), 3):
             seen.append(item)
     assert seen == list(range(7))
     before = set(threading.enumerate())  # other tests' pipelines may still be winding down
-    early = _prefetched(source(), 2)
+    early = prefetched(source(), 2)
     assert next(early) == 0
     started = [t for t in threading.enumerate() if t.name == "cm-unet-decode" and t not in before]
     assert len(started) == 1

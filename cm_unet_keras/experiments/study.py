@@ -44,15 +44,7 @@ import json
 import time
 from pathlib import Path
 
-from cm_unet_keras.config import (  # noqa: F401  (StudyConfig and INITS: study.StudyConfig, study.INITS)
-    INITS,
-    PRETRAIN_RECIPES,
-    FinetuneConfig,
-    PretrainConfig,
-    StudyConfig,
-    build_config,
-    split_init,
-)
+from cm_unet_keras.config import INITS, StudyConfig, split_init  # noqa: F401  (study.StudyConfig, study.INITS)
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import atomic_write_json, json_safe
 from cm_unet_keras.evaluation.evaluate import write_report

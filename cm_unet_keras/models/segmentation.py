@@ -252,7 +252,7 @@ def _preprocessed(frame, clahe):
     return preprocess_angiogram(frame, clahe, return_fov=True)
 
 
-def _prefetched(items, depth):
+def prefetched(items, depth):
     """Iterate `items` on a background thread, up to `depth` ahead, in order.
 
     Decoding (PNG, DICOM frames) then overlaps the forward passes instead of
@@ -319,7 +319,7 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
     ahead = deque()
     batch = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        items = _prefetched(iter(items), 2 * batch_size)
+        items = prefetched(iter(items), 2 * batch_size)
 
         def fill():
             while len(ahead) < 2 * batch_size:

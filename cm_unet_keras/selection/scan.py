@@ -18,7 +18,7 @@ from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import iter_angiograms
 from cm_unet_keras.data.normalize import FOV_MARGIN, normalize_angiogram_host
 # Decoding runs on a thread ahead of the forward passes, as in `predict`.
-from cm_unet_keras.models.segmentation import _prefetched
+from cm_unet_keras.models.segmentation import prefetched
 
 WORKING_SIZE = 256
 SCAN_BATCH = 16
@@ -156,7 +156,7 @@ def scan_frames(model, records, features=False, filling=False, disagreement=Fals
         if progress:
             progress(len(kept))
 
-    for record, prepared in _prefetched(_prepared(records, size, skipped), 2 * batch_size):
+    for record, prepared in prefetched(_prepared(records, size, skipped), 2 * batch_size):
         batch.append(prepared)
         kept.append(record)
         if len(batch) == batch_size:
