@@ -83,6 +83,8 @@ def angiograms(shared_data):
 def assert_matches_reference(outputs, model, angiogram, index=0, tolerance=TOLERANCE, tta=False):
     """Served outputs of image `index` equal segment_angiogram's result."""
     height, width = angiogram.shape
+    for name, value in outputs.items():
+        assert value.shape.rank == 4 and value.shape[-1] == 1, f"{name}: shape {value.shape}, not [batch, H, W, 1]"
     probability = outputs["probability"].numpy()[index, :height, :width, 0]
     mask = outputs["mask"].numpy()[index, :height, :width, 0]
     expected = segment_angiogram(model, angiogram, tta=tta)

@@ -47,7 +47,14 @@ def write_onnx(model, folder, threshold, metadata, opset=ONNX_OPSET, tta=False):
 
     @tf.function(input_signature=[ANGIOGRAM_SPEC], autograph=False)
     def serving_default(angiogram):
-        return serving_outputs(segment_angiograms(model, angiogram, tta), threshold)
+        probability = segment_angiograms(model, angiogram, tta)
+        # The outputs are reshaped to the input's shape, the mask from that:
+        # tf2onnx rewrites the field-of-view ops' transposes into Reshape and
+        # Squeeze nodes, and once (CI, 2026-12-02; not reproduced here) the
+        # `probability` output came out [1, 1, H, W, 1] while the mask was
+        # [1, H, W, 1]. A last Reshape to the angiogram's shape makes any
+        # such rewrite either give the declared shape or fail loudly.
+        return serving_outputs(tf.reshape(probability, tf.shape(angiogram)), threshold)
 
     model_proto, _ = tf2onnx.convert.from_function(
         serving_default, input_signature=serving_default.input_signature, opset=opset
