@@ -245,6 +245,20 @@ def test_index_unlabeled_skips_hidden_masks_and_annotations(tmp_path):
     assert len({record.name for record in records}) == 3
 
 
+def test_index_unlabeled_on_a_pairs_folder_takes_the_angiograms_not_their_masks(shared_data, tmp_path):
+    folder = shared_data / "xca_vessels" / "train"
+    records = index_unlabeled(folder)
+    assert len(records) == 40 and len(list(folder.glob("*_gt.png"))) == 40
+    assert not any(record.name.endswith("_gt") for record in records)
+    # A `_gt` file without its angiogram beside it is an angiogram like any other,
+    # and a mask named explicitly is taken.
+    write_png(tmp_path / "run" / "7_gt.png")
+    write_png(tmp_path / "run" / "8.png")
+    write_mask(tmp_path / "run" / "8_gt.png")
+    assert [record.name for record in index_unlabeled(tmp_path / "run")] == ["7_gt", "8"]
+    assert [record.name for record in index_unlabeled(tmp_path / "run" / "8_gt.png")] == ["8_gt"]
+
+
 def test_index_unlabeled_makes_names_unique(tmp_path):
     write_png(tmp_path / "train" / "images" / "1.png")
     write_png(tmp_path / "val" / "images" / "1.png")

@@ -293,7 +293,9 @@ def index_unlabeled(paths, recursive=True, frame_step=1):
             image and DICOM files, or a single file. In folders, hidden files
             and folders are skipped, and folders named `masks` or
             `annotations` are not entered (ARCADE keeps its stenosis masks
-            there, beside `images`); a file named explicitly is always taken.
+            there, beside `images`), nor is `N_gt.png` beside `N.png` (the
+            image/mask pairs layout of `index_pairs`); a file named
+            explicitly is always taken.
         recursive: search folders' subfolders too.
         frame_step: take every `frame_step`-th frame of a DICOM cine run
             (neighbouring frames are near duplicates).
@@ -543,6 +545,7 @@ def _angiogram_files(path, recursive):
             file = Path(folder, name)
             if not name.startswith(".") and is_angiogram_file(file):
                 found.append(file)
+    found = _without_paired_masks(found)
     if not found:
         raise InvalidInputError(
             path,
@@ -552,6 +555,20 @@ def _angiogram_files(path, recursive):
     return sorted(
         found, key=lambda file: natural_sort_key(file.relative_to(path).as_posix())
     )
+
+
+PAIRED_MASK_SUFFIX = "_gt"
+"""`index_pairs`' default mask suffix: in a folder walk, `N_gt.png` beside
+`N.png` is that angiogram's mask (the CIMAT/DCA1 layout), not an angiogram."""
+
+
+def _without_paired_masks(files):
+    """`files` less each `<stem>_gt.<ext>` that has a `<stem>.<ext>` angiogram
+    in the same folder, so that `predict`, `select` and `pretrain` on a
+    folder of image/mask pairs take the angiograms only."""
+    stems = {(file.parent, file.stem) for file in files}
+    return [file for file in files if not (file.stem.endswith(PAIRED_MASK_SUFFIX) and
+                                           (file.parent, file.stem[: -len(PAIRED_MASK_SUFFIX)]) in stems)]
 
 
 def _frame_count_or_one(file):
