@@ -118,3 +118,16 @@ def test_a_real_finetune_with_cldice_runs_and_lowers_its_loss(shared_data, tmp_p
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["cldice_weight"] == 0.5
     model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras", safe_mode=True)
     assert model.loss.cldice_weight == 0.5
+
+
+def test_the_curves_name_the_loss_a_run_trains_with():
+    import dataclasses
+
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.training.finetune import curves_for
+
+    plain = curves_for(FinetuneConfig())
+    assert plain[0][1]["ylabel"] == "training loss (Dice + BCE)"
+    with_cldice = curves_for(dataclasses.replace(FinetuneConfig(), cldice_weight=0.3))
+    assert with_cldice[0][1]["ylabel"] == "training loss (Dice + BCE + 0.3 x (1 - clDice))"
+    assert with_cldice[1:] == plain[1:] and plain[0][1]["ylabel"] == "training loss (Dice + BCE)"

@@ -60,6 +60,14 @@ CURVES = [
 ]
 
 
+def curves_for(config):
+    """`CURVES`, the loss panel named after the loss `config` trains with."""
+    if not config.cldice_weight:
+        return CURVES
+    label = f"training loss (Dice + BCE + {config.cldice_weight:g} x (1 - clDice))"
+    return [("loss", dict(CURVES[0][1], ylabel=label), CURVES[0][2])] + CURVES[1:]
+
+
 def split_records(records, val_fraction, seed, limit=None):
     """Pick `limit` labelled pairs, then carve a validation split from them, by `seed`.
 
@@ -374,7 +382,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
     model_path = run.run_dir / "model.keras"
     if run.chief:
         export_best(config, run.run_dir, model_path)
-        run.write_curves(CURVES)
+        run.write_curves(curves_for(config))
     return {
         "best_val_dice": run.state["best_val_dice"],
         "best_epoch": run.state["best_epoch"],
