@@ -1,6 +1,8 @@
 """Fixtures shared by the test modules: the real angiograms, synthetic
-datasets written once per session, an nnU-Net dataset, DICOM cine runs."""
+datasets written once per session, an nnU-Net dataset, DICOM cine runs,
+the recipe scripts as modules."""
 
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +22,21 @@ def shared_data():
             "angiograms from ../shared/data next to the project root"
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def recipe_module():
+    """`recipe_module(name)`: the script `recipes/<name>.py` imported as a
+    module (recipes are scripts, not a package)."""
+
+    def load(name):
+        path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

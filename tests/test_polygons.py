@@ -1,9 +1,7 @@
 """ARCADE syntax polygons to vessel masks (recipes/import_arcade_syntax.py)."""
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,15 +9,6 @@ import pytest
 
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.polygons import coco_vessel_masks, read_yolo_polygons, yolo_vessel_mask
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "import_arcade_syntax.py"
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("import_arcade_syntax", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_segments_are_filled_and_stenosis_left_out(tmp_path):
@@ -56,8 +45,8 @@ def _split_from_shared(shared_data, folder, names):
         (folder / "labels" / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_the_recipe_imports_a_split_checks_it_and_keeps_what_exists(shared_data, tmp_path, capsys):
-    recipe = _recipe()
+def test_the_recipe_imports_a_split_checks_it_and_keeps_what_exists(shared_data, tmp_path, capsys, recipe_module):
+    recipe = recipe_module("import_arcade_syntax")
     split = tmp_path / "val"
     _split_from_shared(shared_data, split, ["1", "2"])
     out = tmp_path / "imported"

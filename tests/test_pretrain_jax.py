@@ -6,9 +6,7 @@ packed angiograms are the decoded ones and that an imported run loads as a
 pretraining run, every weight where it was.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -17,21 +15,12 @@ from cm_unet_keras.data.views import load_unlabeled
 from cm_unet_keras.models.loading import load_pretrainer
 from cm_unet_keras.training.transfer import load_initial_weights
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain_jax.py"
 
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("pretrain_jax", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_packed_angiograms_are_the_decoded_ones_to_jpeg_precision(tmp_path, shared_data):
+def test_packed_angiograms_are_the_decoded_ones_to_jpeg_precision(tmp_path, shared_data, recipe_module):
     records = index_unlabeled([shared_data / "xca_vessels" / "train" / f"{i}.png" for i in (1, 2, 3)])
     decoded = load_unlabeled(records, working_size=128, cache_dir=tmp_path / "cache")
     cache = next((tmp_path / "cache").glob("angiograms_*.npz"))
-    module = recipe()
+    module = recipe_module("pretrain_jax")
     module.pack(cache, tmp_path / "packed.npz")
     images, scale, offset = module.unpack(tmp_path / "packed.npz")
     assert images.shape == (3, 128, 128) and images.dtype == np.uint8
@@ -43,8 +32,8 @@ def test_packed_angiograms_are_the_decoded_ones_to_jpeg_precision(tmp_path, shar
     assert np.corrcoef(restored.ravel(), original.ravel())[0, 1] > 0.999
 
 
-def test_an_imported_run_loads_as_a_pretraining_run_with_every_weight_in_place(tmp_path):
-    module = recipe()
+def test_an_imported_run_loads_as_a_pretraining_run_with_every_weight_in_place(tmp_path, recipe_module):
+    module = recipe_module("pretrain_jax")
     networks = module.build_networks(base_filters=4, depth=2)
     rng = np.random.default_rng(0)
     for model in networks.values():
