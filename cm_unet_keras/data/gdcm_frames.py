@@ -15,6 +15,11 @@ plugin builds it, decodes one frame at a time and reports a corrupt frame
 by returning no buffer.
 """
 
+import contextlib
+import os
+import sys
+import tempfile
+
 import numpy as np
 
 
@@ -97,9 +102,12 @@ def _decode(gdcm, encoded, header, rows, columns, dtype):
     image.SetTransferSyntax(gdcm.TransferSyntax(syntax))
     bits_stored = int(header.get("BitsStored") or dtype.itemsize * 8)
     image.SetPixelFormat(gdcm.PixelFormat(1, dtype.itemsize * 8, bits_stored, bits_stored - 1, dtype.kind == "i"))
-    buffer = image.GetBuffer()
+    with _stderr_captured() as said:
+        buffer = image.GetBuffer()
     if buffer is None:
-        raise GdcmDecodeError("GDCM could not decode the frame (corrupt or unsupported compressed data)")
+        detail = "; ".join(line for line in said() if line)
+        raise GdcmDecodeError("GDCM could not decode the frame (corrupt or unsupported compressed data"
+                              + (f"; it said: {detail})" if detail else ")"))
     # GDCM hands its char* buffer to Python as a str: back to the bytes.
     data = buffer.encode("utf-8", "surrogateescape")
     if len(data) != rows * columns * dtype.itemsize:
@@ -109,3 +117,30 @@ def _decode(gdcm, encoded, header, rows, columns, dtype):
     if dtype.kind == "i" and unused > 0:
         frame = (frame << unused) >> unused  # sign-extend the stored bits
     return frame
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Hold what C code writes to file descriptor 2 inside the block; yields
+    a function that returns those lines afterwards.
+
+    GDCM's JPEG codecs print libjpeg's messages straight to stderr as they
+    try the 8-bit decoder before the 12-bit one ("Unsupported JPEG data
+    precision 12", "Invalid SOS parameters for sequential JPEG"): two lines
+    a frame on a file they then decode correctly. They are kept, and shown
+    in the error only when the frame cannot be decoded.
+    """
+    captured = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lambda: captured
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                captured.extend(sink.read().decode("utf-8", "replace").strip().splitlines())
+    finally:
+        os.close(saved)
