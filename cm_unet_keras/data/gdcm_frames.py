@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -119,6 +120,11 @@ def _decode(gdcm, encoded, header, rows, columns, dtype):
     return frame
 
 
+# One capture at a time: two threads swapping file descriptor 2 could
+# otherwise restore each other's sink instead of the real stderr.
+_CAPTURE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _stderr_captured():
     """Hold what C code writes to file descriptor 2 inside the block; yields
@@ -128,19 +134,22 @@ def _stderr_captured():
     try the 8-bit decoder before the 12-bit one ("Unsupported JPEG data
     precision 12", "Invalid SOS parameters for sequential JPEG"): two lines
     a frame on a file they then decode correctly. They are kept, and shown
-    in the error only when the frame cannot be decoded.
+    in the error only when the frame cannot be decoded. The descriptor is
+    the process's: for the milliseconds of one frame's decode, another
+    thread's C-level stderr lands in the same place.
     """
     captured = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield lambda: captured
-            finally:
-                os.dup2(saved, 2)
-                sink.seek(0)
-                captured.extend(sink.read().decode("utf-8", "replace").strip().splitlines())
-    finally:
-        os.close(saved)
+    with _CAPTURE_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield lambda: captured
+                finally:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    captured.extend(sink.read().decode("utf-8", "replace").strip().splitlines())
+        finally:
+            os.close(saved)
