@@ -35,8 +35,8 @@ from cm_unet_keras.data.layouts import NNUNET_SUBSETS
 # The fields of each job that are flags (`--base-filters` is `base_filters`).
 FINETUNE_FLAGS = (
     "base_filters", "depth", "epochs", "steps_per_epoch", "batch_size", "lr", "patch_size", "val_fraction",
-    "seed", "limit", "init", "frozen_encoder_epochs", "pretrained_lr_factor", "select", "precision", "clahe",
-    "deterministic", "cldice_weight",
+    "seed", "limit", "init", "frozen_encoder_epochs", "freeze_batchnorm", "pretrained_lr_factor", "select",
+    "precision", "clahe", "deterministic", "cldice_weight",
 )
 PRETRAIN_FLAGS = (
     "minutes", "views", "base_filters", "depth", "epochs", "warmup_epochs", "steps_per_epoch", "batch_size",

@@ -132,6 +132,11 @@ class FinetuneConfig:
     partial_share: Optional[float] = None
     # Epochs at the start during which the pretrained encoder stays frozen.
     frozen_encoder_epochs: int = setting(0, "epochs at the start with the encoder frozen")
+    # BatchNorm layers keep the start's moving statistics and scale/offset
+    # (inference mode): a few patches of one or two frames otherwise replace
+    # the statistics a start learned over many (momentum 0.9: after 100
+    # steps nothing of them is left).
+    freeze_batchnorm: bool = setting(False, "BatchNorm layers keep the start's statistics and do not train")
     # Learning-rate multiplier of the layers loaded from `init` (the fresh
     # head always trains at `lr`).
     pretrained_lr_factor: float = setting(1.0, "learning-rate multiplier of the layers loaded by --init")

@@ -212,6 +212,24 @@ def test_pretrained_lr_factor_zero_keeps_the_transferred_layers(synthetic_record
             assert moved > 0.0, layer.name
 
 
+def test_freeze_batchnorm_keeps_the_starts_statistics_while_the_convolutions_train(synthetic_records, tmp_path):
+    start = finetune(_tiny_config(epochs=1, steps_per_epoch=4, val_fraction=0.0), synthetic_records, tmp_path / "start",
+                     verbose=0)["model"]
+    init = str(tmp_path / "start" / "model.keras")
+
+    def moved(model, kind):
+        """Largest change from the start of any weight (trainable or not) of `kind` layers."""
+        return max(float(np.abs(a - b).max()) for layer in model.layers if isinstance(layer, kind)
+                   for a, b in zip(layer.get_weights(), start.get_layer(layer.name).get_weights()))
+
+    for freeze in (True, False):
+        config = _tiny_config(epochs=1, steps_per_epoch=4, val_fraction=0.0, init=init, freeze_batchnorm=freeze)
+        trained = finetune(config, synthetic_records, tmp_path / f"freeze_{freeze}", verbose=0)["model"]
+        assert moved(trained, keras.layers.Conv2D) > 1e-4
+        batchnorm = moved(trained, keras.layers.BatchNormalization)  # gamma, beta, moving mean and variance
+        assert (batchnorm == 0.0) if freeze else (batchnorm > 1e-3), (freeze, batchnorm)
+
+
 def test_select_last_keeps_the_last_epoch_whatever_validation_says(synthetic_records, tmp_path):
     result = finetune(_tiny_config(epochs=3, steps_per_epoch=4, select="last"), synthetic_records, tmp_path / "run",
                       verbose=0)
