@@ -117,14 +117,17 @@ def make_optimizer(config, total_steps, transferred_layers=()):
                  slow_factor=config.pretrained_lr_factor)
 
 
-def set_encoder_trainable(model, trainable, freeze_batchnorm=False):
-    """Encoder layers trainable or not; with `freeze_batchnorm`, every
-    BatchNorm layer is then frozen (Keras runs a frozen BatchNorm in
-    inference mode: the moving statistics normalise, and stay as loaded)."""
+def set_encoder_trainable(model, trainable):
     for layer in model.layers:
         if layer.name.startswith(ENCODER_PREFIXES):
             layer.trainable = trainable
-        if freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+
+
+def freeze_batchnorm_layers(model):
+    """Every BatchNorm layer frozen: Keras runs a frozen BatchNorm in
+    inference mode (the moving statistics normalise, and stay as loaded)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
 
 
@@ -253,7 +256,9 @@ class FinetuneRun(TrainingRun):
                 continue
             with strategy.scope():
                 if not resumed or first_epoch == phase_start:
-                    set_encoder_trainable(self.model, encoder_trainable, config.freeze_batchnorm)
+                    set_encoder_trainable(self.model, encoder_trainable)
+                    if config.freeze_batchnorm:
+                        freeze_batchnorm_layers(self.model)
                     self.model.compile(
                         optimizer=make_optimizer(config, total_steps, transferred),
                         loss=DiceBCELoss(config.dice_weight, config.cldice_weight),
