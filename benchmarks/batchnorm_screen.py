@@ -36,8 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
+from adaptation import arcade_parts  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "batchnorm_screen"
 RUNS = ROOT / "runs" / "batchnorm_screen"
@@ -50,12 +52,7 @@ METRICS = ("centerline_recall", "dice", "specificity")
 def arcade_pools(data_root):
     """(draw pool, selection pairs): 40 of the 140 ARCADE training pairs,
     fixed by `SELECTION_SEED`, are scored; draws come from the other 100."""
-    from cm_unet_keras.data.layouts import index_images_masks
-    from cm_unet_keras.data.splits import select_part
-
-    folder = Path(data_root) / "arcade_vessels" / "val"
-    train = select_part(index_images_masks(folder / "images", folder / "masks"), ROOT / "recipes" / "arcade_split.json",
-                        "train")
+    train, _ = arcade_parts(data_root)
     order = np.random.default_rng(SELECTION_SEED).permutation(len(train))
     return [train[i] for i in order[SELECTION_PAIRS:]], [train[i] for i in order[:SELECTION_PAIRS]]
 

@@ -48,8 +48,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
+from adaptation import target_parts  # noqa: E402  (the same parts the adaptation benchmark scores)
 
 OUT = ROOT / "benchmarks" / "selection"
 PRETRAINED = "cmunet_small_pretrained"
@@ -286,12 +288,11 @@ def configure(target, start=None, count=None):
 def seeds_run(made, runs):
     """(training seeds of the strategies' choices, of the random draws) among
     the finished runs: the report says what was run, not what was asked."""
-    seeds = {True: set(), False: set()}
-    for label, _, names, _ in made:
-        for seed in range(RANDOM_DRAWS):
-            if run_key(names, seed) in runs:
-                seeds[label.startswith("random")].add(seed)
-    return sorted(seeds[False]), sorted(seeds[True])
+    draws = {tuple(names) for label, _, names, _ in made if label.startswith("random")}
+    strategies = {tuple(names) for label, _, names, _ in made if not label.startswith("random")}
+    seeds = {key: {row.get("seed", 0) for row in runs.values() if tuple(row["names"]) in group}
+             for key, group in (("strategies", strategies), ("draws", draws))}
+    return sorted(seeds["strategies"]), sorted(seeds["draws"])
     NOTES[target] = (f"Protocol: every choice of {spec['count']} {spec['name']} training pairs is fine-tuned from "
                      f"`{start or spec['start']}` by the few-label rule (`apply_few_label_rule` for that start and "
                      f"{spec['count']} pairs, seed 0) and scored on the target's validation pairs at the model's "
@@ -300,20 +301,6 @@ def seeds_run(made, runs):
                                             "(not shipped)." if start and "adaptation/starts" in start else "") + "\n"
                      "Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs; the seconds are not a speed "
                      "measurement.")
-
-
-def target_parts(target, data_root):
-    """(training pool, validation pairs) of a target."""
-    from cm_unet_keras.data.layouts import index_images_masks
-    from cm_unet_keras.data.splits import select_part
-    from cm_unet_keras.experiments.data import study_data
-
-    if target == "cimat":
-        return study_data(data_root, ROOT / "recipes" / "xca_split.json")
-    folder = Path(data_root) / "arcade_vessels" / "val"
-    records = index_images_masks(folder / "images", folder / "masks")
-    split = ROOT / "recipes" / "arcade_split.json"
-    return select_part(records, split, "train"), select_part(records, split, "holdout")
 
 
 def main():

@@ -106,7 +106,7 @@ def _decode(gdcm, encoded, header, rows, columns, dtype):
     with _stderr_captured() as said:
         buffer = image.GetBuffer()
     if buffer is None:
-        detail = "; ".join(line for line in said() if line)
+        detail = "; ".join(line for line in said if line)
         raise GdcmDecodeError("GDCM could not decode the frame (corrupt or unsupported compressed data"
                               + (f"; it said: {detail})" if detail else ")"))
     # GDCM hands its char* buffer to Python as a str: back to the bytes.
@@ -128,7 +128,7 @@ _CAPTURE_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _stderr_captured():
     """Hold what C code writes to file descriptor 2 inside the block; yields
-    a function that returns those lines afterwards.
+    a list that holds those lines once the block has ended.
 
     GDCM's JPEG codecs print libjpeg's messages straight to stderr as they
     try the 8-bit decoder before the 12-bit one ("Unsupported JPEG data
@@ -146,7 +146,7 @@ def _stderr_captured():
             with tempfile.TemporaryFile() as sink:
                 os.dup2(sink.fileno(), 2)
                 try:
-                    yield lambda: captured
+                    yield captured
                 finally:
                     os.dup2(saved, 2)
                     sink.seek(0)
