@@ -16,10 +16,17 @@ def study_data(data_root, split_path, max_holdout=None):
     return train, holdout[:max_holdout] if max_holdout else holdout
 
 
+# ARCADE's stenosis splits that pretraining may see. Its `test` split is one the
+# project is scored on: no test split enters a pretraining pool, labelled or not.
+ARCADE_PRETRAINING_SPLITS = ("train", "val")
+
+
 def unlabeled_pool(data_root, train_records):
-    """ARCADE (all splits; its masks/ and annotations/ are skipped) plus the
-    XCA training angiograms without their masks. The holdout is left out."""
-    return index_unlabeled([Path(data_root) / "arcade_stenosis"] + [r.image_path for r in train_records])
+    """ARCADE stenosis train and val images (its masks/ and annotations/ are
+    skipped; `test` is never taken) plus the XCA training angiograms without
+    their masks. The holdout is left out."""
+    arcade = [Path(data_root) / "arcade_stenosis" / split for split in ARCADE_PRETRAINING_SPLITS]
+    return index_unlabeled(arcade + [r.image_path for r in train_records])
 
 
 def labelled_subset(train_records, n_labels, seed):
