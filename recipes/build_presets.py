@@ -5,8 +5,9 @@
 
 - `cmunet_small_pretrained`: the small U-Net (width 16, 4 levels) of the
   study's `cmunet` pretraining run: encoder and decoder pretrained by
-  contrastive masked autoencoding on the 1,500 unlabeled ARCADE angiograms
-  plus the 30 XCA training angiograms without their masks. Its segmentation
+  contrastive masked autoencoding on the 1,200 unlabeled ARCADE stenosis
+  train and val angiograms (never its test split) plus the 30 XCA training
+  angiograms without their masks. Its segmentation
   head was never trained: fine-tune it (`--init cmunet_small_pretrained`).
 - `cmunet_small_xca`: fine-tuned from `cmunet_small_pretrained` on the 30
   training pairs of `recipes/xca_split.json` with the package's fine-tuning
@@ -40,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cm_unet_keras.experiments.data import study_data, unlabeled_pool  # noqa: E402
 from cm_unet_keras.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
 from cm_unet_keras.models import presets  # noqa: E402
 from cm_unet_keras.models.loading import load_model_file  # noqa: E402
@@ -61,8 +63,9 @@ XCA_CONFIG = dict(base_filters=16, depth=4, epochs=20, steps_per_epoch=100, seed
 
 DATA = {
     "unlabeled": (
-        "ARCADE stenosis task (Popov et al., Scientific Data 2024; MICCAI 2023 challenge), train/val/test images, "
-        "1,500 angiograms 512x512, labels ignored; via a public GitHub copy. Check the ARCADE record's licence "
+        "ARCADE stenosis task (Popov et al., Scientific Data 2024; MICCAI 2023 challenge), train and val images "
+        "(its test split never: the project is scored on it), 1,200 angiograms 512x512, labels ignored; via a "
+        "public GitHub copy. Check the ARCADE record's licence "
         "(CC BY 4.0 on its Zenodo release) before redistributing derived data."
     ),
     "labelled": (
@@ -120,7 +123,7 @@ CARD_TEXT = {
         "not_intended_for": NOT_INTENDED_FOR,
         "limitations": [
             "Its segmentation head was never trained; only the encoder and decoder carry what pretraining learned.",
-            "Pretrained on about 1,530 angiograms of two public sources (ARCADE, and the CIMAT training images "
+            "Pretrained on 1,230 angiograms of two public sources (ARCADE, and the CIMAT training images "
             "without their masks); other scanners, centres, projections and image sizes are untested.",
             "No metric of its own: it is judged through models fine-tuned from it, and its gain is small. On the "
             "10 validation pairs, fine-tuned with the same budget as a random start, it adds +0.011 Dice at 3 "
@@ -148,7 +151,7 @@ CARD_TEXT = {
         "not_intended_for": NOT_INTENDED_FOR,
         "limitations": [
             "Trained on few images from few sources: 30 labelled 300x300 angiograms of one public database "
-            "(CIMAT), after pretraining on about 1,530 unlabeled angiograms of ARCADE and CIMAT. Scanners, "
+            "(CIMAT), after pretraining on 1,230 unlabeled angiograms of ARCADE and CIMAT. Scanners, "
             "centres, projections, frame rates and patient groups outside these sources are untested.",
             "Validated on only 10 angiograms of the same database as its training pairs, with no independent "
             "test set; the fine-tuning budget was chosen on those 10, so their Dice (0.77) is optimistic for "
@@ -197,16 +200,16 @@ def machine():
     return f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})"
 
 
-def pretraining_summary(config, history):
+def pretraining_summary(config, history, n_images):
     """One sentence: how long the pretraining ran, on what, with which views."""
     steps = len(history) * int(config["steps_per_epoch"])
     hours = sum(float(row["seconds"]) for row in history) / 3600.0
     return (f"{steps:,} steps of batch {config['batch_size']} ({steps * int(config['batch_size']):,} view pairs) "
-            f"on {config['image_size']} px \"{config.get('views', 'shift')}\" views of 1,530 unlabeled angiograms, "
+            f"on {config['image_size']} px \"{config.get('views', 'shift')}\" views of {n_images:,} unlabeled angiograms, "
             f"{hours:.1f} h on {machine()} in {config.get('precision', 'auto')} precision")
 
 
-def build_pretrained(pretrain_run, root, overwrite, log=print):
+def build_pretrained(pretrain_run, root, overwrite, n_images, log=print):
     """Extract the U-Net of a pretraining run into the pretrained preset."""
     import csv
 
@@ -230,7 +233,7 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
             "file": "model.keras",
             "description": (
                 "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining "
-                f"({pretraining_summary(config, history)}): encoder and decoder pretrained, segmentation head "
+                f"({pretraining_summary(config, history, n_images)}): encoder and decoder pretrained, segmentation head "
                 "untrained. Fine-tune it on your labelled angiograms: `cm-unet finetune --init "
                 "cmunet_small_pretrained ...`."
             ),
@@ -242,7 +245,7 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
             "training": {"pretrain_config": config, "epochs_done": len(history),
                          "steps": len(history) * int(config["steps_per_epoch"]),
                          "views_seen": len(history) * int(config["steps_per_epoch"]) * int(config["batch_size"]),
-                         "summary": pretraining_summary(config, history),
+                         "summary": pretraining_summary(config, history, n_images),
                          "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
             "final_losses": {k: round(float(history[-1][k]), 4) for k in
                              ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
@@ -260,7 +263,6 @@ def build_pretrained(pretrain_run, root, overwrite, log=print):
 
 def build_xca(data_root, split, runs, root, overwrite, log=print):
     """Fine-tune the XCA preset from the pretrained preset and publish it."""
-    from cm_unet_keras.experiments.data import study_data
     from cm_unet_keras.experiments.runs import finetune_and_evaluate
 
     os.environ[presets.ENV_VAR] = str(root)  # `init` names the preset in this root
@@ -371,7 +373,8 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
     args = parser.parse_args(argv)
     if args.only in (None, "pretrained"):
-        build_pretrained(args.pretrain_run, args.root, args.overwrite)
+        train, _ = study_data(args.data, args.split)
+        build_pretrained(args.pretrain_run, args.root, args.overwrite, len(unlabeled_pool(args.data, train)))
     if args.only in (None, "xca"):
         build_xca(args.data, args.split, args.runs, args.root, args.overwrite)
     if args.only in (None, "general"):
