@@ -1,0 +1,38 @@
+"""ARCADE by its own protocol (recipes/arcade_protocol.py): nothing scored is trained on (issue 31)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.layouts import index_images_masks
+
+
+def test_protocol_refuses_a_scored_angiogram_under_another_name(recipe_module, shared_data, tmp_path):
+    protocol = recipe_module("arcade_protocol")
+    val = shared_data / "arcade_vessels" / "val"
+    scored = index_images_masks(val / "images", val / "masks")[:3]
+    train = tmp_path / "train"
+    for folder in ("images", "masks"):
+        (train / folder).mkdir(parents=True)
+    # Two angiograms of other sources, and one scored ARCADE frame renamed.
+    for index, source in enumerate(sorted((shared_data / "xcad_sample" / "test" / "images").glob("*.png"))):
+        shutil.copy(source, train / "images" / f"x{index}.png")
+        shutil.copy(shared_data / "xcad_sample" / "test" / "masks" / source.name, train / "masks" / f"x{index}.png")
+    clean = index_images_masks(train / "images", train / "masks")
+    protocol.check_disjoint(clean, scored)  # disjoint: accepted
+    shutil.copy(scored[1].image_path, train / "images" / "renamed.png")
+    shutil.copy(scored[1].mask_path, train / "masks" / "renamed.png")
+    with pytest.raises(InvalidInputError, match=f"{Path(scored[1].image_path).name}.*1 of them are in the training set"):
+        protocol.check_disjoint(index_images_masks(train / "images", train / "masks"), scored)
+
+
+def test_protocol_scores_all_200_validation_pairs_and_trains_on_none(recipe_module, shared_data):
+    protocol = recipe_module("arcade_protocol")
+    scored = protocol.scored_records("arcade_val", shared_data)
+    assert len(scored) == 200
+    cimat, _ = protocol.training_parts(shared_data, shared_data / "arcade_vessels" / "val")
+    holdout = {r.name for r in protocol.scored_records("cimat", shared_data)}
+    assert len(cimat) == 30 and not holdout & {r.name for r in cimat}
+    assert protocol.run_name(32, 4000, None, 0) == "w32_s4000_scratch"
