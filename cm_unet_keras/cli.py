@@ -284,7 +284,7 @@ def cmd_finetune(args):
     # The budget and learning rate measured best for this kind of start,
     # unless the user (a flag or the recipe file) set them.
     given = {name for name, value in flags.items() if value is not None} | set(read_recipe(args.config) if args.config else ())
-    config, message = apply_few_label_rule(config, training_pair_count(config, len(records)), given)
+    config, message = apply_few_label_rule(config, training_pair_count(config, records), given)
     print(message, file=sys.stderr)
     result = finetune(config, records, args.out, verbose=args.verbose, skipped_inputs=skipped)
     if result["n_val"]:

@@ -7,6 +7,7 @@ import yaml
 
 from cm_unet_keras.cli import main
 from cm_unet_keras.config import FinetuneConfig
+from cm_unet_keras.data.layouts import index_pairs
 from cm_unet_keras.models.unet import CMUNet
 from cm_unet_keras.training import few_label
 from cm_unet_keras.training.few_label import apply_few_label_rule, start_kind, training_pair_count
@@ -43,10 +44,27 @@ def test_the_rule_sets_budget_and_rate_only_for_a_handful_of_pairs_and_only_when
     assert apply_few_label_rule(scratch, 3)[0] == scratch
 
 
-def test_training_pairs_count_the_limit_and_the_validation_share():
-    assert training_pair_count(FinetuneConfig(), 7) == 7
-    assert training_pair_count(FinetuneConfig(limit=3), 30) == 3
-    assert training_pair_count(FinetuneConfig(limit=10, val_fraction=0.2), 30) == 8
+@pytest.fixture(scope="module")
+def cimat_records(shared_data):
+    return index_pairs(shared_data / "xca_vessels" / "train")
+
+
+@pytest.mark.parametrize("limit, val_fraction, trained", [
+    # The split holds out max(1, round(n x fraction)) of n pairs, at most n - 1.
+    (None, 0.0, 40), (3, 0.0, 3), (4, 0.1, 3), (3, 0.1, 2), (10, 0.2, 8), (2, 0.5, 1), (1, 0.5, 1),
+])
+def test_training_pairs_are_counted_by_the_split(cimat_records, limit, val_fraction, trained):
+    config = FinetuneConfig(limit=limit, val_fraction=val_fraction)
+    assert len(cimat_records) == 40
+    assert training_pair_count(config, cimat_records) == trained
+
+
+def test_four_pairs_with_a_tenth_for_validation_train_three_for_500_steps(cimat_records):
+    # Issue 32: the rule saw 4 pairs and gave a pretrained start 2,000 steps.
+    config = FinetuneConfig(init="cmunet_small_pretrained", limit=4, val_fraction=0.1)
+    chosen, message = apply_few_label_rule(config, training_pair_count(config, cimat_records))
+    assert (chosen.epochs * chosen.steps_per_epoch, chosen.lr) == (500, 2e-3)
+    assert "3 labelled pairs" in message
 
 
 def test_finetune_applies_the_rule_prints_it_and_records_it(shared_data, tiny_segmenter, tmp_path, capsys,

@@ -100,8 +100,10 @@ def apply_few_label_rule(config, n_pairs, given=()):
                     f"({RULE_SOURCE}; --epochs/--lr override)")
 
 
-def training_pair_count(config, n_records):
-    """How many of `n_records` labelled pairs train: `config.limit` of them,
-    less the share `config.val_fraction` sets aside."""
-    count = min(config.limit or n_records, n_records)
-    return count - int(round(count * config.val_fraction))
+def training_pair_count(config, records):
+    """How many of the labelled `records` train: those `split_records` keeps
+    for training under `config.limit`, `config.val_fraction` and `config.seed`,
+    the split `finetune` makes."""
+    from cm_unet_keras.training.finetune import split_records
+
+    return len(split_records(records, config.val_fraction, config.seed, config.limit)[0])
