@@ -1,6 +1,7 @@
 """The few-label default of `cm-unet finetune --init` (issue 25)."""
 
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -67,19 +68,52 @@ def test_four_pairs_with_a_tenth_for_validation_train_three_for_500_steps(cimat_
     assert "3 labelled pairs" in message
 
 
-def test_finetune_applies_the_rule_prints_it_and_records_it(shared_data, tiny_segmenter, tmp_path, capsys,
-                                                           monkeypatch):
-    # A 100-step rule keeps the real command fast on a tiny U-Net.
-    monkeypatch.setattr(few_label, "FINETUNED_STEPS", 100)
-    monkeypatch.setattr(few_label, "FINETUNED_LR", 7e-4)
+def test_extending_a_run_made_under_the_rule_keeps_its_rate():
+    record = {"init": "cmunet_small_general", "epochs": 1, "steps_per_epoch": 100, "lr": 5e-4}
+    config = FinetuneConfig(init="cmunet_small_general", epochs=3)
+    extended, message = apply_few_label_rule(config, 1, given={"epochs"}, recorded=record)
+    assert (extended.epochs, extended.steps_per_epoch, extended.lr) == (3, 100, 5e-4)
+    assert "kept from the run's record" in message and "--epochs 3" in message
+    # A record made with the user's own rate is not the rule's: the rerun's
+    # settings stand (and the record check refuses them if they differ).
+    own = dict(record, lr=1e-3)
+    assert apply_few_label_rule(config, 1, given={"epochs"}, recorded=own)[0] == config
+    assert apply_few_label_rule(config, 1, given={"epochs", "lr"}, recorded=record)[0] == config
+    # A new run folder: --epochs alone still opts out of the rule.
+    assert apply_few_label_rule(config, 1, given={"epochs"})[0] == config
+
+
+def _read(run, name):
+    text = (run / name).read_text()
+    return yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+
+
+def test_finetune_under_the_rule_then_extended(shared_data, tiny_segmenter, tmp_path, capsys):
+    # 3 pairs with a tenth for validation: 1 validates, 2 train, so the
+    # segmenting start gets the 1-2 pair row (100 steps at 5e-4).
+    run = tmp_path / "rule"
     base = ["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--limit", "3",
-            "--base-filters", "4", "--depth", "2", "--patch-size", "32", "--init", str(tiny_segmenter), "--quiet"]
-    assert main(base + ["--out", str(tmp_path / "rule")]) == 0
-    assert "few-label rule: 3 labelled pairs from a start that already segments: 100 steps at lr 0.0007" \
-        in capsys.readouterr().err
-    recorded = yaml.safe_load((tmp_path / "rule" / "config.yaml").read_text())
-    assert (recorded["epochs"], recorded["lr"]) == (1, 7e-4)
-    assert main(base + ["--out", str(tmp_path / "given"), "--epochs", "2", "--steps-per-epoch", "1"]) == 0
-    assert "few-label rule not applied: --epochs, --steps-per-epoch given" in capsys.readouterr().err
-    recorded = yaml.safe_load((tmp_path / "given" / "config.yaml").read_text())
-    assert (recorded["epochs"], recorded["lr"]) == (2, FinetuneConfig().lr)
+            "--val-fraction", "0.1", "--base-filters", "4", "--depth", "2", "--patch-size", "32",
+            "--init", str(tiny_segmenter), "--out", str(run), "--quiet"]
+    assert main(base) == 0
+    assert "few-label rule: 2 labelled pairs from a start that already segments: 100 steps at lr 0.0005 " \
+           in capsys.readouterr().err
+    split = _read(run, "split.json")
+    assert (len(split["train"]), len(split["val"])) == (2, 1)
+    recorded = _read(run, "config.yaml")
+    assert (recorded["epochs"], recorded["steps_per_epoch"], recorded["lr"]) == (1, 100, 5e-4)
+    record = (run / "config.yaml").read_bytes()
+
+    # docs/usage.md: a larger --epochs extends the run, at the recorded rate.
+    assert main(base + ["--epochs", "2"]) == 0
+    assert "few-label rule kept from the run's record" in capsys.readouterr().err
+    state = _read(run, "state.json")
+    assert (state["epochs_done"], state["epochs"]) == (2, 2)
+    assert state["epochs_changed"] == [{"after_epoch": 1, "from": 1, "to": 2}]
+    assert (run / "config.yaml").read_bytes() == record
+
+    # Another rate given on the same folder is refused, the record kept.
+    code = main(base + ["--epochs", "3", "--lr", "2e-3"])
+    printed = capsys.readouterr().err
+    assert code == 2 and "few-label rule not applied: --epochs, --lr given" in printed
+    assert "lr 0.0005 -> 0.002" in printed and _read(run, "state.json")["epochs_done"] == 2

@@ -8,7 +8,8 @@ chosen on selection pairs (training pairs not drawn for the run), never on
 the scored ones, by `benchmarks/adaptation.py --stage screen`
 (`benchmarks/adaptation/screen.md`); `cm-unet finetune` applies it when
 `--epochs` and `--lr` are not given (on the command line or in a recipe)
-and prints what it chose.
+and prints what it chose; a larger `--epochs` on a run folder made under the
+rule extends that run at the rule's learning rate.
 
 | start (`--init`) | labelled pairs | budget | learning rate |
 |---|---|---|---|
@@ -50,6 +51,8 @@ FINETUNED_STEPS, FINETUNED_LR = 200, 2e-3
 VERY_FEW_LABELS = 2
 VERY_FEW_STEPS, VERY_FEW_LR = 100, 5e-4
 RULE_SOURCE = "benchmarks/adaptation/results.md"
+# The settings a user gives to opt out of the rule.
+OVERRIDES = ("epochs", "steps_per_epoch", "lr")
 
 
 def start_kind(init):
@@ -82,22 +85,41 @@ def few_label_settings(kind, n_pairs):
     return steps, lr, f"{n_pairs} labelled pairs from {start}"
 
 
-def apply_few_label_rule(config, n_pairs, given=()):
-    """`(config, message)`: `config` with the rule's budget and learning rate
-    unless `given` names `epochs`, `steps_per_epoch` or `lr` (set by the user,
-    who then keeps them). The message says what was chosen and why."""
-    kind = start_kind(config.init)
-    steps, lr, why = few_label_settings(kind, n_pairs)
-    user = sorted({"epochs", "steps_per_epoch", "lr"} & set(given))
+def apply_few_label_rule(config, n_pairs, given=(), recorded=None):
+    """`(config, message)`: `config` with the rule's budget and learning rate.
+
+    Args:
+        config: the `FinetuneConfig` of the run.
+        n_pairs: the labelled pairs that train (`training_pair_count`).
+        given: the fields the user set; any of `OVERRIDES` among them keeps
+            the configuration's own budget and learning rate.
+        recorded: the `config.yaml` (a dict) of the run folder being rerun,
+            if any. When it records a run made under the rule and only
+            `epochs` is given, the rule's learning rate and epoch length are
+            kept and `config.epochs` extends the run.
+
+    The message says what was chosen and why.
+    """
+    steps, lr, why = few_label_settings(start_kind(config.init), n_pairs)
+    user = [name for name in OVERRIDES if name in set(given)]
+    ruled = None if steps is None else dataclasses.replace(
+        config, epochs=max(1, round(steps / config.steps_per_epoch)), lr=lr)
+    if ruled is not None and user == ["epochs"] and _made_under(recorded, ruled):
+        return dataclasses.replace(ruled, epochs=config.epochs), (
+            f"few-label rule kept from the run's record: {why}: lr {lr:g}, {ruled.steps_per_epoch} steps "
+            f"an epoch; --epochs {config.epochs} (recorded: {ruled.epochs})")
     if user:
         return config, f"few-label rule not applied: {', '.join('--' + n.replace('_', '-') for n in user)} given"
-    if steps is None:
+    if ruled is None:
         total = config.epochs * config.steps_per_epoch
         return config, f"few-label rule: {why}: {total} steps at lr {config.lr:g} (the configuration's)"
-    epochs = max(1, round(steps / config.steps_per_epoch))
-    chosen = dataclasses.replace(config, epochs=epochs, lr=lr)
-    return chosen, (f"few-label rule: {why}: {epochs * config.steps_per_epoch} steps at lr {lr:g} "
-                    f"({RULE_SOURCE}; --epochs/--lr override)")
+    return ruled, (f"few-label rule: {why}: {ruled.epochs * ruled.steps_per_epoch} steps at lr {lr:g} "
+                   f"({RULE_SOURCE}; --epochs/--lr override)")
+
+
+def _made_under(recorded, ruled):
+    """Whether a run folder's recorded settings are those the rule chose."""
+    return bool(recorded) and all(recorded.get(name) == getattr(ruled, name) for name in OVERRIDES)
 
 
 def training_pair_count(config, records):
