@@ -1,7 +1,12 @@
-"""The few-label default of `cm-unet finetune --init` (issue 25)."""
+"""The few-label default of `cm-unet finetune --init` (issues 25 and 32).
 
-import dataclasses
+The expected budgets and learning rates are the documented table's
+(docs/adaptation.md), written out here, not read from the module.
+"""
+
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,12 +18,32 @@ from cm_unet_keras.models.unet import CMUNet
 from cm_unet_keras.training import few_label
 from cm_unet_keras.training.few_label import apply_few_label_rule, start_kind, training_pair_count
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# docs/adaptation.md, "The few-label default": (start, labelled pairs,
+# budget in steps, learning rate), row by row.
+DOCUMENTED_TABLE = [
+    ("none", "any", 2000, 2e-3),
+    ("pretrained only", "<= 3", 500, 2e-3),
+    ("pretrained only", "4-10", 2000, 2e-3),
+    ("segmenting", "1-2", 100, 5e-4),
+    ("segmenting", "3-10", 200, 2e-3),
+    ("any", "> 10", 2000, 2e-3),
+]
+# An --init of each kind of start in the table.
+STARTS = {"none": None, "pretrained only": "cmunet_small_pretrained", "segmenting": "cmunet_small_general"}
+
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(tmp_path_factory):
     path = tmp_path_factory.mktemp("init") / "tiny.keras"
     CMUNet(base_filters=4, depth=2).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def cimat_records(shared_data):
+    return index_pairs(shared_data / "xca_vessels" / "train")
 
 
 def test_each_kind_of_start_is_told_apart(tiny_segmenter):
@@ -28,26 +53,57 @@ def test_each_kind_of_start_is_told_apart(tiny_segmenter):
     assert start_kind(str(tiny_segmenter)) == "finetuned"
 
 
-def test_the_rule_sets_budget_and_rate_only_for_a_handful_of_pairs_and_only_when_not_given():
-    config = FinetuneConfig(init="cmunet_small_pretrained", lr=1e-2)
-    chosen, message = apply_few_label_rule(config, 3)
-    assert chosen.epochs * chosen.steps_per_epoch == few_label.PRETRAINED_STEPS
-    assert chosen.lr == few_label.PRETRAINED_LR and "3 labelled pairs" in message and "--epochs" in message
-    assert apply_few_label_rule(config, few_label.FEW_LABELS + 1)[0] == config  # tens of pairs: the defaults
-    kept, message = apply_few_label_rule(config, 3, given={"lr"})
-    assert kept == config and "--lr given" in message
-    segmenting = dataclasses.replace(config, init="cmunet_small_general")
-    for pairs, steps, lr in ((1, few_label.VERY_FEW_STEPS, few_label.VERY_FEW_LR),
-                             (3, few_label.FINETUNED_STEPS, few_label.FINETUNED_LR)):
-        chosen, _ = apply_few_label_rule(segmenting, pairs)
-        assert (chosen.epochs * chosen.steps_per_epoch, chosen.lr) == (steps, lr)
-    scratch = dataclasses.replace(config, init=None)
-    assert apply_few_label_rule(scratch, 3)[0] == scratch
+def test_the_defaults_are_the_documented_2000_steps_at_2e_3():
+    config = FinetuneConfig()
+    assert (config.epochs, config.steps_per_epoch, config.lr) == (20, 100, 2e-3)
 
 
-@pytest.fixture(scope="module")
-def cimat_records(shared_data):
-    return index_pairs(shared_data / "xca_vessels" / "train")
+@pytest.mark.parametrize("start, pairs, steps, lr", [
+    ("none", 1, 2000, 2e-3), ("none", 3, 2000, 2e-3), ("none", 10, 2000, 2e-3),
+    ("pretrained only", 1, 500, 2e-3), ("pretrained only", 3, 500, 2e-3),
+    ("pretrained only", 4, 2000, 2e-3), ("pretrained only", 10, 2000, 2e-3),
+    ("segmenting", 1, 100, 5e-4), ("segmenting", 2, 100, 5e-4),
+    ("segmenting", 3, 200, 2e-3), ("segmenting", 10, 200, 2e-3),
+    ("pretrained only", 11, 2000, 2e-3), ("segmenting", 11, 2000, 2e-3), ("segmenting", 40, 2000, 2e-3),
+])
+def test_the_rule_gives_the_documented_budget_and_rate(start, pairs, steps, lr):
+    chosen, message = apply_few_label_rule(FinetuneConfig(init=STARTS[start]), pairs)
+    assert (chosen.epochs * chosen.steps_per_epoch, chosen.lr) == (steps, lr)
+    assert f"{pairs} labelled pairs" in message and f"{steps} steps at lr {lr:g}" in message
+
+
+def test_the_rule_keeps_what_the_user_gives():
+    config = FinetuneConfig(init="cmunet_small_general", epochs=3, lr=1e-2)
+    for given in ({"lr"}, {"epochs"}, {"steps_per_epoch"}, {"epochs", "lr"}):
+        kept, message = apply_few_label_rule(config, 1, given=given)
+        assert kept == config and message.startswith("few-label rule not applied") and "given" in message
+    # Beyond a handful a user's own settings stand, given or not.
+    assert apply_few_label_rule(config, 11)[0] == config
+
+
+def _table_rows(text, heading):
+    """(start, labelled pairs, steps, lr) of the markdown table after `heading`."""
+    table = text[text.index(heading):].split("| start (`--init`) |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        start, pairs, budget, lr = [cell.strip() for cell in line.strip("|").split("|")]
+        kind = next(kind for word, kind in (("pretrained only", "pretrained only"), ("segment", "segmenting"),
+                                            ("none", "none"), ("any", "any")) if word in start)
+        steps = int(re.match(r"([\d,]+) steps", budget).group(1).replace(",", ""))
+        rows.append((kind, pairs.replace("any start", "any"), steps, float(lr.split()[0])))
+    return rows
+
+
+def test_the_docs_and_the_module_give_the_same_table():
+    docs = (ROOT / "docs" / "adaptation.md").read_text()
+    assert _table_rows(docs, "## The few-label default") == DOCUMENTED_TABLE
+    assert _table_rows(few_label.__doc__, "A lab adapting") == DOCUMENTED_TABLE
+
+
+def test_the_rule_cites_pages_that_exist():
+    assert few_label.RULE_SOURCE == "docs/adaptation.md" and (ROOT / few_label.RULE_SOURCE).is_file()
+    cited = set(re.findall(r"`?((?:benchmarks|docs)/[\w/.-]+\.md)", few_label.__doc__))
+    assert cited and all((ROOT / path).is_file() for path in cited), cited
 
 
 @pytest.mark.parametrize("limit, val_fraction, trained", [
@@ -97,7 +153,7 @@ def test_finetune_under_the_rule_then_extended(shared_data, tiny_segmenter, tmp_
             "--init", str(tiny_segmenter), "--out", str(run), "--quiet"]
     assert main(base) == 0
     assert "few-label rule: 2 labelled pairs from a start that already segments: 100 steps at lr 0.0005 " \
-           in capsys.readouterr().err
+           "(docs/adaptation.md" in capsys.readouterr().err
     split = _read(run, "split.json")
     assert (len(split["train"]), len(split["val"])) == (2, 1)
     recorded = _read(run, "config.yaml")
