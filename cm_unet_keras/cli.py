@@ -282,9 +282,12 @@ def cmd_finetune(args):
     config = build_config(FinetuneConfig, args.config, **flags)
     records, skipped = _records_from_layout(args)
     # The budget and learning rate measured best for this kind of start,
-    # unless the user (a flag or the recipe file) set them.
+    # unless the user (a flag or the recipe file) set them; a run folder's
+    # record says whether a larger --epochs extends a run made under the rule.
     given = {name for name, value in flags.items() if value is not None} | set(read_recipe(args.config) if args.config else ())
-    config, message = apply_few_label_rule(config, training_pair_count(config, len(records)), given)
+    record = Path(args.out) / "config.yaml"
+    config, message = apply_few_label_rule(config, training_pair_count(config, records), given,
+                                           recorded=read_recipe(record) if record.is_file() else None)
     print(message, file=sys.stderr)
     result = finetune(config, records, args.out, verbose=args.verbose, skipped_inputs=skipped)
     if result["n_val"]:

@@ -3,12 +3,11 @@
 A lab adapting a start to its own scanner has a handful of masks. The best
 budget depends on the start: a random start needs its 2,000 steps, a
 pretrained one peaks early and then over-fits the few pairs, and a start
-that already segments vessels needs only a short nudge. The rule below was
-chosen on selection pairs (training pairs not drawn for the run), never on
-the scored ones, by `benchmarks/adaptation.py --stage screen`
-(`benchmarks/adaptation/screen.md`); `cm-unet finetune` applies it when
-`--epochs` and `--lr` are not given (on the command line or in a recipe)
-and prints what it chose.
+that already segments vessels needs only a short nudge. `cm-unet finetune`
+applies the rule when `--epochs`, `--steps-per-epoch` and `--lr` are not
+given (on the command line or in a recipe) and prints what it chose; a
+larger `--epochs` on a run folder made under the rule extends that run at
+the rule's learning rate.
 
 | start (`--init`) | labelled pairs | budget | learning rate |
 |---|---|---|---|
@@ -19,22 +18,13 @@ and prints what it chose.
 | a segmenting model | 3-10 | 200 steps | 2e-3 |
 | any start | > 10 | 2,000 steps (the default) | 2e-3 (the default) |
 
-How each was chosen (Dice on the selection pairs, 3 labelled CIMAT pairs,
-mean of seeds 0 and 1): a segmenting start (the generalist trained without
-CIMAT) scores 0.750 after 200 steps, 0.750 after 500, 0.751 after 500 at
-lr 5e-4 and 0.736 after 1,000; within 0.005 the shortest budget is taken
-(least drift from what the start knew, and the fastest). With 1 pair
-(3 seeds) the untouched start scores 0.633, 200 steps at 2e-3 0.624 (it
-forgets more than one pair teaches), 100 steps at 5e-4 0.665 and 200 at
-5e-4 0.667: 100 at 5e-4, also for 2 pairs (not screened). At 10 pairs
-500 and 2,000 steps were within 0.004 (1 seed); 200 was not screened
-there. A pretrained-only
-start at 10 pairs scores 0.744 after 2,000 steps against 0.731 after 500
-(1 seed), so 500 is kept up to 3 pairs (4-9 were not screened); at 3 it
-peaks at 500 steps (0.701, against 0.694 at 2,000; 5 seeds,
-`benchmarks/pretrain_screen/results.md`); a random start needs its 2,000
-(4,000 add +0.003). With more than 10 pairs the defaults stand: at 30 pairs
-both starts still gain from 2,000 to 4,000 steps.
+"Labelled pairs" are the pairs that train: `--limit` of them less the
+validation share, counted by the split the run makes (`split_records`).
+The budgets were chosen on selection pairs (CIMAT training pairs not drawn
+for the run), never on the scored ones; the screen and its numbers are in
+`docs/adaptation.md` ("The few-label default"), produced by
+`benchmarks/adaptation.py --stage screen` (the "Screen" table of
+`benchmarks/adaptation/results.md` in the source tree).
 """
 
 import dataclasses
@@ -49,7 +39,11 @@ FINETUNED_STEPS, FINETUNED_LR = 200, 2e-3
 # One or two pairs: a segmenting start is nudged more gently.
 VERY_FEW_LABELS = 2
 VERY_FEW_STEPS, VERY_FEW_LR = 100, 5e-4
-RULE_SOURCE = "benchmarks/adaptation/results.md"
+# Where the message sends a user to read how the rule was chosen: the
+# documentation page, not a benchmark's results file.
+RULE_SOURCE = "docs/adaptation.md"
+# The settings a user gives to opt out of the rule.
+OVERRIDES = ("epochs", "steps_per_epoch", "lr")
 
 
 def start_kind(init):
@@ -68,40 +62,58 @@ def start_kind(init):
 def few_label_settings(kind, n_pairs):
     """(steps, lr, why) of the rule for a start of `kind` fine-tuned on
     `n_pairs` labelled pairs; steps None keeps the configuration's own."""
-    if kind == "scratch" or n_pairs > FEW_LABELS or (kind == "pretrained" and n_pairs > PRETRAINED_MAX_PAIRS):
-        most = PRETRAINED_MAX_PAIRS if kind == "pretrained" else FEW_LABELS
-        return None, None, (f"{n_pairs} labelled pairs from a random start" if kind == "scratch"
-                            else f"{n_pairs} labelled pairs (more than {most} for this start)")
+    if kind == "scratch":
+        return None, None, f"{n_pairs} labelled pairs from a random start"
+    most = PRETRAINED_MAX_PAIRS if kind == "pretrained" else FEW_LABELS
+    if n_pairs > most:
+        return None, None, f"{n_pairs} labelled pairs (more than {most} for this start)"
     if kind == "pretrained":
-        steps, lr = PRETRAINED_STEPS, PRETRAINED_LR
-    elif n_pairs <= VERY_FEW_LABELS:
-        steps, lr = VERY_FEW_STEPS, VERY_FEW_LR
-    else:
-        steps, lr = FINETUNED_STEPS, FINETUNED_LR
-    start = "a pretrained-only start" if kind == "pretrained" else "a start that already segments"
-    return steps, lr, f"{n_pairs} labelled pairs from {start}"
+        return PRETRAINED_STEPS, PRETRAINED_LR, f"{n_pairs} labelled pairs from a pretrained-only start"
+    steps, lr = (VERY_FEW_STEPS, VERY_FEW_LR) if n_pairs <= VERY_FEW_LABELS else (FINETUNED_STEPS, FINETUNED_LR)
+    return steps, lr, f"{n_pairs} labelled pairs from a start that already segments"
 
 
-def apply_few_label_rule(config, n_pairs, given=()):
-    """`(config, message)`: `config` with the rule's budget and learning rate
-    unless `given` names `epochs`, `steps_per_epoch` or `lr` (set by the user,
-    who then keeps them). The message says what was chosen and why."""
-    kind = start_kind(config.init)
-    steps, lr, why = few_label_settings(kind, n_pairs)
-    user = sorted({"epochs", "steps_per_epoch", "lr"} & set(given))
+def apply_few_label_rule(config, n_pairs, given=(), recorded=None):
+    """`(config, message)`: `config` with the rule's budget and learning rate.
+
+    Args:
+        config: the `FinetuneConfig` of the run.
+        n_pairs: the labelled pairs that train (`training_pair_count`).
+        given: the fields the user set; any of `OVERRIDES` among them keeps
+            the configuration's own budget and learning rate.
+        recorded: the `config.yaml` (a dict) of the run folder being rerun,
+            if any. When it records a run made under the rule and only
+            `epochs` is given, the rule's learning rate and epoch length are
+            kept and `config.epochs` extends the run.
+
+    The message says what was chosen and why.
+    """
+    steps, lr, why = few_label_settings(start_kind(config.init), n_pairs)
+    user = [name for name in OVERRIDES if name in set(given)]
+    ruled = None if steps is None else dataclasses.replace(
+        config, epochs=max(1, round(steps / config.steps_per_epoch)), lr=lr)
+    if ruled is not None and user == ["epochs"] and _made_under(recorded, ruled):
+        return dataclasses.replace(ruled, epochs=config.epochs), (
+            f"few-label rule kept from the run's record: {why}: lr {lr:g}, {ruled.steps_per_epoch} steps "
+            f"an epoch; --epochs {config.epochs} (recorded: {ruled.epochs})")
     if user:
         return config, f"few-label rule not applied: {', '.join('--' + n.replace('_', '-') for n in user)} given"
-    if steps is None:
+    if ruled is None:
         total = config.epochs * config.steps_per_epoch
         return config, f"few-label rule: {why}: {total} steps at lr {config.lr:g} (the configuration's)"
-    epochs = max(1, round(steps / config.steps_per_epoch))
-    chosen = dataclasses.replace(config, epochs=epochs, lr=lr)
-    return chosen, (f"few-label rule: {why}: {epochs * config.steps_per_epoch} steps at lr {lr:g} "
-                    f"({RULE_SOURCE}; --epochs/--lr override)")
+    return ruled, (f"few-label rule: {why}: {ruled.epochs * ruled.steps_per_epoch} steps at lr {lr:g} "
+                   f"({RULE_SOURCE}; --epochs/--lr override)")
 
 
-def training_pair_count(config, n_records):
-    """How many of `n_records` labelled pairs train: `config.limit` of them,
-    less the share `config.val_fraction` sets aside."""
-    count = min(config.limit or n_records, n_records)
-    return count - int(round(count * config.val_fraction))
+def _made_under(recorded, ruled):
+    """Whether a run folder's recorded settings are those the rule chose."""
+    return bool(recorded) and all(recorded.get(name) == getattr(ruled, name) for name in OVERRIDES)
+
+
+def training_pair_count(config, records):
+    """How many of the labelled `records` train: those `split_records` keeps
+    for training under `config.limit`, `config.val_fraction` and `config.seed`,
+    the split `finetune` makes."""
+    from cm_unet_keras.training.finetune import split_records
+
+    return len(split_records(records, config.val_fraction, config.seed, config.limit)[0])
