@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "pretrain_screen"
 RUNS = ROOT / "runs" / "pretrain_screen" / "probes"
 STEPS_PER_EPOCH = 100
-STUDY_STEPS = 2000  # the study's fine-tuning budget at N = 3 and 10 (`study.cpu_config`)
+STUDY_STEPS = 2000  # the study's fine-tuning budget at N = 3 and 10 (`experiments.presets.cpu_config`)
 
 
 def parse_init(text):

@@ -97,7 +97,7 @@ def train(name, init, steps, seed, data_root, run_dir, log=print, arcade_train=N
     """
     import cross_source
 
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.training.finetune import finetune
 
     uses_arcade, overrides = VARIANTS[name]

@@ -15,10 +15,10 @@ import pytest
 from cm_unet_keras.cli import main
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.evaluation.evaluate import evaluate_model
+from cm_unet_keras.experiments.data import study_data
 from cm_unet_keras.models import presets
 from cm_unet_keras.models.loading import load_preset
 from cm_unet_keras.models.unet import HEAD_PREFIXES
-from cm_unet_keras.study import study_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"

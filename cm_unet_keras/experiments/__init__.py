@@ -2,7 +2,7 @@
 pieces the recipes and benchmarks share.
 
 - `study`: the study's two stages and its protocol check (`cm-unet
-  study`; `cm_unet_keras.study` is the same module).
+  study`).
 - `presets`: the study's presets (`cpu`, `gpu_paper`, `quick`), without
   the training code (`cm-unet study --help` shows them at once).
 - `data`: the 30 / 10 split of the XCA pairs, nested labelled subsets, the
