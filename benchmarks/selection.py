@@ -48,12 +48,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
-from adaptation import target_parts  # noqa: E402  (the same parts the adaptation benchmark scores)
 
 OUT = ROOT / "benchmarks" / "selection"
+RECIPES = ROOT / "recipes"  # the split files
 PRETRAINED = "cmunet_small_pretrained"
 RANDOM_DRAWS = 20
 # Per target: how many pairs to choose, the fine-tuning start, the model
@@ -304,6 +303,7 @@ def seeds_run(made, runs):
 
 
 def main():
+    from cm_unet_keras.experiments.data import target_parts
     from cm_unet_keras.experiments.store import append_jsonl, read_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -328,7 +328,7 @@ def main():
         made = [(c["label"], c["model"], c["pairs"], c["why"]) for c in json.loads(stored_choices.read_text())]
         report(args.target, made, read_jsonl(out / "runs.jsonl", lambda row: row["key"]))
         return
-    train, holdout = target_parts(args.target, args.data_root)
+    train, holdout = target_parts(args.target, args.data_root, RECIPES)
     made = choices(args.target, train, log=print)
     stored_choices.write_text(json.dumps([{"label": l, "model": m, "pairs": n, "why": w}
                                           for l, m, n, w in made], indent=1) + "\n")

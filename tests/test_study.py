@@ -278,4 +278,25 @@ def test_init_names_and_their_budgets_are_checked(tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["study", "--inits", "cmunet@lots"])
     with pytest.raises(ValueError, match="unet"):
-        study.study_config("cpu", inits=["unet"])
+        study_config("cpu", inits=["unet"])
+
+
+def test_the_benchmarks_shared_parts_of_the_public_sources(shared_data):
+    from cm_unet_keras.experiments.data import SOURCES, selection_split, source_records, target_parts
+
+    recipes = ROOT / "recipes"
+    for target, sizes, split in (("cimat", (30, 10), "xca_split.json"), ("arcade", (140, 60), "arcade_split.json")):
+        train, validation = target_parts(target, shared_data, recipes)
+        assert (len(train), len(validation)) == sizes
+        written = json.loads((recipes / split).read_text())
+        assert [r.name for r in train] == written["train"] and [r.name for r in validation] == written["holdout"]
+        assert source_records(target, shared_data, recipes) == validation
+    assert [r.name for r in source_records("xcad", shared_data, recipes)] == ["01251_32", "02208_30"]
+    assert SOURCES == ("cimat", "arcade", "xcad")
+    with pytest.raises(ValueError, match="xcad"):
+        target_parts("xcad", shared_data, recipes)  # two pairs: no training part
+    train, _ = target_parts("cimat", shared_data, recipes)
+    labelled, selection = selection_split(train, 3, seed=0)
+    assert labelled == labelled_subset(train, 3, 0) and len(selection) == 27
+    assert {r.name for r in labelled}.isdisjoint(r.name for r in selection)
+    assert {r.name for r in labelled} | {r.name for r in selection} == {r.name for r in train}
