@@ -365,8 +365,9 @@ def write_report(command):
 
     rows = list(finished("runs.jsonl").values())
     screen = list(finished("screen.jsonl").values())
+    ran_on = recorded(rows + screen, "machine", FIRST_MACHINE)
     lines = ["# Adaptation to a new source with k labelled frames, leave-one-source-out (issue 25)", "",
-             f"Written by `{command}`; machine: {recorded(rows + screen, 'machine', FIRST_MACHINE)}. Mean +- sample sd over seeds (a seed draws the k",
+             f"Written by `{command}`; machine: {ran_on}. Mean +- sample sd over seeds (a seed draws the k",
              "pairs: the study's nested subsets, the same for every start). Paired differences: mean [Student-t 95%",
              "interval] (seeds where the first start wins / seeds); the runs of a seed share their k pairs.", ""]
     for target, keys in (("cimat", ("dice", "cldice", "sensitivity", "specificity")),

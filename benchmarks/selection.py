@@ -47,6 +47,7 @@ to a strategy's) is trained once.
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -299,19 +300,19 @@ def notes(spec, runs):
         return spec["notes"]
     budgets = sorted({(row["steps"], row["lr"]) for row in runs.values() if row.get("steps")}, reverse=True)
     budget = " or ".join(f"{steps} steps at lr {lr:g}" for steps, lr in budgets) or "no run yet"
-    text = (f"Protocol: every choice of {spec['count']} of the {spec['pool']} {spec['name']} training pairs is "
-            f"fine-tuned from "
-            f"`{spec['start']}` by the few-label rule (`apply_few_label_rule` for that start and {spec['count']} "
-            f"pairs, as `cm-unet finetune --init START` applies it: {budget} in the runs here, every other setting "
-            f"default) and scored on {spec['scored']} at the model's threshold; only the {spec['count']} chosen "
-            f"pairs differ between runs. typical, coverage (k-center greedy) and peak rank with `{PRETRAINED}`; "
-            "uncertainty ranks by the flip disagreement of the start itself.")
+    count = spec["count"]
+    text = (f"Protocol: every choice of {count} of the {spec['pool']} {spec['name']} training pairs is fine-tuned "
+            f"from `{spec['start']}` by the few-label rule (`apply_few_label_rule` for that start and {count} pairs, "
+            f"as `cm-unet finetune --init START` applies it: {budget} in the runs here, every other setting default) "
+            f"and scored on {spec['scored']} at the model's threshold; only the {count} chosen pairs differ between "
+            f"runs. typical, coverage (k-center greedy) and peak rank with `{PRETRAINED}`; uncertainty ranks by the "
+            "flip disagreement of the start itself.")
     if "adaptation/starts/general_no_cimat" in spec["start"]:
         text += ("\nThe start is the generalist without CIMAT labels, built by `python benchmarks/adaptation.py "
                  f"--stage starts` (not shipped): `{PRETRAINED}` fine-tuned on ARCADE's syntax train split and the "
                  f"140 ARCADE training pairs. `{PRETRAINED}` was pretrained on unlabeled angiograms that include the "
                  "30 CIMAT training images (not their masks): the start has seen these images, never their labels.")
-    return text + "\n" + MACHINE
+    return "\n".join(textwrap.fill(paragraph, 105) for paragraph in text.split("\n")) + "\n" + MACHINE
 
 
 def seeds_run(made, runs):

@@ -18,9 +18,10 @@ NO_CIMAT_START = "runs/adaptation/starts/general_no_cimat/model.keras"
 
 # (script, its output folder, --report arguments as the stored report names them, files compared)
 REPORTS = [
-    ("benchmarks/selection.py", "benchmarks/selection", [["--target", "cimat"], ["--target", "arcade", "--draw-seeds", "3"],
-     ["--target", "cimat", "--count", "10", "--start", NO_CIMAT_START],
-     ["--target", "cimat", "--count", "3", "--start", NO_CIMAT_START, "--train-seeds", "1"]],
+    ("benchmarks/selection.py", "benchmarks/selection",
+     [["--target", "cimat"], ["--target", "arcade", "--draw-seeds", "3"],
+      ["--target", "cimat", "--count", "10", "--start", NO_CIMAT_START],
+      ["--target", "cimat", "--count", "3", "--start", NO_CIMAT_START, "--train-seeds", "1"]],
      ["results.md", "results.json", "arcade/results.md", "arcade/results.json",
       "cimat_k10_general_no_cimat/results.md", "cimat_k10_general_no_cimat/results.json",
       "cimat_k3_general_no_cimat/results.md", "cimat_k3_general_no_cimat/results.json"]),
@@ -69,7 +70,7 @@ def test_a_selection_report_states_the_start_and_budget_its_runs_used(count):
     # for a start that already segments: 200 steps at 2e-3 for 3-10 pairs
     # (README), not the pretrained preset's 500 steps.
     text = (ROOT / f"benchmarks/selection/cimat_k{count}_general_no_cimat/results.md").read_text()
-    protocol = text[text.index("Protocol:"):]
+    protocol = " ".join(text[text.index("Protocol:"):].split())  # as Markdown reads it, lines joined
     assert f"every choice of {count} of the 30 CIMAT training pairs is fine-tuned from `{NO_CIMAT_START}`" in protocol
     assert "200 steps at lr 0.002" in protocol
     assert "500 steps" not in protocol and "uncertainty with `cmunet_small_general`" not in protocol
