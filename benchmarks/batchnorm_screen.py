@@ -29,7 +29,6 @@ Runs go to `runs/batchnorm_screen/`; one JSON line per finished run in
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -66,5 +66,6 @@ def test_each_name_has_one_import_path():
     # experiments.study no longer re-exports what lives elsewhere.
     for name in ("StudyConfig", "INITS", "mean_interval", "frangi_vesselness", "cpu_config", "study_config"):
         assert not hasattr(study, name), f"experiments.study still re-exports {name}"
+    assert FinetuneConfig.threshold == 0.5  # a setting's default is still the class attribute
 
 
