@@ -71,7 +71,9 @@ setup(
         # some GE scanners write): data.gdcm_frames decodes them frame by frame.
         "python-gdcm>=3.0.20,<4",
         "keras-tuner>=1.4,<2",
-        # KerasTuner's Bayesian optimisation imports scikit-learn without declaring it.
+        # scikit-learn: `cm-unet select`'s default strategy (typical) clusters
+        # with its KMeans (selection/strategies.py), and KerasTuner's Bayesian
+        # oracle (`cm-unet tune --algorithm bayesian`) needs it without declaring it.
         "scikit-learn>=1.3,<2",
         # keras-tuner imports tensorboard's summary API but does not depend on it.
         "tensorboard>=2.16,<3",

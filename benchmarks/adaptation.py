@@ -48,11 +48,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "adaptation"
+RECIPES = ROOT / "recipes"  # the split files
 RUNS = ROOT / "runs" / "adaptation"
 DATA = ROOT.parent / "shared" / "data"
 STEPS_PER_EPOCH = 100
@@ -60,27 +60,10 @@ GENERAL_STEPS = 4000  # the budget of the previous general preset (benchmarks/cr
 SEEDS = {0: (), 1: (0, 1, 2, 3, 4), 3: (0, 1, 2, 3, 4), 10: (0, 1, 2)}
 ARCADE_SEEDS = {3: (0, 1, 2), 10: (0, 1, 2)}
 SCREEN_SEEDS = (0, 1)
+FIRST_MACHINE = "x86_64, 2 cores"  # where the first runs ran, before each run recorded it
 
 
 # --- data -------------------------------------------------------------------
-
-def cimat_parts(data_root):
-    """(30 training, 10 validation) CIMAT records of `recipes/xca_split.json`."""
-    from cm_unet_keras.experiments.data import study_data
-
-    return study_data(data_root, ROOT / "recipes" / "xca_split.json")
-
-
-def arcade_parts(data_root):
-    """(140 training, 60 validation) ARCADE records of `recipes/arcade_split.json`."""
-    from cm_unet_keras.data.layouts import index_images_masks
-    from cm_unet_keras.data.splits import select_part
-
-    folder = Path(data_root) / "arcade_vessels" / "val"
-    records = index_images_masks(folder / "images", folder / "masks")
-    split = ROOT / "recipes" / "arcade_split.json"
-    return select_part(records, split, "train"), select_part(records, split, "holdout")
-
 
 def arcade_syntax_train(folder):
     from cm_unet_keras.data.layouts import index_images_masks
@@ -104,9 +87,10 @@ def train_general_no_cimat(arcade_train_dir, data_root, log=print):
     previous general preset's recipe (`recipes/general.py`, variant "both":
     no augmentation, last epoch of 4,000 steps)."""
     from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.experiments.data import arcade_parts
     from cm_unet_keras.training.finetune import finetune
 
-    records = arcade_syntax_train(arcade_train_dir) + arcade_parts(data_root)[0]
+    records = arcade_syntax_train(arcade_train_dir) + arcade_parts(data_root, RECIPES)[0]
     config = FinetuneConfig(base_filters=16, depth=4, epochs=GENERAL_STEPS // STEPS_PER_EPOCH,
                             steps_per_epoch=STEPS_PER_EPOCH, init="cmunet_small_pretrained", select="last",
                             val_fraction=0.0, seed=0)
@@ -153,8 +137,11 @@ def finished(name):
 
 
 def record(name, row):
+    from cm_unet_keras.experiments.report import machine
     from cm_unet_keras.experiments.store import append_jsonl
 
+    if row.get("ran", "this benchmark") == "this benchmark":  # a reused run keeps its own record
+        row = dict(row, machine=machine())
     OUT.mkdir(parents=True, exist_ok=True)
     append_jsonl(OUT / name, row)
 
@@ -163,16 +150,15 @@ def screen_run(start, k, steps, lr, seed, data_root, log=print):
     """Fine-tune `start` on k CIMAT training pairs; Dice on the other training
     pairs (the selection pairs) after the last epoch. The validation pairs
     are not read."""
-    from cm_unet_keras.experiments.data import labelled_subset
+    from cm_unet_keras.experiments.data import cimat_parts, selection_split
     from cm_unet_keras.training.finetune import finetune
 
     key = f"{start}_k{k}_s{steps}_lr{lr:g}_seed{seed}"
     if key in finished("screen.jsonl"):
         return
-    train, _ = cimat_parts(data_root)
-    labelled = labelled_subset(train, k, seed)
+    train, _ = cimat_parts(data_root, RECIPES)
+    labelled, selection = selection_split(train, k, seed)
     chosen = {r.name for r in labelled}
-    selection = [r for r in train if r.name not in chosen]
     started = time.perf_counter()
     if steps == 0:
         from cm_unet_keras.evaluation.evaluate import evaluate_model
@@ -195,15 +181,11 @@ def screen_run(start, k, steps, lr, seed, data_root, log=print):
     log(f"{key}: selection Dice {history[-1]['val_dice']:.4f}")
 
 
-def target_parts(target, data_root):
-    return cimat_parts(data_root) if target == "cimat" else arcade_parts(data_root)
-
-
 def sweep_run(target, start, k, seed, data_root, log=print):
     """Fine-tune `start` on k pairs of `target`'s training part (k = 0: the
     start as it is) and score it on `target`'s validation part."""
     from cm_unet_keras.evaluation.evaluate import evaluate_model
-    from cm_unet_keras.experiments.data import labelled_subset
+    from cm_unet_keras.experiments.data import labelled_subset, target_parts
     from cm_unet_keras.experiments.runs import finetune_and_evaluate
     from cm_unet_keras.inference.predict import load_model
 
@@ -214,7 +196,7 @@ def sweep_run(target, start, k, seed, data_root, log=print):
         return
     if done:  # a run under an earlier rule is kept beside this one
         key += f"_s{steps}_lr{lr:g}"
-    train, validation = target_parts(target, data_root)
+    train, validation = target_parts(target, data_root, RECIPES)
     started = time.perf_counter()
     if k == 0:
         labelled = []
@@ -265,8 +247,8 @@ def xcad_run(fold, data_root, log=print):
     the other (fold 0 trains on the first), beside the preset untouched on
     that frame. Two frames: a smoke test of the rule on a third source, not
     a measurement."""
-    from cm_unet_keras.data.layouts import index_images_masks
     from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.experiments.data import xcad_pairs
     from cm_unet_keras.experiments.runs import finetune_and_evaluate
     from cm_unet_keras.inference.predict import load_model
     from cm_unet_keras.models.presets import preset_card
@@ -275,8 +257,7 @@ def xcad_run(fold, data_root, log=print):
     key = f"xcad_general_fold{fold}_s{steps}_lr{lr:g}"
     if key in finished("runs.jsonl"):
         return
-    folder = Path(data_root) / "xcad_sample" / "test"
-    records = index_images_masks(folder / "images", folder / "masks")
+    records = xcad_pairs(data_root)
     labelled, scored = [records[fold]], [records[1 - fold]]
     config = finetune_config("general", steps, lr, fold)
     started = time.perf_counter()
@@ -380,12 +361,13 @@ def paired_table(rows, target, key):
 
 
 def write_report(command):
-    from cm_unet_keras.experiments.report import machine
+    from cm_unet_keras.experiments.report import recorded
 
     rows = list(finished("runs.jsonl").values())
     screen = list(finished("screen.jsonl").values())
+    ran_on = recorded(rows + screen, "machine", FIRST_MACHINE)
     lines = ["# Adaptation to a new source with k labelled frames, leave-one-source-out (issue 25)", "",
-             f"Written by `{command}`; machine: {machine()}. Mean +- sample sd over seeds (a seed draws the k",
+             f"Written by `{command}`; machine: {ran_on}. Mean +- sample sd over seeds (a seed draws the k",
              "pairs: the study's nested subsets, the same for every start). Paired differences: mean [Student-t 95%",
              "interval] (seeds where the first start wins / seeds); the runs of a seed share their k pairs.", ""]
     for target, keys in (("cimat", ("dice", "cldice", "sensitivity", "specificity")),

@@ -29,19 +29,17 @@ Runs go to `runs/batchnorm_screen/`; one JSON line per finished run in
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
-from adaptation import arcade_parts  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "batchnorm_screen"
+RECIPES = ROOT / "recipes"  # the split files
 RUNS = ROOT / "runs" / "batchnorm_screen"
 DATA = ROOT.parent / "shared" / "data"
 SELECTION_PAIRS, SELECTION_SEED = 40, 1234
@@ -52,16 +50,11 @@ METRICS = ("centerline_recall", "dice", "specificity")
 def arcade_pools(data_root):
     """(draw pool, selection pairs): 40 of the 140 ARCADE training pairs,
     fixed by `SELECTION_SEED`, are scored; draws come from the other 100."""
-    train, _ = arcade_parts(data_root)
+    from cm_unet_keras.experiments.data import arcade_parts
+
+    train, _ = arcade_parts(data_root, RECIPES)
     order = np.random.default_rng(SELECTION_SEED).permutation(len(train))
     return [train[i] for i in order[SELECTION_PAIRS:]], [train[i] for i in order[:SELECTION_PAIRS]]
-
-
-def xcad_records(data_root):
-    from cm_unet_keras.data.layouts import index_images_masks
-
-    folder = Path(data_root) / "xcad_sample" / "test"
-    return index_images_masks(folder / "images", folder / "masks")
 
 
 def config_for(start, k, seed, freeze):
@@ -75,6 +68,8 @@ def config_for(start, k, seed, freeze):
 
 def plan(data_root):
     """`[(key, start, labelled, scored, k, seed, freeze)]`; freeze None is the start untouched."""
+    from cm_unet_keras.experiments.data import xcad_pairs
+
     pool, selection = arcade_pools(data_root)
     runs = [("arcade_untouched", "cmunet_small_xca", [], selection, 0, 0, None)]
     for k in ARCADE_K:
@@ -82,7 +77,7 @@ def plan(data_root):
             labelled = [pool[i] for i in np.random.default_rng(seed).choice(len(pool), k, replace=False)]
             runs += [(f"arcade_k{k}_seed{seed}_{'frozen' if freeze else 'trained'}", "cmunet_small_xca", labelled,
                       selection, k, seed, freeze) for freeze in (False, True)]
-    xcad = xcad_records(data_root)
+    xcad = xcad_pairs(data_root)
     for fold in (0, 1):
         labelled, scored = [xcad[fold]], [xcad[1 - fold]]
         runs.append((f"xcad_fold{fold}_untouched", "cmunet_small_general", [], scored, 0, fold, None))
@@ -159,13 +154,13 @@ def report(rows):
     print("\n".join(lines))
 
 
-def main():
+def main(argv=None):
     from cm_unet_keras.experiments.store import append_jsonl, read_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--report", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(OUT / "runs.jsonl", lambda row: row["key"])
     if not args.report:

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "cldice_screen"
 RUNS = ROOT / "runs" / "cldice_screen"
 KEYS = ("dice", "centerline_recall", "cldice", "sensitivity", "specificity")
+# Where the first runs ran, before each run recorded it.
+FIRST_MACHINE, FIRST_PRECISION = "x86_64, 2 cores", "mixed_bfloat16"
 
 
 def run_key(weight, seed):
@@ -44,15 +46,15 @@ def run_one(weight, seed, args):
     """Fine-tune one (weight, seed) and score it on the selection pairs."""
     from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.evaluation.evaluate import evaluate_model
-    from cm_unet_keras.experiments.data import labelled_subset, study_data
+    from cm_unet_keras.experiments.data import selection_split, study_data
     from cm_unet_keras.experiments.store import append_jsonl
     from cm_unet_keras.inference.predict import load_model
     from cm_unet_keras.training.finetune import finetune
+    from cm_unet_keras.training.runtime import resolve_precision
 
     train, _ = study_data(args.data, ROOT / "recipes" / "xca_split.json")  # the validation pairs are not read
-    labelled = labelled_subset(train, args.n_labels, seed)
+    labelled, selection = selection_split(train, args.n_labels, seed)
     chosen = {r.name for r in labelled}
-    selection = [r for r in train if r.name not in chosen]
     config = FinetuneConfig(base_filters=16, depth=4, epochs=args.epochs, seed=seed, init=args.init,
                             select="last", val_fraction=0.0, cldice_weight=weight)
     name = run_key(weight, seed)
@@ -67,7 +69,8 @@ def run_one(weight, seed, args):
            "mean": {key: report["mean"][key] for key in KEYS},
            "per_image": [{k: image[k] for k in ("name",) + KEYS} for image in report["per_image"]],
            "losses": [r["loss"] for r in state["history"]],
-           "train_seconds": round(trained, 1), "seconds": round(time.perf_counter() - started, 1)}
+           "train_seconds": round(trained, 1), "seconds": round(time.perf_counter() - started, 1),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "precision": resolve_precision("auto")}
     OUT.mkdir(parents=True, exist_ok=True)
     append_jsonl(OUT / "runs.jsonl", row)
     print(f"[{name}] selection Dice {row['mean']['dice']:.3f}, centerline recall "
@@ -75,27 +78,17 @@ def run_one(weight, seed, args):
     return row
 
 
-def _interval(differences):
-    """Mean and Student-t 95% interval (None with fewer than 2 values)."""
-    from scipy import stats
-
-    mean = float(np.mean(differences))
-    if len(differences) < 2:
-        return mean, None, None
-    half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / np.sqrt(len(differences))
-    return mean, mean - half, mean + half
-
-
 def write_report(rows, command):
-    from cm_unet_keras.training.runtime import resolve_precision
+    from cm_unet_keras.experiments.report import mean_interval, recorded
 
     weights = sorted({r["cldice_weight"] for r in rows})
     by = {(r["cldice_weight"], r["seed"]): r for r in rows}
     lines = [
         "# Soft clDice term in few-label fine-tuning (issue 25, point 5)",
         "",
-        f"Written by `{command}` from `runs.jsonl`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"shared with other jobs (minutes per run vary with their load); precision auto = {resolve_precision('auto')}.",
+        f"Written by `{command}` from `runs.jsonl`. Machine: {recorded(rows, 'machine', FIRST_MACHINE)}, "
+        "shared with other jobs (minutes per run vary with their load); precision auto = "
+        f"{recorded(rows, 'precision', FIRST_PRECISION)}.",
         "",
         "From `cmunet_small_pretrained`, the width-16 U-Net fine-tuned on k = 3 CIMAT pairs (the study's",
         "subsets of the 30 training pairs of `recipes/xca_split.json`) for 500 steps with the package defaults",
@@ -126,7 +119,7 @@ def write_report(rows, command):
         cells = []
         for key in KEYS:
             d = [by[(weight, s)]["mean"][key] - by[(0.0, s)]["mean"][key] for s in seeds]
-            mean, low, high = _interval(d)
+            mean, low, high = mean_interval(d)
             bounds = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
             cells.append(f"{mean:+.3f}{bounds} (" + ", ".join(f"{x:+.3f}" for x in d) + ")")
         lines.append(f"| {weight:g} | " + " | ".join(cells) + " |")

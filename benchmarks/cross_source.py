@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,51 +38,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "cross_source"
-SOURCES = ("cimat", "arcade", "xcad")
+RECIPES = ROOT / "recipes"  # the split files
 HEADLINE = {"cimat": "dice", "arcade": "sensitivity", "xcad": "dice"}
 DEFAULT_MODELS = ("cmunet_small_xca", "cmunet_small_general")
-
-
-def source_records(name, data_root):
-    """The labelled validation records of one source."""
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
-    from cm_unet_keras.data.splits import select_part
-
-    data_root = Path(data_root)
-    if name == "cimat":
-        records = index_pairs(data_root / "xca_vessels" / "train", mask_suffix="_gt")
-        return select_part(records, ROOT / "recipes" / "xca_split.json", "holdout")
-    if name == "arcade":
-        folder = data_root / "arcade_vessels" / "val"
-        records = index_images_masks(folder / "images", folder / "masks")
-        return select_part(records, ROOT / "recipes" / "arcade_split.json", "holdout")
-    if name == "xcad":
-        folder = data_root / "xcad_sample" / "test"
-        return index_images_masks(folder / "images", folder / "masks")
-    raise ValueError(f"unknown source {name!r}; sources: {', '.join(SOURCES)}")
-
-
-def score(model_name, sources, data_root, tta=False, log=print):
-    """{source: evaluate_model report} of one model, with its settings."""
-    from cm_unet_keras.evaluation.evaluate import evaluate_model
-    from cm_unet_keras.inference.predict import load_model
-    from cm_unet_keras.models.segmentation import resolve_settings
-    from cm_unet_keras.models.presets import resolve_model_path
-
-    path = resolve_model_path(model_name)
-    model = load_model(path)
-    threshold, clahe, source = resolve_settings(path)
-    settings = {"threshold": threshold, "clahe": clahe, "from": source}
-    reports = {}
-    for source in sources:
-        records = source_records(source, data_root)
-        started = time.perf_counter()
-        report = evaluate_model(model, records, threshold=settings["threshold"], clahe=settings["clahe"], tta=tta)
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        reports[source] = report
-        log(f"{model_name} on {source} ({len(records)} images): Dice {report['mean']['dice']:.3f}, "
-            f"sensitivity {report['mean']['sensitivity']:.3f}, specificity {report['mean']['specificity']:.3f}")
-    return {"settings": settings, "reports": reports}
 
 
 def results_markdown(results, command, data_root):
@@ -148,6 +105,9 @@ def _keys():
 
 
 def main(argv=None):
+    from cm_unet_keras.experiments.data import SOURCES
+    from cm_unet_keras.experiments.runs import score_sources
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="preset, .keras file or run folder; repeat (default: presets)")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
@@ -157,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     models = args.model or list(DEFAULT_MODELS)
     command = "python benchmarks/cross_source.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = {name: score(name, args.sources, args.data, args.tta) for name in models}
+    results = {name: score_sources(name, args.sources, args.data, RECIPES, args.tta) for name in models}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(results_markdown(results, command.strip(), args.data))

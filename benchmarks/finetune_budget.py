@@ -91,14 +91,16 @@ def run_one(n, init, steps, factor, seed, data_root, split):
 
 def run_frangi(n, seed, data_root, split):
     """The study's Frangi baseline, tuned on the same N pairs, under the U-Nets' field-of-view rule."""
-    from cm_unet_keras import study
+    from cm_unet_keras.config import StudyConfig
+    from cm_unet_keras.experiments.data import labelled_subset, study_data
+    from cm_unet_keras.experiments.frangi import evaluate_frangi, tune_frangi
     from cm_unet_keras.experiments.store import append_jsonl
 
-    train, validation = study.study_data(data_root, split)
+    train, validation = study_data(data_root, split)
     started = time.perf_counter()
-    params = study.tune_frangi(study.labelled_subset(train, n, seed), study.StudyConfig.frangi_sigma_sets,
-                               study.StudyConfig.frangi_thresholds)
-    report = study.evaluate_frangi(params, validation)
+    params = tune_frangi(labelled_subset(train, n, seed), StudyConfig.frangi_sigma_sets,
+                         StudyConfig.frangi_thresholds)
+    report = evaluate_frangi(params, validation)
     row = {"key": f"frangi_n{n}_seed{seed}", "n_labels": n, "init": "frangi", "steps": 0, "pretrained_lr_factor": 1.0,
            "seed": seed, "final_val_dice": report["mean"]["dice"], "seconds": round(time.perf_counter() - started, 1),
            "curve": [], "frangi": params}

@@ -39,7 +39,7 @@ from cm_unet_keras.data.pipeline import preprocess_angiogram  # noqa: E402
 from cm_unet_keras.evaluation.metrics import dice  # noqa: E402
 from cm_unet_keras.inference.predict import load_model  # noqa: E402
 from cm_unet_keras.models.full_image import _forward, predict_normalized  # noqa: E402
-from cm_unet_keras.study import study_data  # noqa: E402
+from cm_unet_keras.experiments.data import study_data  # noqa: E402
 
 ERODE = (None, 0, 2, 4, 8)
 
@@ -80,19 +80,22 @@ def old_frangi_vesselness(angiogram, sigmas):
 
 def frangi_rules(data_root, split):
     """{rule: (tuned params, mean Dice, sd)} of Frangi on the validation pairs."""
-    from cm_unet_keras import study
+    from cm_unet_keras.config import StudyConfig
+    from cm_unet_keras.experiments import frangi
 
     train, validation = study_data(data_root, split)
-    grid = study.StudyConfig  # the class attributes hold the grid's defaults
+    grid = StudyConfig  # the class attributes hold the grid's defaults
     rows = {}
-    for rule, function in (("old rule", old_frangi_vesselness), ("U-Nets' rule", study.frangi_vesselness)):
-        original = study.frangi_vesselness
-        study.frangi_vesselness = function
+    # The rule is swapped in the module whose tune_frangi and evaluate_frangi
+    # call it (swapping a re-exported name elsewhere changes nothing).
+    for rule, function in (("old rule", old_frangi_vesselness), ("U-Nets' rule", frangi.frangi_vesselness)):
+        original = frangi.frangi_vesselness
+        frangi.frangi_vesselness = function
         try:
-            params = study.tune_frangi(train, grid.frangi_sigma_sets, grid.frangi_thresholds)
-            report = study.evaluate_frangi(params, validation)
+            params = frangi.tune_frangi(train, grid.frangi_sigma_sets, grid.frangi_thresholds)
+            report = frangi.evaluate_frangi(params, validation)
         finally:
-            study.frangi_vesselness = original
+            frangi.frangi_vesselness = original
         rows[rule] = (params, report["mean"]["dice"], report["std"]["dice"])
     return rows
 

@@ -1,7 +1,7 @@
 """What the automatic precision costs in Dice against float32, on real XCA angiograms.
 
 Fine-tunes the small U-Net from scratch on the 30 training pairs of
-`recipes/xca_split.json` (the study's fine-tuning budget: `study.cpu_config()`,
+`recipes/xca_split.json` (the study's fine-tuning budget: `experiments.presets.cpu_config()`,
 24 pairs to train, 6 to pick the epoch), once with `--precision auto` and once
 with `float32`, for each seed, and scores both on the 10 validation pairs.
 The seed fixes the patches and the initialisation, so the two runs of a seed
@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cm_unet_keras import study  # noqa: E402
+from cm_unet_keras.experiments.data import study_data  # noqa: E402
+from cm_unet_keras.experiments.presets import cpu_config  # noqa: E402
 from cm_unet_keras.experiments.runs import finetune_and_evaluate  # noqa: E402
 from cm_unet_keras.training.runtime import resolve_precision  # noqa: E402
 
@@ -42,8 +43,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     auto = resolve_precision("auto")
-    train, validation = study.study_data(args.data, ROOT / "recipes" / "xca_split.json")
-    base = study.cpu_config().finetune
+    train, validation = study_data(args.data, ROOT / "recipes" / "xca_split.json")
+    base = cpu_config().finetune
     rows = []
     for seed in args.seeds:
         for precision in ("auto", "float32"):

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "pretrain_screen"
 RUNS = ROOT / "runs" / "pretrain_screen" / "probes"
 STEPS_PER_EPOCH = 100
-STUDY_STEPS = 2000  # the study's fine-tuning budget at N = 3 and 10 (`study.cpu_config`)
+STUDY_STEPS = 2000  # the study's fine-tuning budget at N = 3 and 10 (`experiments.presets.cpu_config`)
 
 
 def parse_init(text):
@@ -63,14 +63,13 @@ def probe_key(label, n, steps, seed):
 
 def run_probe(label, source, n, steps, seed, data_root, split, pretrained_lr_factor=1.0, frozen_encoder_epochs=0):
     from cm_unet_keras.config import FinetuneConfig
-    from cm_unet_keras.experiments.data import labelled_subset, study_data
+    from cm_unet_keras.experiments.data import selection_split, study_data
     from cm_unet_keras.experiments.store import append_jsonl
     from cm_unet_keras.training.finetune import finetune
 
     train, _ = study_data(data_root, split)  # the validation pairs are not read
-    labelled = labelled_subset(train, n, seed)
+    labelled, selection = selection_split(train, n, seed)
     chosen = {r.name for r in labelled}
-    selection = [r for r in train if r.name not in chosen]
     config = FinetuneConfig(
         base_filters=16, depth=4, epochs=steps // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH, seed=seed,
         init=source, select="last", val_fraction=0.0, pretrained_lr_factor=pretrained_lr_factor,

@@ -34,6 +34,10 @@ also compared with the draws trained with its own seeds ("paired by seed").
     python benchmarks/selection.py --count 10 --start runs/adaptation/starts/general_no_cimat/model.keras
     python benchmarks/selection.py --count 3 --train-seeds 1 --start runs/adaptation/starts/general_no_cimat/model.keras
 
+`--start` or `--count` points a target at another start or k: its results
+go to `benchmarks/selection/<target>_k<count>_<start name>/`, and its
+report's protocol names that start and the budgets its runs trained with.
+
 Each finished run is a line of `benchmarks/selection/[TARGET/]runs.jsonl`;
 a rerun skips those, resumes an interrupted one from
 `runs/selection/[TARGET/]<key>`, and a choice made twice (a random draw equal
@@ -43,30 +47,34 @@ to a strategy's) is trained once.
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
-from adaptation import target_parts  # noqa: E402  (the same parts the adaptation benchmark scores)
 
 OUT = ROOT / "benchmarks" / "selection"
+RUNS = ROOT / "runs" / "selection"
+RECIPES = ROOT / "recipes"  # the split files
 PRETRAINED = "cmunet_small_pretrained"
 RANDOM_DRAWS = 20
 # Per target: how many pairs to choose, the fine-tuning start, the model
-# whose flip disagreement ranks "uncertainty", the headline metric, where
-# results go, and the notes of the report.
+# whose flip disagreement ranks "uncertainty", the headline metric, the
+# folder of its results under OUT (and of its runs under RUNS), and the
+# pairs it is scored on.
 TARGETS = {
     "cimat": {"count": 3, "start": PRETRAINED, "uncertainty": "cmunet_small_general", "headline": "dice",
-              "out": OUT, "runs": ROOT / "runs" / "selection", "name": "CIMAT",
-              "metrics": ("dice",)},
+              "folder": "", "name": "CIMAT", "pool": 30, "metrics": ("dice",),
+              "scored": "the 10 validation pairs of `recipes/xca_split.json`"},
     "arcade": {"count": 10, "start": "cmunet_small_xca", "uncertainty": "cmunet_small_xca",
-               "headline": "centerline_recall", "out": OUT / "arcade", "runs": ROOT / "runs" / "selection" / "arcade",
-               "name": "ARCADE", "metrics": ("centerline_recall", "dice", "sensitivity", "specificity")},
+               "headline": "centerline_recall", "folder": "arcade", "name": "ARCADE", "pool": 140,
+               "metrics": ("centerline_recall", "dice", "sensitivity", "specificity"),
+               "scored": "the 60 validation pairs of `recipes/arcade_split.json` (main segments only)"},
 }
+MACHINE = "Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs; the seconds are not a speed measurement."
 
 
 def run_key(names, seed=0):
@@ -78,14 +86,13 @@ def metric(row, name):
     return row.get("metrics", {}).get(name, row.get(name))
 
 
-def choices(target, train, log):
+def choices(spec, train, log):
     """`[(label, strategy model, [names], [reasons])]`: each strategy's choice, then the random draws'."""
     import warnings
 
     from cm_unet_keras.inference.predict import load_model
     from cm_unet_keras.selection import choose_frames
 
-    spec = TARGETS[target]
     strategy_runs = (("typical", PRETRAINED, {}), ("coverage", PRETRAINED, {"coverage": True}),
                      ("peak", PRETRAINED, {}), ("uncertainty", spec["uncertainty"], {}))
     models, made = {}, []
@@ -104,21 +111,20 @@ def choices(target, train, log):
     return made
 
 
-def few_label_config(target, count, seed):
+def few_label_config(start, count, seed):
     """The start's `FinetuneConfig` as `cm-unet finetune --init START` makes
     it for `count` pairs: the few-label rule's budget and learning rate."""
     from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.training.few_label import apply_few_label_rule
 
-    config, message = apply_few_label_rule(FinetuneConfig(init=TARGETS[target]["start"], seed=seed), count)
+    config, message = apply_few_label_rule(FinetuneConfig(init=start, seed=seed), count)
     return config, message
 
 
-def run_choice(target, label, names, train, holdout, seed=0):
+def run_choice(spec, label, names, train, holdout, seed=0):
     from cm_unet_keras.experiments.runs import finetune_and_evaluate
 
-    spec = TARGETS[target]
-    config, message = few_label_config(target, len(names), seed)
+    config, message = few_label_config(spec["start"], len(names), seed)
     records = [record for record in train if record.name in names]
     key = run_key(names, seed)
     started = time.perf_counter()
@@ -129,7 +135,7 @@ def run_choice(target, label, names, train, holdout, seed=0):
             "per_image": [row["dice"] for row in report["per_image"]], "seconds": time.perf_counter() - started}
 
 
-def summary(target, made, runs, name):
+def summary(made, runs, name):
     """The report's numbers for metric `name`: each strategy's value (its
     seed-0 run, as the draws') and rank among the draws, and its seeds."""
     value = {label: metric(runs[run_key(names)], name) for label, _, names, _ in made if run_key(names) in runs}
@@ -176,7 +182,7 @@ peak (vesselness: no cine here, so the 3 single frames of highest vesselness) ra
 these same 30 CIMAT training pairs (and 140 ARCADE pairs): its flip disagreement is measured on images it
 has seen, so this row is not a cold-start uncertainty result. The spread of the draws at one training seed
 holds both the choice and the training noise of that seed.
-Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs; the seconds are not a speed measurement.""",
+""" + MACHINE,
          "arcade": """Protocol: every choice of 10 of the 140 ARCADE training pairs of `recipes/arcade_split.json` is
 fine-tuned from `cmunet_small_xca` (trained on 30 CIMAT pairs; it never saw an ARCADE mask) by the
 few-label rule (a segmenting start, 3-10 pairs: 200 steps at 2e-3, seed 0) and scored on the 60 validation
@@ -185,7 +191,7 @@ pairs at the model's threshold. typical, coverage and peak (vesselness) rank wit
 of `cmunet_small_xca`, the start itself: a real cold start on a new source. Headline: centerline recall
 (the share of the annotated main segments' skeleton that the mask covers; ARCADE's polygons are wider
 than the lumen and its side branches are unlabelled, so pixel Dice undercounts a correct mask).
-Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs; the seconds are not a speed measurement."""}
+""" + MACHINE}
 
 
 def verdict(target, result, name):
@@ -213,10 +219,9 @@ def verdict(target, result, name):
     return " ".join(lines)
 
 
-def report(target, made, runs):
-    spec = TARGETS[target]
-    out, count, headline = spec["out"], spec["count"], spec["headline"]
-    results = {name: summary(target, made, runs, name) for name in spec["metrics"]}
+def report(spec, made, runs):
+    target, out, count, headline = spec["target"], spec["out"], spec["count"], spec["headline"]
+    results = {name: summary(made, runs, name) for name in spec["metrics"]}
     stored = dict(results[headline], k=count, headline=headline, start=spec["start"],
                   by_metric={name: r for name, r in results.items() if name != headline},
                   runs={label: runs.get(run_key(names)) for label, _, names, _ in made})
@@ -224,7 +229,7 @@ def report(target, made, runs):
     random = results[headline]["random"]
     done = random["draws"] if random else 0
     strategy_seeds, draw_seeds = seeds_run(made, runs)
-    flags = spec.get("flags", "--target " + target)
+    flags = spec["flags"]
     flags += f" --train-seeds {len(strategy_seeds)}" if len(strategy_seeds) != 3 else ""
     flags += f" --draw-seeds {len(draw_seeds)}" if len(draw_seeds) > 1 else ""
     lines = [f"# Which {count} {spec['name']} pairs to label: strategies against random draws "
@@ -264,25 +269,50 @@ def report(target, made, runs):
               "|---|---|---|" + "---|" * len(spec["metrics"])]
     lines += [f"| {label} | {', '.join(names)} | {seed} | " + " | ".join(f"{metric(row, m):.4f}" for m in spec["metrics"])
               + " |" for label, names, seed, row in draws]
-    lines += ["", NOTES[target]]
+    lines += ["", notes(spec, runs)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def configure(target, start=None, count=None):
-    """Point `target` at another fine-tuning start or k: its results go to
-    `OUT/<target>_k<count>_<start name>/`. A start given here also ranks
-    "uncertainty" (a model that segments and never saw the target)."""
-    spec = TARGETS[target]
+    """The spec of `target`, or of `target` pointed at another fine-tuning
+    start or k: then its results go to `OUT/<target>_k<count>_<start name>/`,
+    and the start also ranks "uncertainty" (a model that segments)."""
+    spec = dict(TARGETS[target], target=target, flags=f"--target {target}", notes=NOTES[target])
     if start is None and count is None:
-        return
+        spec["out"], spec["runs"] = OUT / spec["folder"], RUNS / spec["folder"]
+        return spec
     spec["count"] = count or spec["count"]
     if start is not None:
         spec["start"] = spec["uncertainty"] = start
     label = Path(start).parent.name if start and Path(start).suffix == ".keras" else spec["start"]
     folder = f"{target}_k{spec['count']}_{label}"
-    spec["out"], spec["runs"] = OUT / folder, ROOT / "runs" / "selection" / folder
+    spec["out"], spec["runs"] = OUT / folder, RUNS / folder
     spec["flags"] = f"--target {target} --count {spec['count']}" + (f" --start {start}" if start else "")
+    spec["notes"] = None  # written from the runs: `notes`
+    return spec
+
+
+def notes(spec, runs):
+    """The report's protocol notes: the target's own, or for another start or
+    k, the protocol as the finished runs ran it (their budgets)."""
+    if spec["notes"] is not None:
+        return spec["notes"]
+    budgets = sorted({(row["steps"], row["lr"]) for row in runs.values() if row.get("steps")}, reverse=True)
+    budget = " or ".join(f"{steps} steps at lr {lr:g}" for steps, lr in budgets) or "no run yet"
+    count = spec["count"]
+    text = (f"Protocol: every choice of {count} of the {spec['pool']} {spec['name']} training pairs is fine-tuned "
+            f"from `{spec['start']}` by the few-label rule (`apply_few_label_rule` for that start and {count} pairs, "
+            f"as `cm-unet finetune --init START` applies it: {budget} in the runs here, every other setting default) "
+            f"and scored on {spec['scored']} at the model's threshold; only the {count} chosen pairs differ between "
+            f"runs. typical, coverage (k-center greedy) and peak rank with `{PRETRAINED}`; uncertainty ranks by the "
+            "flip disagreement of the start itself.")
+    if "adaptation/starts/general_no_cimat" in spec["start"]:
+        text += ("\nThe start is the generalist without CIMAT labels, built by `python benchmarks/adaptation.py "
+                 f"--stage starts` (not shipped): `{PRETRAINED}` fine-tuned on ARCADE's syntax train split and the "
+                 f"140 ARCADE training pairs. `{PRETRAINED}` was pretrained on unlabeled angiograms that include the "
+                 "30 CIMAT training images (not their masks): the start has seen these images, never their labels.")
+    return "\n".join(textwrap.fill(paragraph, 105) for paragraph in text.split("\n")) + "\n" + MACHINE
 
 
 def seeds_run(made, runs):
@@ -293,17 +323,10 @@ def seeds_run(made, runs):
     seeds = {key: {row.get("seed", 0) for row in runs.values() if tuple(row["names"]) in group}
              for key, group in (("strategies", strategies), ("draws", draws))}
     return sorted(seeds["strategies"]), sorted(seeds["draws"])
-    NOTES[target] = (f"Protocol: every choice of {spec['count']} {spec['name']} training pairs is fine-tuned from "
-                     f"`{start or spec['start']}` by the few-label rule (`apply_few_label_rule` for that start and "
-                     f"{spec['count']} pairs, seed 0) and scored on the target's validation pairs at the model's "
-                     "threshold; typical, coverage and peak rank with `cmunet_small_pretrained`, uncertainty with "
-                     "the start itself." + (" That start is built by `python benchmarks/adaptation.py --stage starts` "
-                                            "(not shipped)." if start and "adaptation/starts" in start else "") + "\n"
-                     "Machine: 2-core x86-64 (AVX512_BF16), shared with other jobs; the seconds are not a speed "
-                     "measurement.")
 
 
-def main():
+def main(argv=None):
+    from cm_unet_keras.experiments.data import target_parts
     from cm_unet_keras.experiments.store import append_jsonl, read_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -317,19 +340,18 @@ def main():
                         help="fine-tune each random draw with training seeds 0..N-1 too")
     parser.add_argument("--report", action="store_true",
                         help="only write the report of the finished runs (from the stored choices.json)")
-    args = parser.parse_args()
-    configure(args.target, args.start, args.count)
-    spec = TARGETS[args.target]
+    args = parser.parse_args(argv)
+    spec = configure(args.target, args.start, args.count)
     out = spec["out"]
     out.mkdir(parents=True, exist_ok=True)
     stored_choices = out / "choices.json"
     if args.report and stored_choices.exists():
         # The report of finished runs needs no model: the choices they trained on are stored.
         made = [(c["label"], c["model"], c["pairs"], c["why"]) for c in json.loads(stored_choices.read_text())]
-        report(args.target, made, read_jsonl(out / "runs.jsonl", lambda row: row["key"]))
+        report(spec, made, read_jsonl(out / "runs.jsonl", lambda row: row["key"]))
         return
-    train, holdout = target_parts(args.target, args.data_root)
-    made = choices(args.target, train, log=print)
+    train, holdout = target_parts(args.target, args.data_root, RECIPES)
+    made = choices(spec, train, log=print)
     stored_choices.write_text(json.dumps([{"label": l, "model": m, "pairs": n, "why": w}
                                           for l, m, n, w in made], indent=1) + "\n")
     runs = read_jsonl(out / "runs.jsonl", lambda row: row["key"])
@@ -343,13 +365,13 @@ def main():
         for label, names, seed in plan:
             if run_key(names, seed) in runs:
                 continue
-            row = run_choice(args.target, label, names, train, holdout, seed)
+            row = run_choice(spec, label, names, train, holdout, seed)
             append_jsonl(out / "runs.jsonl", row)
             runs[row["key"]] = row
             print(f"{label} seed {seed}: {names} {spec['headline']} {metric(row, spec['headline']):.4f} "
                   f"({row['seconds']:.0f} s)", flush=True)
-            report(args.target, made, runs)
-    report(args.target, made, runs)
+            report(spec, made, runs)
+    report(spec, made, runs)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python benchmarks/thresholds.py --model runs/general/both_aug_s4000/model.keras [--thresholds 0.3 0.4 0.5]
 
 The vessel probability of every validation angiogram (CIMAT's 10 pairs,
-ARCADE's 60, XCAD's 2: `cross_source.SOURCES`) is computed once, then
+ARCADE's 60, XCAD's 2: `experiments.data.SOURCES`) is computed once, then
 thresholded at each value: Dice, sensitivity and specificity per source and
 threshold, printed as a table and written to
 `benchmarks/cross_source/thresholds_<model>.md`. A threshold chosen here is
@@ -16,7 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
@@ -24,10 +23,9 @@ OUT = ROOT / "benchmarks" / "cross_source"
 
 
 def sweep(model_name, thresholds, data_root):
-    import cross_source
-
     from cm_unet_keras.data.layouts import read_pair
     from cm_unet_keras.evaluation.metrics import dice, sensitivity, specificity
+    from cm_unet_keras.experiments.data import SOURCES, source_records
     from cm_unet_keras.inference.predict import load_model, segment_angiogram
     from cm_unet_keras.models.segmentation import resolve_settings
     from cm_unet_keras.models.presets import resolve_model_path
@@ -36,9 +34,9 @@ def sweep(model_name, thresholds, data_root):
     model = load_model(path)
     _, clahe, _ = resolve_settings(path)
     table = {}
-    for source in cross_source.SOURCES:
+    for source in SOURCES:
         scores = {t: {"dice": [], "sensitivity": [], "specificity": []} for t in thresholds}
-        for record in cross_source.source_records(source, data_root):
+        for record in source_records(source, data_root, ROOT / "recipes"):
             angiogram, vessel_mask = read_pair(record)
             probability = segment_angiogram(model, angiogram, clahe)
             for t in thresholds:

@@ -50,7 +50,7 @@ from cm_unet_keras.data.pipeline import AugmentConfig, LabelledAngiogram, PatchS
 from cm_unet_keras.data.synthetic import generate_angiogram  # noqa: E402
 from cm_unet_keras.data.normalize import normalize_angiogram  # noqa: E402
 from cm_unet_keras.models.full_image import predict_normalized  # noqa: E402
-from cm_unet_keras.training.config import FinetuneConfig  # noqa: E402
+from cm_unet_keras.config import FinetuneConfig  # noqa: E402
 from cm_unet_keras.training.finetune import make_optimizer  # noqa: E402
 from cm_unet_keras.training.losses import DiceBCELoss  # noqa: E402
 from cm_unet_keras.training.runtime import resolve_precision  # noqa: E402

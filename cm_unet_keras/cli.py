@@ -532,11 +532,12 @@ def add_study(command):
 
 def cmd_study(args):
     from cm_unet_keras.experiments import study
+    from cm_unet_keras.experiments.presets import study_config
 
     if sum([args.quick, args.gpu_paper]) > 1:
         raise SystemExit("--quick and --gpu-paper exclude each other")
     preset = "quick" if args.quick else "gpu_paper" if args.gpu_paper else "cpu"
-    config = study.study_config(preset, **_flag_values(args, STUDY_FLAGS))
+    config = study_config(preset, **_flag_values(args, STUDY_FLAGS))
     paths = {"data": args.data, "split": args.split, "runs": args.runs, "out": args.out}
     missing = [name for name, path in paths.items() if path is None and not (name == "runs" and args.quick)]
     if missing:

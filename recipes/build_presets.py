@@ -306,8 +306,6 @@ def build_xca(data_root, split, runs, root, overwrite, log=print):
 def build_general(data_root, runs, root, overwrite, log=print):
     """Fine-tune the multi-source preset from the pretrained preset, score it on every source, publish it."""
     sys.path.insert(0, str(ROOT / "recipes"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import cross_source
     import general
 
     os.environ[presets.ENV_VAR] = str(root)  # `init` names the preset in this root

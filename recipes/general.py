@@ -9,7 +9,8 @@ seed, on the training parts only: the 30 training pairs of
 `recipes/xca_split.json` (CIMAT, full vessel trees) and, for the
 multi-source variants, the 140 training pairs of `recipes/arcade_split.json`
 (ARCADE, main segments only: partially labelled). Each is then scored on
-the validation parts of every source (`benchmarks/cross_source.py`):
+the validation parts of every source (`experiments.runs.score_sources`, as
+`benchmarks/cross_source.py` scores them):
 CIMAT's 10 validation pairs, ARCADE's 60, the 2 XCAD pairs.
 
 Variants (`VARIANTS`) differ in appearance augmentation (zoom, simulated
@@ -27,11 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "cross_source"
+RECIPES = ROOT / "recipes"  # the split files
 RUNS = ROOT / "runs" / "general"
 AUGMENT = {"augment_scale": (0.7, 2.0), "augment_borders": 0.3}
 
@@ -75,15 +76,10 @@ def run_name(name, steps, seed):
 def training_parts(data_root, arcade_train=None):
     """(CIMAT's 30 training pairs, ARCADE's 140 training pairs + the imported
     syntax train split when `arcade_train` names its folder)."""
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
-    from cm_unet_keras.data.splits import select_part
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.experiments.data import arcade_parts, cimat_parts
 
-    data_root = Path(data_root)
-    cimat = select_part(index_pairs(data_root / "xca_vessels" / "train", mask_suffix="_gt"),
-                        ROOT / "recipes" / "xca_split.json", "train")
-    folder = data_root / "arcade_vessels" / "val"
-    arcade = select_part(index_images_masks(folder / "images", folder / "masks"),
-                         ROOT / "recipes" / "arcade_split.json", "train")
+    cimat, arcade = cimat_parts(data_root, RECIPES)[0], arcade_parts(data_root, RECIPES)[0]
     if arcade_train:
         arcade = index_images_masks(Path(arcade_train) / "images", Path(arcade_train) / "masks") + arcade
     return cimat, arcade
@@ -95,21 +91,21 @@ def train(name, init, steps, seed, data_root, run_dir, log=print, arcade_train=N
     CIMAT's validation pairs are scored after each epoch for the curve only:
     the last epoch is kept whatever they say.
     """
-    import cross_source
-
-    from cm_unet_keras.training.config import FinetuneConfig
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.experiments.data import SOURCES, source_records
+    from cm_unet_keras.experiments.runs import score_sources
     from cm_unet_keras.training.finetune import finetune
 
     uses_arcade, overrides = VARIANTS[name]
     if uses_arcade == "syntax" and not arcade_train:
         raise SystemExit(f"variant {name} needs --arcade-train (recipes/import_arcade_syntax.py's output)")
     cimat, arcade = training_parts(data_root, arcade_train if uses_arcade == "syntax" else None)
-    validation = cross_source.source_records("cimat", data_root)
+    validation = source_records("cimat", data_root, RECIPES)
     config = FinetuneConfig(base_filters=16, depth=4, epochs=steps // 100, steps_per_epoch=100, seed=seed,
                             init=init, select="last", val_fraction=0.0, **overrides)
     fit = finetune(config, cimat, run_dir, val_records=validation, partial_records=arcade if uses_arcade else None,
                    verbose=0, log=log)
-    scores = cross_source.score(fit["model_path"], cross_source.SOURCES, data_root, log=log)
+    scores = score_sources(fit["model_path"], SOURCES, data_root, RECIPES, log=log)
     return fit, config, scores
 
 

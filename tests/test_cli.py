@@ -384,7 +384,7 @@ def test_verbose_is_a_flag_with_levels_and_quiet(tmp_path):
 
 
 def test_study_paths_are_explicit_or_those_of_the_source_checkout(tmp_path, monkeypatch, capsys):
-    from cm_unet_keras import study
+    from cm_unet_keras.experiments import study
 
     calls = []
     monkeypatch.setattr(study, "run_study", lambda *args, **kwargs: calls.append(args) or

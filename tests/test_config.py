@@ -46,15 +46,26 @@ def test_the_pretrainer_gets_every_setting_of_the_job_by_name():
     assert PretrainConfig().mask_ratio == MASK_RATIO == ContrastiveMaskedPretrainer(base_filters=4, depth=2).mask_ratio
 
 
-def test_old_import_paths_name_the_same_objects():
-    # The two old paths that recipes, benchmarks and tests still use; the
-    # others (data.errors, training.checkpoints, ...) are gone.
-    import cm_unet_keras
-    from cm_unet_keras import config, experiments, study, tuning
-    from cm_unet_keras.training import config as training_config
+def test_each_name_has_one_import_path():
+    # The package has no outside users yet, so the old paths were removed
+    # rather than kept as aliases (issue 32, item 15).
+    import importlib
+    from pathlib import Path
 
-    assert training_config.FinetuneConfig is config.FinetuneConfig is cm_unet_keras.FinetuneConfig
+    import cm_unet_keras
+    from cm_unet_keras import config, experiments, tuning
+
+    package = Path(cm_unet_keras.__file__).parent
+    for old in ("study.py", "training/config.py"):
+        assert not (package / old).exists(), f"cm_unet_keras/{old} is still there"
+    assert config.FinetuneConfig is cm_unet_keras.FinetuneConfig
     assert config.PretrainConfig is cm_unet_keras.PretrainConfig
     assert tuning.TuneConfig is config.TuneConfig
-    assert study is cm_unet_keras.study is experiments.study
+    study = importlib.import_module("cm_unet_keras.experiments.study")
+    assert study is experiments.study
+    # experiments.study no longer re-exports what lives elsewhere.
+    for name in ("StudyConfig", "INITS", "mean_interval", "frangi_vesselness", "cpu_config", "study_config"):
+        assert not hasattr(study, name), f"experiments.study still re-exports {name}"
     assert FinetuneConfig.threshold == 0.5  # a setting's default is still the class attribute
+
+

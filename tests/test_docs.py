@@ -1,6 +1,7 @@
 """The README is a guide (short, two commands to start) and every page it
 links to exists; the commands the docs show take the flags they show."""
 
+import argparse
 import re
 import subprocess
 import sys
@@ -81,3 +82,47 @@ def test_documented_commands_take_the_flags_they_show():
                     assert flag in flags[name], f"{page.name}: cm-unet {name} has no {flag}"
                     shown += 1
     assert shown > 50
+
+
+def _cli_flags():
+    """{command: its long options} and the top-level options, read from
+    cm-unet's parser (building it imports no TensorFlow)."""
+    from cm_unet_keras.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    commands = {name: [option for action in command._actions for option in action.option_strings
+                       if option.startswith("--") and option != "--help"]
+                for name, command in subparsers.choices.items()}
+    top = [option for action in parser._actions for option in action.option_strings
+           if option.startswith("--") and option != "--help"]
+    return commands, top
+
+
+def _undocumented(text, commands):
+    """'command: flag' for each command without a `### `cm-unet COMMAND``
+    section in `text`, and each flag missing from its command's section."""
+    sections = dict(re.findall(r"^### `cm-unet ([a-z-]+)`\n(.*?)(?=^#{1,3} |\Z)", text, flags=re.M | re.S))
+    missing = []
+    for command, flags in commands.items():
+        if command not in sections:
+            missing.append(f"{command}: no section")
+            continue
+        missing += [f"{command}: {flag}" for flag in flags
+                    if not re.search(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])", sections[command])]
+    return missing
+
+
+def test_usage_documents_every_command_and_flag():
+    commands, top = _cli_flags()
+    assert {"predict", "select", "finetune"} <= set(commands) and "--video" in commands["predict"]
+    text = (ROOT / "docs" / "usage.md").read_text()
+    missing = _undocumented(text, commands)
+    missing += [f"cm-unet {flag}" for flag in top if flag not in text]
+    assert not missing, "docs/usage.md lacks (add each to its command's section): " + ", ".join(missing)
+
+
+def test_usage_check_catches_a_missing_command_and_flag():
+    text = "### `cm-unet predict`\n\n`--model`, `--out-dir`\n\n### `cm-unet select`\n\n`--count`\n"
+    commands = {"predict": ["--model", "--out"], "select": ["--count"], "annotate": ["--port"]}
+    assert _undocumented(text, commands) == ["predict: --out", "annotate: no section"]

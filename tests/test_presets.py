@@ -15,10 +15,10 @@ import pytest
 from cm_unet_keras.cli import main
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.evaluation.evaluate import evaluate_model
+from cm_unet_keras.experiments.data import study_data
 from cm_unet_keras.models import presets
 from cm_unet_keras.models.loading import load_preset
 from cm_unet_keras.models.unet import HEAD_PREFIXES
-from cm_unet_keras.study import study_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
@@ -122,20 +122,17 @@ def test_write_preset_is_atomic_and_refuses_to_overwrite(tmp_path):
 
 def test_general_preset_reproduces_its_per_source_numbers(shared_data):
     # The card holds one row per source; CIMAT's 10 and XCAD's 2 validation
-    # pairs are re-scored here (ARCADE's 60 are left to
-    # benchmarks/cross_source.py), and `cm-unet presets` reads ARCADE by its
-    # sensitivity.
-    from cm_unet_keras.data.layouts import index_images_masks
+    # pairs, as the benchmarks and recipes load them, are re-scored here
+    # (ARCADE's 60 are left to benchmarks/cross_source.py), and `cm-unet
+    # presets` reads ARCADE by its sensitivity.
+    from cm_unet_keras.experiments.data import source_records
 
     card = presets.preset_card("cmunet_small_general", SHIPPED)
     sources = card["validation_metrics"]["sources"]
     assert set(sources) == {"cimat", "arcade", "xcad"} and sources["arcade"]["images"] == 60
     model = load_preset("cmunet_small_general", SHIPPED)
-    _, cimat = study_data(shared_data, SPLIT)
-    folder = shared_data / "xcad_sample" / "test"
-    xcad = index_images_masks(folder / "images", folder / "masks")
-    for source, records in (("cimat", cimat), ("xcad", xcad)):
-        report = evaluate_model(model, records)
+    for source in ("cimat", "xcad"):
+        report = evaluate_model(model, source_records(source, shared_data, ROOT / "recipes"))
         assert report["n_images"] == sources[source]["images"]
         for key in ("dice", "sensitivity"):
             assert report["mean"][key] == pytest.approx(sources[source]["mean"][key], abs=2e-3), (source, key)

@@ -307,6 +307,13 @@ def machine():
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def recorded(rows, key, unrecorded):
+    """What stored runs say of themselves (`key`: "machine", "precision"),
+    for a report rewritten from them: where they ran, not where the report
+    is written. Rows from before runs recorded `key` count as `unrecorded`."""
+    return "; ".join(sorted({str(row.get(key, unrecorded)) for row in rows}))
+
+
 def over_seeds(runs, key):
     """(mean, population sd) over seeds of each run's held-out mean of `key` (`run_seeds` records)."""
     values = [run["holdout"]["mean"][key] for run in runs]

@@ -1,12 +1,16 @@
 """The cycle every experiment repeats: fine-tune, score the kept model on
-pairs that nothing chose on, keep the score beside the run, once per seed."""
+pairs that nothing chose on, keep the score beside the run, once per seed;
+and a model scored on the validation part of every public source."""
 
 import dataclasses
 import time
 from pathlib import Path
 
 from cm_unet_keras.evaluation.evaluate import evaluate_model, write_report
+from cm_unet_keras.experiments.data import source_records
 from cm_unet_keras.inference.predict import load_model
+from cm_unet_keras.models.presets import resolve_model_path
+from cm_unet_keras.models.segmentation import resolve_settings
 from cm_unet_keras.training.finetune import finetune
 
 
@@ -50,3 +54,28 @@ def run_seeds(config, seeds, train_records, holdout_records, runs_dir, log=print
         })
         log(f"{run_dir}: held-out Dice {report['mean']['dice']:.4f}")
     return results
+
+
+def score_sources(model_name, sources, data_root, recipes, tta=False, log=print):
+    """A model (preset, `.keras` file or run folder) scored at its own
+    threshold and CLAHE setting on the validation records of each of
+    `sources` (`experiments.data.SOURCES`).
+
+    Returns:
+        `{"settings": {"threshold", "clahe", "from"}, "reports": {source:
+        evaluate_model report, with its "seconds"}}`.
+    """
+    path = resolve_model_path(model_name)
+    model = load_model(path)
+    threshold, clahe, origin = resolve_settings(path)
+    settings = {"threshold": threshold, "clahe": clahe, "from": origin}
+    reports = {}
+    for source in sources:
+        records = source_records(source, data_root, recipes)
+        started = time.perf_counter()
+        report = evaluate_model(model, records, threshold=settings["threshold"], clahe=settings["clahe"], tta=tta)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        reports[source] = report
+        log(f"{model_name} on {source} ({len(records)} images): Dice {report['mean']['dice']:.3f}, "
+            f"sensitivity {report['mean']['sensitivity']:.3f}, specificity {report['mean']['specificity']:.3f}")
+    return {"settings": settings, "reports": reports}

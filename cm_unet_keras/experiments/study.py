@@ -1,7 +1,6 @@
 """The label-efficiency study: how much Dice each initialisation keeps with few labels.
 
-Issue 4's recipe, shared by `recipes/label_efficiency.py` and `cm-unet study`
-(`cm_unet_keras.study` is this module too).
+Issue 4's recipe, shared by `recipes/label_efficiency.py` and `cm-unet study`.
 
 Stage 1 (`run_pretraining`) pretrains three variants of the same code on the
 unlabeled pool (ARCADE, all splits, plus the XCA training images without
@@ -44,31 +43,15 @@ import json
 import time
 from pathlib import Path
 
-from cm_unet_keras.config import INITS, StudyConfig, split_init  # noqa: F401  (study.StudyConfig, study.INITS)
+from cm_unet_keras.config import split_init
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import atomic_write_json, json_safe
 from cm_unet_keras.evaluation.evaluate import write_report
 from cm_unet_keras.experiments.data import labelled_subset, study_data, unlabeled_pool
-from cm_unet_keras.experiments.frangi import FRANGI, evaluate_frangi, frangi_vesselness, tune_frangi  # noqa: F401
-from cm_unet_keras.experiments.report import (  # noqa: F401  (the intervals: study.mean_interval...)
-    drop_difference,
-    init_start,
-    mean_interval,
-    relative_drop,
-    relative_drop_interval,
-    write_results,
-)
+from cm_unet_keras.experiments.frangi import FRANGI, evaluate_frangi, tune_frangi
+from cm_unet_keras.experiments.report import init_start, write_results
 from cm_unet_keras.experiments.runs import finetune_and_evaluate
 from cm_unet_keras.experiments.store import append_jsonl, read_jsonl
-# The study's presets live apart, light enough for `cm-unet study --help`;
-# tests and benchmarks call them as study.cpu_config() and so on.
-from cm_unet_keras.experiments.presets import (  # noqa: F401
-    STUDY_PRESETS,
-    cpu_config,
-    gpu_paper_config,
-    quick_config,
-    study_config,
-)
 from cm_unet_keras.training.pretrain import pretrain
 
 PRETRAINED_INITS = {
