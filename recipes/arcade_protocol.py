@@ -62,19 +62,16 @@ def run_name(base_filters, steps, init, seed):
 
 def scored_records(name, data_root):
     """The labelled records a run is scored on: ARCADE's 200 validation pairs, CIMAT's 10, XCAD's 2."""
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
-    from cm_unet_keras.data.splits import select_part
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.experiments.data import cimat_parts, xcad_pairs
 
-    data_root = Path(data_root)
     if name == "arcade_val":
-        folder = data_root / "arcade_vessels" / "val"
+        folder = Path(data_root) / "arcade_vessels" / "val"
         return index_images_masks(folder / "images", folder / "masks")
     if name == "cimat":
-        records = index_pairs(data_root / "xca_vessels" / "train", mask_suffix="_gt")
-        return select_part(records, ROOT / "recipes" / "xca_split.json", "holdout")
+        return cimat_parts(data_root, ROOT / "recipes")[1]
     if name == "xcad":
-        folder = data_root / "xcad_sample" / "test"
-        return index_images_masks(folder / "images", folder / "masks")
+        return xcad_pairs(data_root)
     raise ValueError(f"unknown scored part {name!r}; parts: {', '.join(SCORED)}")
 
 
@@ -102,13 +99,11 @@ def check_disjoint(training, scored):
 
 def training_parts(data_root, arcade_train):
     """(CIMAT's 30 training pairs, the imported ARCADE syntax-train pairs)."""
-    from cm_unet_keras.data.layouts import index_images_masks, index_pairs
-    from cm_unet_keras.data.splits import select_part
+    from cm_unet_keras.data.layouts import index_images_masks
+    from cm_unet_keras.experiments.data import cimat_parts
 
-    cimat = select_part(index_pairs(Path(data_root) / "xca_vessels" / "train", mask_suffix="_gt"),
-                        ROOT / "recipes" / "xca_split.json", "train")
     arcade_train = Path(arcade_train)
-    return cimat, index_images_masks(arcade_train / "images", arcade_train / "masks")
+    return cimat_parts(data_root, ROOT / "recipes")[0], index_images_masks(arcade_train / "images", arcade_train / "masks")
 
 
 def train_and_score(args, log):
