@@ -71,6 +71,20 @@ def test_one_output_per_convention_round_trips_and_single_output_is_its_channel(
         np.testing.assert_array_equal(single(images).numpy()[..., 0], outputs[..., index])
 
 
+def test_single_output_keeps_the_models_precision_whatever_the_process_policy(three_outputs):
+    # As after a mixed_bfloat16 fine-tune in the same process: a float32
+    # model's one-output copy must still compute in float32.
+    images = np.random.default_rng(4).normal(size=(1, 32, 32, 1)).astype("float32")
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        single = three_outputs[1].single_output("tree")
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert single.get_layer("encoder_level0_conv1").compute_dtype == "float32"
+    np.testing.assert_array_equal(single(images).numpy()[..., 0], three_outputs[1](images).numpy()[..., 1])
+
+
 def test_a_one_output_unet_keeps_its_layers_and_the_shipped_presets_load(angiogram):
     one = CMUNet(base_filters=4, depth=2)
     assert one.conventions is None and one.get_config()["conventions"] is None

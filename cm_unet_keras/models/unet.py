@@ -168,7 +168,7 @@ class CMUNet(keras.Model):
         Every layer's weights are copied; the head keeps the chosen
         channel's kernel and bias, so its output is this model's channel
         `conventions.index(convention)`, `[B, H, W, 1]`. It is built in
-        the current dtype policy and records `conventions=(convention,)`.
+        this model's dtype policy and records `conventions=(convention,)`.
 
         Raises:
             ValueError: `convention` is not one of `conventions` (one line
@@ -177,7 +177,13 @@ class CMUNet(keras.Model):
         if self.conventions is None:
             raise ValueError(f"{self.name} has a single output already (no conventions of its own)")
         index = self.conventions.index(check_convention(convention, self.conventions))
-        single = CMUNet(self.base_filters, self.depth, conventions=(convention,), name=self.name)
+        # In this model's policy, not whatever policy the process has now.
+        policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.dtype_policy)
+        try:
+            single = CMUNet(self.base_filters, self.depth, conventions=(convention,), name=self.name)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
         for layer in single.layers:
             weights = self.get_layer(layer.name).get_weights()
             if layer.name == "segmentation_head":
