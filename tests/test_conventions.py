@@ -253,7 +253,11 @@ def test_cli_names_the_choices_in_one_line_and_segments_in_the_chosen_convention
     assert not (tmp_path / "bad").exists()
     assert main(["evaluate", "--pairs", str(shared_data / "xca_vessels" / "train"), "--model", model,
                  "--convention", "catheter"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == UNKNOWN
+    assert capsys.readouterr().err.strip().splitlines() == [UNKNOWN]
+    assert main(["select", str(image), "--model", model, "--count", "1", "--out", str(tmp_path / "chosen"),
+                 "--convention", "catheter"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [UNKNOWN]
+    assert not (tmp_path / "chosen").exists()
     assert main(["predict", str(image), "--model", model, "--out", str(tmp_path / "syntax"), "--convention", "syntax",
                  "--precision", "float32", "--quiet"]) == 0
     assert "convention syntax" in capsys.readouterr().err
@@ -270,8 +274,18 @@ def test_export_serves_the_chosen_output(three_outputs, angiogram, tmp_path, cap
     outputs = served.signatures["serving_default"](angiogram=tf.constant(angiogram[None, ..., None]))
     assert outputs["probability"].shape == (1, *angiogram.shape, 1)
     expected = segment(load_model(three_outputs[0]), angiogram, convention="syntax", precision="float32")
+    tree = segment(load_model(three_outputs[0]), angiogram, convention="tree", precision="float32")
+    assert np.abs(tree.probability - expected.probability).max() > 1e-2  # the outputs differ
     assert np.abs(outputs["probability"].numpy()[0, ..., 0] - expected.probability).max() < 1e-5
     assert json.loads((path / "assets" / METADATA_ASSET).read_text())["convention"] == "syntax"
+    # The `onnx` extra is part of the test install: missing is a failure, not a skip.
+    import onnxruntime
+
+    path = export_model(three_outputs[0], tmp_path, "three_onnx", 1, export_format="onnx", convention="syntax")
+    session = onnxruntime.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    probability = session.run(["probability"], {"angiogram": angiogram[None, ..., None]})[0]
+    assert probability.shape == (1, *angiogram.shape, 1)
+    assert np.abs(probability[0, ..., 0] - expected.probability).max() < 1e-3  # onnxruntime's float32 sums
     assert main(["export", "--model", str(three_outputs[0]), "--out", str(tmp_path / "bad"), "--version", "1",
                  "--convention", "catheter"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [UNKNOWN]
