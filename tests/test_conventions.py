@@ -297,3 +297,11 @@ def test_presets_list_their_conventions(capsys):
     assert "conventions tree_catheter;" in lines["cmunet_small_xca"]
     assert "conventions tree_catheter;" in lines["cmunet_small_general"]
     assert "conventions none (head never trained)" in lines["cmunet_small_pretrained"]
+
+
+def test_a_search_starts_its_folds_from_weights_of_the_outputs_they_train(tmp_path):
+    from cm_unet_keras.tuning.hypermodel import FinetuneHyperModel
+
+    base = FinetuneConfig(base_filters=4, depth=2, conventions=THREE, precision="float32")
+    hypermodel = FinetuneHyperModel(base, {}, [], tmp_path, tmp_path / "init.weights.h5")
+    CMUNet(base_filters=4, depth=2, conventions=THREE).set_weights(hypermodel.initial_weights())
