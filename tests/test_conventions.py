@@ -189,8 +189,12 @@ def _tiny(**overrides):
 
 
 def test_finetune_trains_one_output_per_convention_and_records_them(labelled, tmp_path):
-    result = finetune(_tiny(), labelled, tmp_path / "run", verbose=0)
+    # ARCADE-like partially labelled pairs (their own loss weights) train beside them.
+    partial = [dataclasses.replace(record, name=f"partial_{record.name}", convention="syntax") for record in labelled[:2]]
+    result = finetune(_tiny(partial_ignore_vessel_like=True), labelled, tmp_path / "run", verbose=0,
+                      partial_records=partial)
     assert result["epochs_done"] == 1 and result["n_val"] == 2 and np.isfinite(result["best_val_dice"])
+    assert len(json.loads((tmp_path / "run" / "split.json").read_text())["partial"]) == 2
     model = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     assert model.conventions == THREE and model.output.shape[-1] == 3
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
