@@ -30,13 +30,14 @@ from cm_unet_keras.config import (
     read_recipe,
 )
 from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from cm_unet_keras.data.layouts import NNUNET_SUBSETS
 
 # The fields of each job that are flags (`--base-filters` is `base_filters`).
 FINETUNE_FLAGS = (
     "base_filters", "depth", "epochs", "steps_per_epoch", "batch_size", "lr", "patch_size", "val_fraction",
     "seed", "limit", "init", "frozen_encoder_epochs", "freeze_batchnorm", "pretrained_lr_factor", "select",
-    "precision", "clahe", "deterministic", "cldice_weight",
+    "precision", "clahe", "deterministic", "cldice_weight", "conventions", "convention",
 )
 PRETRAIN_FLAGS = (
     "minutes", "views", "base_filters", "depth", "epochs", "warmup_epochs", "steps_per_epoch", "batch_size",
@@ -203,7 +204,17 @@ def _verbosity(value):
     raise argparse.ArgumentTypeError(f"invalid level {value!r}: auto, 0, 1 or 2")
 
 
+def _add_convention(parser):
+    # Checked by the command (convention_model), not by argparse: a wrong
+    # name is one line naming the choices, not a usage screen.
+    parser.add_argument("--convention", metavar="NAME",
+                        help=f"mask convention to segment in: {', '.join(CONVENTIONS)} (default: {DEFAULT_CONVENTION} "
+                        "for a model with one output per convention; a one-output model has its own, from its "
+                        "card or run, and accepts only that one)")
+
+
 def _add_inference_settings(parser):
+    _add_convention(parser)
     parser.add_argument("--threshold", type=float,
                         help="mask threshold (default: the training run's or card's, else 0.5)")
     parser.add_argument("--clahe", action=argparse.BooleanOptionalAction,
@@ -216,6 +227,7 @@ def _model_and_settings(args):
     import warnings
 
     from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.models.segmentation import convention_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -224,10 +236,19 @@ def _model_and_settings(args):
         print(f"warning: {warning.message}", file=sys.stderr)
     settings = model.segmentation_settings.overridden(args.threshold, args.clahe)
     source = settings.source
+    model = convention_model(model, args.convention)
     print(f"threshold {settings.threshold:g}, CLAHE {'on' if settings.clahe else 'off'} "
           f"({'from ' + source if source else 'defaults'}"
-          f"{'' if args.threshold is None and args.clahe is None else ', as given'})", file=sys.stderr)
+          f"{'' if args.threshold is None and args.clahe is None else ', as given'}); {_convention_note(model)}",
+          file=sys.stderr)
     return model, settings.threshold, settings.clahe
+
+
+def _convention_note(model):
+    from cm_unet_keras.models.segmentation import model_conventions
+
+    conventions = model_conventions(model)
+    return f"convention {conventions[0]}" if conventions else "convention not recorded"
 
 
 # --- commands -----------------------------------------------------------------------
@@ -378,6 +399,7 @@ def add_select(command):
     select.add_argument("--min-gap", type=int, default=5, help="frames of one cine closer than this are not both proposed")
     select.add_argument("--seed", type=int, default=0, help="seed of the random draw and of k-means")
     select.add_argument("--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr)")
+    _add_convention(select)
     select.set_defaults(run=cmd_select)
 
 
@@ -385,11 +407,12 @@ def cmd_select(args):
     import warnings
 
     from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.models.segmentation import convention_model
     from cm_unet_keras.selection import select_files
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a pretrained-only model is fine here: its encoder ranks frames
-        model = load_model(args.model)
+        model = convention_model(load_model(args.model), args.convention)
     skipped = [] if args.skip_invalid else None
     chosen = select_files(model, args.inputs, args.count, args.output, skipped=skipped, strategy=args.strategy,
                           seed=args.seed, peak_filter=args.peak_filter, coverage=args.coverage, min_gap=args.min_gap)
@@ -415,6 +438,7 @@ def add_export(command):
     export.add_argument("--training-data", help="note on the training data, saved in the metadata")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument("--tta", action="store_true", help="average the four flips of each angiogram (4x the compute)")
+    _add_convention(export)
     export.set_defaults(run=cmd_export)
 
 
@@ -431,6 +455,7 @@ def cmd_export(args):
         training_data=args.training_data,
         overwrite=args.overwrite,
         tta=args.tta,
+        convention=args.convention,
     )
     print(f"exported {args.model} ({args.format}) to {path}")
 
@@ -579,7 +604,8 @@ def cmd_presets(args):
     print(f"presets in {root}:")
     for name in names:
         card = presets.preset_card(name)
-        print(f"  {name:26s} {card.get('kind', '?'):10s} {presets.validation_summary(card)}")
+        print(f"  {name:26s} {card.get('kind', '?'):10s} conventions {presets.conventions_summary(card)}; "
+              f"{presets.validation_summary(card)}")
         if args.verbose_cards:
             print("    " + card.get("description", ""))
             print("    rebuild: " + card.get("rebuild", "?"))

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.conventions import CONVENTIONS
 
 # Nothing here imports TensorFlow: `cm-unet --help` builds its flags from
 # these classes and must answer at once.
@@ -130,6 +131,16 @@ class FinetuneConfig:
     partial_background_weight: float = 1.0
     partial_ignore_vessel_like: bool = False
     partial_share: Optional[float] = None
+    # Mask conventions (`data.conventions`): one output per convention, each
+    # taught what every pair's mask implies for it; None keeps one output.
+    conventions: Optional[tuple] = setting(
+        None, f"one output per mask convention, of {', '.join(CONVENTIONS)}", none="one output", item=str
+    )
+    # The convention of pairs that do not state their own: recorded in the
+    # run, it is what a one-output model's masks mean at inference.
+    convention: Optional[str] = setting(
+        None, f"mask convention of the given pairs: {', '.join(CONVENTIONS)}", none="not recorded"
+    )
     # Epochs at the start during which the pretrained encoder stays frozen.
     frozen_encoder_epochs: int = setting(0, "epochs at the start with the encoder frozen")
     # BatchNorm layers keep the start's moving statistics and scale/offset
@@ -158,6 +169,11 @@ class FinetuneConfig:
     threshold: float = 0.5
     # Deterministic kernels (slower): bit-reproducible runs and resumes.
     deterministic: bool = setting(False, "deterministic kernels: bit-reproducible runs and resumes")
+
+    def __post_init__(self):
+        # A flag gives a list; the run's record compares tuples.
+        if self.conventions is not None:
+            self.conventions = tuple(self.conventions)
 
 
 @dataclasses.dataclass

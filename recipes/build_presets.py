@@ -110,9 +110,12 @@ MASK_CONVENTION = {
         "CIMAT's: the whole visible vessel tree, side branches and the guiding catheter included (the catheter is marked vessel). XCAD's and ARCADE's masks leave the catheter out: on such frames expect the catheter in the mask."
     ),
     GENERAL: (
-        'Mixed, and so ambiguous: half its patches come from CIMAT (the whole tree, the guiding catheter included) and half from ARCADE (main SYNTAX segments only; side branches and the catheter unlabelled, trained as background). It marks the catheter on some frames and not on others. Fine-tune it on a few of your own masks to teach it your convention (docs/adaptation.md).'
+        "Mixed, and so ambiguous: one output trained on CIMAT (tree_catheter: the whole tree, the guiding catheter included) and ARCADE (syntax: main SYNTAX segments only; side branches and the catheter unlabelled, trained as background) together, half its patches from each. It marks the catheter on some frames and not on others. Its one convention is declared tree_catheter, the wider of the two (every ARCADE vessel pixel is a tree_catheter vessel too; only ARCADE's background disagrees), so `--convention tree_catheter` is the only one it accepts. Fine-tune it on a few of your own masks to teach it your convention (docs/adaptation.md)."
     ),
 }
+# The mask conventions (cm_unet_keras.data.conventions) of each preset's
+# outputs: what `--convention` accepts; none for a head never trained.
+PRESET_CONVENTIONS = {PRETRAINED: [], XCA: ["tree_catheter"], GENERAL: ["tree_catheter"]}
 CARD_TEXT = {
     PRETRAINED: {
         "intended_use": (
@@ -140,6 +143,7 @@ CARD_TEXT = {
             *SHARED_LIMITATIONS,
         ],
         "mask_convention": MASK_CONVENTION[PRETRAINED],
+        "conventions": PRESET_CONVENTIONS[PRETRAINED],
         "licences": LICENCES,
     },
     XCA: {
@@ -161,6 +165,7 @@ CARD_TEXT = {
             *SHARED_LIMITATIONS,
         ],
         "mask_convention": MASK_CONVENTION[XCA],
+        "conventions": PRESET_CONVENTIONS[XCA],
         "licences": LICENCES,
     },
     GENERAL: {
@@ -184,6 +189,7 @@ CARD_TEXT = {
             *SHARED_LIMITATIONS,
         ],
         "mask_convention": MASK_CONVENTION[GENERAL],
+        "conventions": PRESET_CONVENTIONS[GENERAL],
         "licences": LICENCES,
     },
 }

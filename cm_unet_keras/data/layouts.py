@@ -54,6 +54,9 @@ class AngiogramRecord:
             for single-frame files.
         mask_labels: None when the mask is a binary vessel mask; for a label
             map (nnU-Net), the `VesselLabels` saying which values are vessel.
+        convention: what the mask calls vessel, a name of
+            `data.conventions.CONVENTIONS` ("tree_catheter" for CIMAT), or
+            None if not stated.
     """
 
     name: str
@@ -61,6 +64,7 @@ class AngiogramRecord:
     mask_path: str | None = None
     frame: int | None = None
     mask_labels: VesselLabels | None = None
+    convention: str | None = None
 
 
 def natural_sort_key(text):

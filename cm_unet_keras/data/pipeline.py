@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from cm_unet_keras.data.conventions import convention_rank
 from cm_unet_keras.data.layouts import read_pair
 from cm_unet_keras.data.normalize import apply_clahe, normalize_angiogram_host
 
@@ -35,6 +36,8 @@ class LabelledAngiogram:
         loss_weight: float32 `[H, W, 1]` per-pixel loss weight (None: 1
             everywhere); partially labelled pairs down-weight or ignore
             their unlabelled background (`partial_label_weights`).
+        convention: the mask convention of `vessel_mask`
+            (`data.conventions.CONVENTIONS`), or None if not known.
     """
 
     name: str
@@ -42,6 +45,7 @@ class LabelledAngiogram:
     vessel_mask: np.ndarray
     fov: Optional[np.ndarray] = None
     loss_weight: Optional[np.ndarray] = None
+    convention: Optional[str] = None
 
 
 # Black top-hat (dark, thin structures) above this many standard deviations
@@ -61,6 +65,40 @@ def vessel_like(normalized, kernel=VESSEL_LIKE_KERNEL, threshold=VESSEL_LIKE_TOP
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel, kernel))
     tophat = cv2.morphologyEx(np.ascontiguousarray(normalized, np.float32), cv2.MORPH_BLACKHAT, disc)
     return tophat > threshold
+
+
+def implied_targets(mask, weight, convention_rank, channel_ranks):
+    """Targets of each output of a multi-convention model, from a mask of one convention.
+
+    The conventions nest as sets of vessel pixels (syntax ⊆ tree ⊆
+    tree_catheter), so a mask in convention A says something about every
+    output B: B = A is supervised as the mask says (with its own weights,
+    e.g. `partial_label_weights`); for A ⊆ B, A's vessel pixels are B's
+    vessels too (B: A's positives, weight 0 elsewhere); for B ⊆ A, A's
+    background is B's background too (B: A's negatives, weight 0
+    elsewhere).
+
+    Args:
+        mask: float32 `[..., 1]` 0/1 mask in the record's convention.
+        weight: float32 `[..., 1]` its per-pixel loss weight (ones for a
+            complete mask).
+        convention_rank: the record's `data.conventions.convention_rank`.
+        channel_ranks: int `[C]`, the rank of each output's convention.
+
+    Returns:
+        float32 `[..., 2C]`: the C outputs' masks, then their C weights
+        (what `DiceBCELoss` reads).
+    """
+    mask = tf.cast(mask, tf.float32)
+    weight = tf.cast(weight, tf.float32)
+    ranks = tf.cast(channel_ranks, tf.int32)
+    rank = tf.cast(convention_rank, tf.int32)
+    same = tf.cast(ranks == rank, tf.float32)
+    wider = tf.cast(ranks > rank, tf.float32)
+    narrower = tf.cast(ranks < rank, tf.float32)
+    masks = mask * (1.0 - narrower)
+    weights = weight * (same + wider * mask + narrower * (1.0 - mask))
+    return tf.concat([masks, weights], axis=-1)
 
 
 def partial_label_weights(normalized, vessel_mask, background_weight=1.0, ignore_vessel_like=False, margin=2):
@@ -121,7 +159,8 @@ def load_labelled(records, clahe=False, workers=4, partial=None):
         raw, mask = read_pair(record)
         normalized, fov = preprocess_angiogram(raw, clahe, return_fov=True)
         weight = None if partial is None else partial_label_weights(normalized, mask, **partial)
-        return LabelledAngiogram(record.name, normalized, mask[..., None].astype(np.uint8), fov, weight)
+        return LabelledAngiogram(record.name, normalized, mask[..., None].astype(np.uint8), fov, weight,
+                                 record.convention)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(load, records))
@@ -188,15 +227,29 @@ class PatchSampler:
         augment: an `AugmentConfig`, or None for no augmentation.
         image_weights: relative chance of drawing each item (None: equal),
             e.g. to balance two sources of different sizes.
+        conventions: the outputs of a multi-convention model (a tuple of
+            convention names), or None for one output. Every item must then
+            have a `convention`.
 
     Patches are `(angiogram [P, P, 1], label)`; `label` is the vessel mask
     `[P, P, 1]`, or `[P, P, 2]` (mask, per-pixel loss weight) when any item
-    has a `loss_weight` (`DiceBCELoss` reads both layouts).
+    has a `loss_weight` (`DiceBCELoss` reads both layouts); with
+    `conventions`, `[P, P, 2C]` (`implied_targets`).
     """
 
-    def __init__(self, items, patch_size, seed=0, foreground_fraction=0.33, augment=None, image_weights=None):
+    def __init__(self, items, patch_size, seed=0, foreground_fraction=0.33, augment=None, image_weights=None,
+                 conventions=None):
         if not items:
             raise ValueError("no labelled angiograms to sample patches from")
+        self.channel_ranks = None
+        if conventions is not None:
+            unknown = [item.name for item in items if item.convention is None]
+            if unknown:
+                raise ValueError(f"{len(unknown)} pairs have no mask convention ({', '.join(unknown[:3])}"
+                                 f"{', ...' if len(unknown) > 3 else ''}): a model with one output per convention "
+                                 "needs each pair's")
+            self.channel_ranks = tf.constant([convention_rank(name) for name in conventions], tf.int32)
+            self.ranks = tf.constant([convention_rank(item.convention) for item in items], tf.int32)
         images, masks, weights, sizes = _stack_padded(items, patch_size)
         self.images = tf.constant(images)
         self.masks = tf.constant(masks)
@@ -285,6 +338,9 @@ class PatchSampler:
         channels = 1 if self.weights is None else 2
         image = tf.ensure_shape(image, [p, p, 1])
         label = tf.ensure_shape(label, [p, p, channels])
+        if self.channel_ranks is not None:
+            weight = tf.ones_like(label) if self.weights is None else label[..., 1:]
+            label = implied_targets(label[..., :1], weight, self.ranks[image_index], self.channel_ranks)
         if self.augment is not None:
             image, label = augment_patch(image, label, self.augment, lambda s: self._seed(sample_index, 10 + s))
         return image, label
@@ -326,11 +382,12 @@ def paint_border(image, label, uniform):
     patch wide), else the outside of a circle whose edge crosses the patch;
     its intensity is below the patch's darkest pixel (as an unexposed border
     is darker than contrast-filled vessels) with a soft edge of 1-6 px.
-    Vessel labels under it are cleared; a loss-weight channel there becomes
-    1 (the border is known background).
+    Vessel labels under it are cleared; loss-weight channels there become
+    1 (the border is known background, in every convention).
 
     Args:
-        image: `[P, P, 1]`; label: `[P, P, C]` (mask, then an optional weight).
+        image: `[P, P, 1]`; label: `[P, P, 1]` (a mask) or `[P, P, 2C]` (C
+            masks, then their C weights).
         uniform: `uniform(stream, low, high)` drawing stateless scalars.
     """
     p = float(image.shape[0])
@@ -357,8 +414,9 @@ def paint_border(image, label, uniform):
     dark = tf.reduce_min(image) - uniform(28, 0.2, 1.5)
     image = image * (1.0 - alpha) + dark * alpha
     covered = tf.cast(alpha >= 0.5, tf.float32)
-    mask = label[..., :1] * (1.0 - covered)
-    rest = label[..., 1:]
+    masks = max(label.shape[-1] // 2, 1)
+    mask = label[..., :masks] * (1.0 - covered)
+    rest = label[..., masks:]
     rest = tf.maximum(rest, covered) if label.shape[-1] > 1 else rest
     return image, tf.concat([mask, rest], axis=-1)
 
@@ -368,7 +426,8 @@ def augment_patch(image, mask, config, seed_for):
 
     Args:
         image: float32 `[P, P, 1]`, normalised.
-        mask: float32 `[P, P, 1]`.
+        mask: float32 `[P, P, K]`: the mask, then any weights (every channel
+            follows the geometric transforms; see `paint_border`).
         config: an `AugmentConfig`.
         seed_for: callable mapping a small integer to a stateless seed.
 

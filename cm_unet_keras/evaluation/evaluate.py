@@ -7,13 +7,16 @@ from cm_unet_keras.core.files import json_safe
 from cm_unet_keras.data.layouts import read_pair
 from cm_unet_keras.evaluation.metrics import METRIC_KEYS, segmentation_metrics, summarize
 from cm_unet_keras.inference.predict import DEFAULT_THRESHOLD, segment_angiogram, settings_of
+from cm_unet_keras.models.segmentation import convention_model
 
 
-def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta=False):
+def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta=False, convention=None):
     """Per-image and summary metrics of `model` on labelled `records`.
 
     Each angiogram is segmented whole, at its own size, and thresholded at
     `threshold` (`tta`: flip test-time augmentation); metrics follow `cm_unet_keras.evaluation.metrics`.
+    `convention` picks the output scored (`models.segmentation.convention_model`;
+    None: "tree" for a model with one output per convention).
 
     Returns:
         `{"n_images", "mean", "std", "per_image": [{"name", <metrics>}]}`.
@@ -24,6 +27,7 @@ def evaluate_model(model, records, threshold=DEFAULT_THRESHOLD, clahe=False, tta
             trained, so its scores would be noise.
     """
     settings_of(model, "; its scores would be noise")
+    model = convention_model(model, convention)
     per_image = []
     for record in records:
         angiogram, vessel_mask = read_pair(record)

@@ -24,7 +24,14 @@ from cm_unet_keras.export.serving import (
     SERVING_SIGNATURE,
     write_saved_model,
 )
-from cm_unet_keras.models.segmentation import PRETRAINED_ONLY, resolve_settings, training_context
+from cm_unet_keras.models.segmentation import (
+    PRETRAINED_ONLY,
+    convention_model,
+    model_conventions,
+    resolve_settings,
+    segmentation_settings,
+    training_context,
+)
 from cm_unet_keras.models.saving import float32_policy, load_unet
 from cm_unet_keras.models.presets import resolve_model_path
 from cm_unet_keras.version import __version__
@@ -50,6 +57,7 @@ def export_metadata(model, model_path, threshold, context, training_data, export
             "parameters": int(model.count_params()),
         },
         "threshold": threshold,
+        "convention": (model_conventions(model) or ("not recorded",))[0],
         "preprocessing": {
             "normalization": "z-score within the field of view, per image (normalize_angiogram), "
             "in the graph",
@@ -75,7 +83,7 @@ def _documented_inputs(export_format):
 
 def export_model(
     model, base_dir, name, version, export_format="saved_model", threshold=None,
-    training_data=None, overwrite=False, tta=False,
+    training_data=None, overwrite=False, tta=False, convention=None,
 ):
     """Export a `.keras` U-Net (path or preset name) as `BASE/NAME/VERSION`.
 
@@ -91,6 +99,11 @@ def export_model(
             default: from the card or run folder.
         overwrite: replace an existing version.
         tta: put flip test-time augmentation in the graph (4x the compute).
+        convention: the mask convention the graph segments in: the output
+            of a model with one per convention that is exported (None:
+            "tree"); a one-output model accepts only its own
+            (`models.segmentation.convention_model`). The outputs stay
+            `[batch, H, W, 1]`.
 
     Returns:
         The `Path` of the written version.
@@ -98,6 +111,7 @@ def export_model(
     Raises:
         InvalidInputError: a pretrained-only model (its head was never
             trained) or one trained with CLAHE; nothing is written.
+        ValueError: a convention the model does not have; nothing is written.
     """
     if export_format not in FORMATS:
         raise ValueError(f"export_format must be one of {FORMATS}, got {export_format!r}")
@@ -115,6 +129,8 @@ def export_model(
     threshold, _, _ = resolve_settings(model_path, threshold)
     with float32_policy():  # never export bfloat16 convolutions (ONNX Runtime rejects them)
         unet = load_unet(model_path)
+        unet.segmentation_settings = segmentation_settings(model_path)
+        unet = convention_model(unet, convention)
     metadata = export_metadata(unet, model_path, threshold, context, training_data, export_format, tta)
     if export_format == "onnx":
         from cm_unet_keras.export.onnx_export import write_onnx as write

@@ -57,14 +57,15 @@ def load_model(name_or_path):
     return with_settings(load_model_file(path), path, name_or_path)
 
 
-def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH):
+def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH,
+            convention=None):
     """`CMUNet.segment` (`models.segmentation.segment`), where `model` may
     also be a pretraining run (refused there, with the reason)."""
     if isinstance(model, (str, os.PathLike)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # refused by segment, with the reason
             model = load_model(model)
-    return segmentation.segment(model, angiograms, threshold, clahe, tta, precision, batch_size)
+    return segmentation.segment(model, angiograms, threshold, clahe, tta, precision, batch_size, convention)
 
 
 def segment_angiogram(model, angiogram, clahe=False, tta=False):

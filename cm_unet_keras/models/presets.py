@@ -167,6 +167,7 @@ def render_card(card):
     facts = [("kind", card.get("kind")), ("file", f"`{card['file']}`" if "file" in card else None),
              ("SHA-256", f"`{card['sha256']}`" if "sha256" in card else None),
              ("architecture", ", ".join(f"{k} {v}" for k, v in architecture.items()) or None),
+             ("mask conventions", conventions_summary(card) if "conventions" in card else None),
              ("package version", card.get("package_version"))]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in facts if value is not None] + [""]
     for title, key in (("Intended use", "intended_use"), ("Not intended for", "not_intended_for"),
@@ -205,6 +206,14 @@ def render_card(card):
     lines += ["---", "Rendered from `card.json` by `cm_unet_keras.models.presets.render_card`: edit the card, "
               "then `write_card_readme(folder)`.", ""]
     return "\n".join(lines)
+
+
+def conventions_summary(card):
+    """The mask conventions a card lists (`data.conventions`), in words."""
+    conventions = card.get("conventions")
+    if conventions is None:
+        return "not recorded"
+    return ", ".join(conventions) if conventions else "none (head never trained)"
 
 
 def validation_summary(card):

@@ -22,6 +22,7 @@ import numpy as np
 
 from cm_unet_keras.config import FinetuneConfig, read_recipe
 from cm_unet_keras.core.errors import InvalidInputError
+from cm_unet_keras.data.conventions import DEFAULT_CONVENTION, check_convention
 from cm_unet_keras.data.pipeline import preprocess_angiogram
 from cm_unet_keras.data.readers import read_frames
 from cm_unet_keras.models import presets
@@ -51,12 +52,16 @@ class SegmentationSettings:
         pretrained_only: the model comes from pretraining (a pretrained
             preset or a pretraining run): its segmentation head was never
             trained, so it cannot segment.
+        convention: the mask convention of a one-output model, as its card
+            (`conventions`) or run (`convention`) records it; None if not
+            recorded. A multi-output model knows its own (`conventions`).
     """
 
     threshold: float
     clahe: bool
     source: str | None = None
     pretrained_only: bool = False
+    convention: str | None = None
 
     def overridden(self, threshold=None, clahe=None):
         """These settings with the caller's `threshold` and `clahe` (None: keep)."""
@@ -71,8 +76,10 @@ def training_context(model_path):
 
     Returns:
         dict with `source` (the file read, or None), `clahe`, `threshold`
-        (None if not recorded), `training_data` (a note, or None) and
-        `pretrained_only` (a pretrained preset's card, or a pretraining run).
+        (None if not recorded), `training_data` (a note, or None),
+        `pretrained_only` (a pretrained preset's card, or a pretraining run)
+        and `convention` (of a one-output model: the card's one
+        `conventions` entry or the run's `convention`; else None).
     """
     folder = Path(model_path).parent
     card, config = folder / "card.json", folder / "config.yaml"
@@ -89,7 +96,7 @@ def training_context(model_path):
         source = config
     else:
         return {"source": None, "clahe": False, "threshold": None, "training_data": None,
-                "pretrained_only": pretrained_only}
+                "pretrained_only": pretrained_only, "convention": None}
     training_data = values.get("training_data")
     split = folder / "split.json"
     if training_data is None and split.is_file():
@@ -104,7 +111,17 @@ def training_context(model_path):
         "threshold": values.get("threshold"),
         "training_data": training_data,
         "pretrained_only": pretrained_only,
+        "convention": _recorded_convention(values),
     }
+
+
+def _recorded_convention(values):
+    """The one convention a card (`conventions: [NAME]`) or a one-output
+    run (`convention: NAME`, no `conventions`) records, else None."""
+    if values.get("conventions") is not None:
+        conventions = list(values["conventions"])
+        return conventions[0] if len(conventions) == 1 else None
+    return values.get("convention")
 
 
 def resolve_settings(model_path, threshold=None, clahe=None):
@@ -134,7 +151,8 @@ def resolve_settings(model_path, threshold=None, clahe=None):
 def segmentation_settings(model_path):
     """The `SegmentationSettings` recorded beside the model at `model_path`."""
     threshold, clahe, source = resolve_settings(model_path)
-    return SegmentationSettings(threshold, clahe, source, training_context(model_path)["pretrained_only"])
+    context = training_context(model_path)
+    return SegmentationSettings(threshold, clahe, source, context["pretrained_only"], context["convention"])
 
 
 class Segmentation(NamedTuple):
@@ -173,7 +191,53 @@ def with_settings(model, path, name):
     return model
 
 
-def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH):
+def model_conventions(model):
+    """The mask conventions `model` segments in: its outputs' (a
+    `CMUNet(conventions=...)`), else the one its card or run records; ()
+    for a model that records none."""
+    if getattr(model, "conventions", None):
+        return tuple(model.conventions)
+    recorded = getattr(model, "segmentation_settings", None)
+    return (recorded.convention,) if recorded is not None and recorded.convention else ()
+
+
+def convention_model(model, convention=None):
+    """The one-output U-Net that segments in `convention`.
+
+    A model with several outputs gives the one-output copy of that channel
+    (`CMUNet.single_output`, cached on `model`, with its settings); None
+    is `DEFAULT_CONVENTION` ("tree") when the model has it, else its first
+    output. A one-output model is returned as it is: it has one convention
+    (its own, or the one its card or run records) and accepts only None
+    or that one.
+
+    Raises:
+        ValueError: one line: an unknown name (naming every convention), or
+            one the model does not have (naming the model's).
+    """
+    conventions = model_conventions(model)
+    if len(conventions) > 1:
+        if convention is None:
+            convention = DEFAULT_CONVENTION if DEFAULT_CONVENTION in conventions else conventions[0]
+        check_convention(convention, conventions)
+        copies = model.__dict__.setdefault("_convention_copies", {})
+        if convention not in copies:
+            copies[convention] = model.single_output(convention)
+            copies[convention].segmentation_settings = getattr(model, "segmentation_settings", None)
+        return copies[convention]
+    if convention is not None:
+        check_convention(convention)
+        if not conventions:
+            settings = getattr(model, "segmentation_settings", None)
+            why = PRETRAINED_ONLY if settings is not None and settings.pretrained_only else (
+                "one output, and no convention recorded in its card or run folder")
+            raise ValueError(f"convention {convention!r}: this model has none ({why}); leave the convention out")
+        check_convention(convention, conventions)
+    return model
+
+
+def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=SEGMENT_BATCH,
+            convention=None):
     """Segment raw angiograms of any size and intensity range.
 
     Args:
@@ -193,6 +257,10 @@ def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision=
             agree with float32's to Dice >= 0.99); "float32" gives the
             exported model's outputs exactly.
         batch_size: frames of one size per forward pass.
+        convention: the mask convention to segment in (`CONVENTIONS`:
+            "tree_catheter", "tree", "syntax"); None: "tree" for a model
+            with one output per convention, the model's own for a
+            one-output model (`convention_model`).
 
     Returns:
         A `Segmentation(probability, vessel_mask)`, `[H, W]` or `[N, H, W]`;
@@ -202,7 +270,7 @@ def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision=
         InvalidInputError: the model is pretrained only (its head was never
             trained), or a file cannot be read.
         ValueError: an array that is not `[H, W]` or `[N, H, W]`, or holds
-            NaN or infinity.
+            NaN or infinity; a convention the model does not have.
     """
     if isinstance(model, (str, os.PathLike)):
         with warnings.catch_warnings():
@@ -210,6 +278,7 @@ def segment(model, angiograms, threshold=None, clahe=None, tta=False, precision=
             model = load_preset(model)
     settings = settings_of(model).overridden(threshold, clahe)
     threshold, clahe = settings.threshold, settings.clahe
+    model = convention_model(model, convention)
     if isinstance(angiograms, (list, tuple)):
         return [segment(model, item, threshold, clahe, tta, precision, batch_size) for item in angiograms]
     if isinstance(angiograms, (str, os.PathLike)):
@@ -359,8 +428,11 @@ def inference_model(model, precision="float32"):
     under it with the same weights (cached on `model`): convolutions run in
     bfloat16 (AVX512_BF16 / AMX CPUs) or float16 (GPUs), the sigmoid in
     float32. "auto" picks what the machine runs fastest
-    (`models.precision.resolve_precision`).
+    (`models.precision.resolve_precision`). A model with one output per
+    convention runs its default convention's (`convention_model`): pick
+    another with `convention_model` first.
     """
+    model = convention_model(model)
     policy = resolve_precision(precision)
     if policy == "float32":
         return model

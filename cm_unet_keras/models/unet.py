@@ -2,6 +2,7 @@
 
 import keras
 
+from cm_unet_keras.data.conventions import check_convention, check_conventions
 from cm_unet_keras.models import layers
 
 # Named widths. 64 is the paper's 31M-parameter network; the smaller ones are
@@ -50,6 +51,12 @@ class CMUNet(keras.Model):
     [Conv3x3-BN-ReLU]x2; a 1x1 convolution and a sigmoid give the vessel
     probability. The sigmoid runs in float32 under mixed precision.
 
+    With `conventions`, the head has one output channel per mask convention
+    (`cm_unet_keras.data.conventions.CONVENTIONS`: what a source's masks
+    call vessel), in the order given: the output is `[B, H, W, C]`.
+    `single_output(name)` is the one-output U-Net of one of them, which
+    `segment`, `predict`, `evaluate`, `select` and `export` run.
+
     The network's input is a 1-channel angiogram normalised by
     `cm_unet_keras.data.normalize_angiogram`, with sides that are multiples
     of `2**depth` (so `model(x)` and `model.predict(x)` are the bare
@@ -66,6 +73,9 @@ class CMUNet(keras.Model):
             64 is the paper's network (31.0M parameters at depth 4); see
             `SIZES` for named CPU-friendly widths.
         depth: number of down-sampling levels.
+        conventions: None for one output (the masks' convention is then
+            recorded beside the model, in its card or run folder), or a
+            tuple of convention names, one output channel each.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -77,6 +87,9 @@ class CMUNet(keras.Model):
 
     untrained = CMUNet(base_filters=16, depth=4)
     probability = untrained(np.zeros((1, 256, 256, 1), "float32"))
+
+    per_convention = CMUNet(16, 4, conventions=("tree_catheter", "tree", "syntax"))
+    probabilities = per_convention(np.zeros((1, 256, 256, 1), "float32"))  # [1, 256, 256, 3]
     ```
 
     Reference:
@@ -85,8 +98,10 @@ class CMUNet(keras.Model):
         Ronneberger et al., "U-Net", MICCAI 2015.
     """
 
-    def __init__(self, base_filters=16, depth=4, **kwargs):
+    def __init__(self, base_filters=16, depth=4, conventions=None, **kwargs):
         kwargs.setdefault("name", "cm_unet")
+        if conventions is not None:
+            conventions = check_conventions(conventions)
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if base_filters < 1:
@@ -110,7 +125,8 @@ class CMUNet(keras.Model):
                 [skips[level], x]
             )
             x = _conv_block(x, base_filters * 2**level, f"decoder_level{level}")
-        logits = keras.layers.Conv2D(1, 1, name="segmentation_head")(x)
+        outputs = 1 if conventions is None else len(conventions)
+        logits = keras.layers.Conv2D(outputs, 1, name="segmentation_head")(x)
         probability = keras.layers.Activation(
             "sigmoid", dtype="float32", name="segmentation_probability"
         )(logits)
@@ -119,6 +135,7 @@ class CMUNet(keras.Model):
         # === Config ===
         self.base_filters = base_filters
         self.depth = depth
+        self.conventions = conventions
         # Set by `from_preset` / `cm_unet_keras.load_model` from the card or
         # run folder (threshold, CLAHE); None: `segment`'s defaults.
         self.segmentation_settings = None
@@ -137,12 +154,43 @@ class CMUNet(keras.Model):
 
         return load_preset(name)
 
-    def segment(self, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=8):
+    def segment(self, angiograms, threshold=None, clahe=None, tta=False, precision="auto", batch_size=8,
+                convention=None):
         """Vessel probability and mask of raw angiograms: see `models.segmentation.segment`."""
         from cm_unet_keras.models.segmentation import segment
 
         return segment(self, angiograms, threshold=threshold, clahe=clahe, tta=tta, precision=precision,
-                       batch_size=batch_size)
+                       batch_size=batch_size, convention=convention)
+
+    def single_output(self, convention):
+        """A one-output copy of this U-Net computing the `convention` channel.
+
+        Every layer's weights are copied; the head keeps the chosen
+        channel's kernel and bias, so its output is this model's channel
+        `conventions.index(convention)`, `[B, H, W, 1]`. It is built in
+        this model's dtype policy and records `conventions=(convention,)`.
+
+        Raises:
+            ValueError: `convention` is not one of `conventions` (one line
+                naming them), or this model has a single output already.
+        """
+        if self.conventions is None:
+            raise ValueError(f"{self.name} has a single output already (no conventions of its own)")
+        index = self.conventions.index(check_convention(convention, self.conventions))
+        # In this model's policy, not whatever policy the process has now.
+        policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.dtype_policy)
+        try:
+            single = CMUNet(self.base_filters, self.depth, conventions=(convention,), name=self.name)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        for layer in single.layers:
+            weights = self.get_layer(layer.name).get_weights()
+            if layer.name == "segmentation_head":
+                kernel, bias = weights
+                weights = [kernel[..., index : index + 1], bias[index : index + 1]]
+            layer.set_weights(weights)
+        return single
 
     @property
     def size_multiple(self):
@@ -175,6 +223,7 @@ class CMUNet(keras.Model):
         return {
             "base_filters": self.base_filters,
             "depth": self.depth,
+            "conventions": None if self.conventions is None else list(self.conventions),
             "name": self.name,
             "trainable": self.trainable,
         }

@@ -31,6 +31,7 @@ Run folder:
     logs/                 TensorBoard
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ import numpy as np
 from cm_unet_keras.config import SELECT_RULES, refuse_changed_settings, settings_changed
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.core.files import atomic_write, atomic_write_json, save_model_atomic
+from cm_unet_keras.data.conventions import check_convention, check_conventions
 from cm_unet_keras.data.pipeline import AugmentConfig, PatchSampler, load_labelled
 from cm_unet_keras.evaluation.metrics import dice
 from cm_unet_keras.models.full_image import predict_normalized
@@ -93,11 +95,13 @@ def split_records(records, val_fraction, seed, limit=None):
 
 def validation_dice(model, items, threshold=0.5):
     """Mean hard Dice over whole validation angiograms at native resolution
-    (`evaluation.metrics.dice`, as `cm-unet evaluate` reports it)."""
+    (`evaluation.metrics.dice`, as `cm-unet evaluate` reports it); a model
+    with one output per convention is scored on each pair's own convention."""
     scores = []
     for item in items:
+        channel = 0 if model.conventions is None else model.conventions.index(item.convention)
         probability = predict_normalized(model, item.angiogram, fov=item.fov).numpy()
-        scores.append(dice(probability[..., 0] >= threshold, item.vessel_mask[..., 0]))
+        scores.append(dice(probability[..., channel] >= threshold, item.vessel_mask[..., 0]))
     return float(np.mean(scores))
 
 
@@ -232,7 +236,7 @@ class FinetuneRun(TrainingRun):
     def new_model(self, initial_weights=None):
         """A seeded U-Net, from `initial_weights` or `config.init`; returns the layers `init` loaded."""
         config = self.config
-        self.model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+        self.model = CMUNet(base_filters=config.base_filters, depth=config.depth, conventions=config.conventions)
         if initial_weights is not None:
             self.model.set_weights(initial_weights)
         elif config.init:
@@ -350,6 +354,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             `config.partial_background_weight` and
             `config.partial_ignore_vessel_like`, their share of the patches
             `config.partial_share`. Never used for validation.
+            A record's `convention` (else `config.convention`) is what its
+            mask calls vessel (`records_with_conventions`).
         skipped_inputs: the input files left out as unreadable
             (`[{"path", "problem"}]`, `--skip-invalid`), written to the run
             folder as `skipped_inputs.json`; None writes nothing.
@@ -376,6 +382,8 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         train_records, val_records = split_records(records, config.val_fraction, config.seed, config.limit)
     else:
         train_records = split_records(records, 0.0, config.seed, config.limit)[0]
+    train_records, val_records, partial_records = records_with_conventions(
+        config, train_records, val_records, partial_records)
     split = {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]}
     if partial_records:
         split["partial"] = [str(r.image_path) for r in partial_records]
@@ -413,6 +421,32 @@ def check_config(config):
         raise ValueError(f"select {config.select!r}: choose one of {SELECT_RULES}")
     if not config.cldice_weight >= 0.0:
         raise ValueError(f"cldice_weight {config.cldice_weight} must be >= 0")
+    if config.conventions is not None:
+        check_conventions(config.conventions)
+    if config.convention is not None:
+        check_convention(config.convention)
+
+
+def records_with_conventions(config, train_records, val_records, partial_records):
+    """The records, each with its mask convention (`config.convention` for
+    those that state none).
+
+    With `config.conventions` the U-Net has one output per convention and
+    every training pair supervises each output as far as its mask implies
+    (`data.pipeline.implied_targets`); a validation pair is scored on its
+    own convention's output, so that convention must be one of them.
+    """
+    def stated(records):
+        return [record if record.convention or config.convention is None
+                else dataclasses.replace(record, convention=config.convention) for record in records or []]
+
+    val_records = stated(val_records)
+    for record in val_records if config.conventions is not None else []:
+        if record.convention is None:
+            raise ValueError(f"validation pair {record.name} has no mask convention: give --convention "
+                             f"({', '.join(config.conventions)})")
+        check_convention(record.convention, config.conventions, what="the model's outputs (--conventions)")
+    return stated(train_records), val_records, stated(partial_records) or None
 
 
 def patch_sampler(config, train_records, partial_records=None):
@@ -431,7 +465,7 @@ def patch_sampler(config, train_records, partial_records=None):
         augment = AugmentConfig(strength=config.augment_strength, scale=tuple(config.augment_scale),
                                 border_probability=config.augment_borders)
     return PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment,
-                        image_weights)
+                        image_weights, config.conventions)
 
 
 def _names_note(recorded, given):
@@ -445,6 +479,6 @@ def _names_note(recorded, given):
 def export_best(config, run_dir, model_path):
     """Write the best weights as a clean float32 `.keras` U-Net."""
     with float32_policy():
-        model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+        model = CMUNet(base_filters=config.base_filters, depth=config.depth, conventions=config.conventions)
         model.load_weights(Path(run_dir) / "best.weights.h5")
         save_model_atomic(model, model_path)

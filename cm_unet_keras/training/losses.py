@@ -42,19 +42,20 @@ def soft_skeleton(image, iterations=SOFT_SKELETON_ITERATIONS):
     return skeleton
 
 
-def soft_cldice(y_true, y_pred, weight=None, iterations=SOFT_SKELETON_ITERATIONS):
+def soft_cldice(y_true, y_pred, weight=None, iterations=SOFT_SKELETON_ITERATIONS, per_channel=False):
     """Soft clDice per image (Shit et al. 2021): the harmonic mean of the
     share of the predicted soft skeleton inside the mask (Tprec) and of the
     mask's skeleton inside the prediction (Tsens), each smoothed by 1 pixel.
     `weight` (same shape, optional) counts each pixel by its weight.
 
     Returns:
-        float32 `[B]`, in [0, 1]; 1 for identical binary masks.
+        float32 `[B]`, in [0, 1]; 1 for identical binary masks. With
+        `per_channel`, `[B, C]`: each channel of `[B, H, W, C]` alone.
     """
     y_true = tf.cast(y_true, tf.float32)
     y_pred = tf.cast(y_pred, tf.float32)
     weight = tf.ones_like(y_true) if weight is None else tf.cast(weight, tf.float32)
-    axes = [1, 2, 3]
+    axes = [1, 2] if per_channel else [1, 2, 3]
     skeleton_pred = weight * soft_skeleton(y_pred, iterations)
     skeleton_true = weight * soft_skeleton(y_true, iterations)
     precision = (tf.reduce_sum(skeleton_pred * y_true, axis=axes) + SMOOTH) / (
@@ -62,6 +63,18 @@ def soft_cldice(y_true, y_pred, weight=None, iterations=SOFT_SKELETON_ITERATIONS
     sensitivity = (tf.reduce_sum(skeleton_true * y_pred, axis=axes) + SMOOTH) / (
         tf.reduce_sum(skeleton_true, axis=axes) + SMOOTH)
     return 2.0 * precision * sensitivity / (precision + sensitivity)
+
+
+def split_targets(y_true):
+    """`(masks, weights)` of a target `[B, H, W, 1]` (a mask, weight 1
+    everywhere) or `[B, H, W, 2C]` (C masks, then their C per-pixel loss
+    weights: `data.pipeline.implied_targets`; C = 1 is a mask and its weight)."""
+    channels = y_true.shape[-1]
+    if channels == 1:
+        return y_true, tf.ones_like(y_true)
+    if channels is None or channels % 2:
+        raise ValueError(f"a target has 1 channel (mask) or 2C (C masks, C weights), not {channels}")
+    return y_true[..., : channels // 2], y_true[..., channels // 2 :]
 
 
 @keras.saving.register_keras_serializable(package="cm_unet_keras")
@@ -81,7 +94,13 @@ class DiceBCELoss(keras.losses.Loss):
     `y_true` is the mask `[B, H, W, 1]`, or `[B, H, W, 2]` with a per-pixel
     loss weight as second channel (partially labelled pairs,
     `data.pipeline.partial_label_weights`): every term then counts each
-    pixel by its weight (weight 0: the pixel is ignored).
+    pixel by its weight (weight 0: the pixel is ignored). A model with one
+    output per mask convention (`CMUNet(conventions=...)`, `y_pred`
+    `[B, H, W, C]`) takes `[B, H, W, 2C]`: C masks, then their C weights
+    (`data.pipeline.implied_targets`). Each channel's loss is computed
+    alone, and an image's loss is the mean over its channels with any
+    weight (a channel its mask implies nothing for adds nothing, gradient
+    included); with one channel this is the loss above.
 
     Args:
         dice_weight: weight of the soft Dice term in [0, 1].
@@ -102,24 +121,27 @@ class DiceBCELoss(keras.losses.Loss):
         self.cldice_weight = float(cldice_weight)
 
     def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
+        y_true, weight = split_targets(tf.cast(y_true, tf.float32))
         y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1.0 - 1e-7)
-        axes = [1, 2, 3]
-        if y_true.shape[-1] == 2:
-            y_true, weight = y_true[..., :1], y_true[..., 1:]
-        else:
-            weight = tf.ones_like(y_true)
+        if y_pred.shape[-1] != y_true.shape[-1]:
+            raise ValueError(f"{y_pred.shape[-1]} output channels but {y_true.shape[-1]} target masks")
+        axes = [1, 2]  # per image and channel
         intersection = tf.reduce_sum(weight * y_true * y_pred, axis=axes)
         total = tf.reduce_sum(weight * y_true, axis=axes) + tf.reduce_sum(weight * y_pred, axis=axes)
         soft_dice = 1.0 - (2.0 * intersection + SMOOTH) / (total + SMOOTH)
         cross_entropy = -(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
         # Weighted mean over the pixels (the plain mean when every weight is 1).
-        count = tf.cast(tf.reduce_prod(tf.shape(y_true)[1:]), tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(y_true)[1:3]), tf.float32)
         bce = tf.reduce_sum(weight * cross_entropy, axis=axes) / count
         loss = self.dice_weight * soft_dice + (1.0 - self.dice_weight) * bce
         if self.cldice_weight > 0.0:
-            loss = loss + self.cldice_weight * (1.0 - soft_cldice(y_true, y_pred, weight))
-        return loss
+            loss = loss + self.cldice_weight * (1.0 - soft_cldice(y_true, y_pred, weight, per_channel=True))
+        if loss.shape[-1] == 1:
+            return loss[:, 0]
+        # A channel without weight has loss 0 (Dice (0 + 1) / (0 + 1), no
+        # BCE, clDice 1): averaging over the weighted ones keeps it out.
+        weighted = tf.cast(tf.reduce_sum(weight, axis=axes) > 0.0, tf.float32)
+        return tf.reduce_sum(loss * weighted, axis=-1) / tf.maximum(tf.reduce_sum(weighted, axis=-1), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "dice_weight": self.dice_weight, "cldice_weight": self.cldice_weight}

@@ -69,7 +69,8 @@ def load_initial_weights(model, init):
       file: encoder and decoder are loaded, the segmentation head stays
       freshly initialised (pretraining never trained it).
     - A fine-tuned `.keras` U-Net (or a fine-tuned preset): encoder, decoder
-      and head.
+      and head; the head only if it has the same outputs (`conventions`)
+      as `model`'s, else it stays freshly initialised.
     - A pretrained preset (card `"kind": "pretrained"`): encoder and decoder;
       the head stays freshly initialised, as from a pretraining run.
 
@@ -87,8 +88,9 @@ def load_initial_weights(model, init):
     if path.suffix != ".keras":
         raise InvalidInputError(path, "--init expects a .keras U-Net, a pretraining run folder or a preset name")
     source = load_unet(path)
-    # A pretrained preset's head was never trained: keep this run's own seeded head.
-    include_head = not is_pretrained_preset(init)
+    # A pretrained preset's head was never trained, and a head of other
+    # outputs (conventions) means other things: keep this run's seeded head.
+    include_head = not is_pretrained_preset(init) and getattr(source, "conventions", None) == getattr(model, "conventions", None)
     return transfer_from_model(source, model, include_head=include_head, source_name=str(path))
 
 

@@ -67,7 +67,7 @@ class FinetuneHyperModel(keras_tuner.HyperModel):
             set_precision(config.precision)
             # The same seeded draw `finetune` makes for a run without --init.
             keras.utils.set_random_seed(config.seed)
-            model = CMUNet(base_filters=config.base_filters, depth=config.depth)
+            model = CMUNet(base_filters=config.base_filters, depth=config.depth, conventions=config.conventions)
             if self.initial_weights_path.is_file():
                 # A resumed search must start its folds where the first call did.
                 try:
@@ -88,7 +88,8 @@ class FinetuneHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         self.declare_hyperparameters(hp)
         set_precision(self.base_config.precision)
-        model = CMUNet(base_filters=self.base_config.base_filters, depth=self.base_config.depth)
+        model = CMUNet(base_filters=self.base_config.base_filters, depth=self.base_config.depth,
+                       conventions=self.base_config.conventions)
         model.set_weights(self.initial_weights())
         return model
 
