@@ -15,7 +15,8 @@ import numpy as np
 from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import index_unlabeled
 from cm_unet_keras.data.readers import read_angiogram
-from cm_unet_keras.inference.predict import inference_model, to_uint8
+from cm_unet_keras.inference.predict import to_uint8
+from cm_unet_keras.models.segmentation import inference_model
 from cm_unet_keras.selection import strategies
 from cm_unet_keras.selection.scan import WORKING_SIZE, scan_frames
 

@@ -8,7 +8,7 @@ of one run for all of them.
 
 import numpy as np
 
-from cm_unet_keras.inference.video import near_peak
+from cm_unet_keras.data.filling_curve import near_peak
 
 STRATEGIES = ("random", "peak", "typical", "uncertainty")
 # Frames of one cine run closer than this are near duplicates (at 15 fps a
@@ -31,7 +31,7 @@ def peak_candidates(records, filling):
     """Boolean `[N]`: frames not before the contrast arrives or after it
     washes out. Single-frame files are all kept; each cine run keeps the
     frames its filling curve puts near peak opacification
-    (`inference.video.near_peak`, the rule `predict --video` shades)."""
+    (`data.filling_curve.near_peak`, the rule `predict --video` shades)."""
     keep = np.ones(len(records), bool)
     for rows in runs_of(records).values():
         keep[rows] = near_peak(filling[rows])
