@@ -395,8 +395,12 @@ def cmd_select(args):
     for rank, choice in enumerate(chosen, 1):
         print(f"{rank}: {choice['record'].name}  {choice['why']}")
     if len(chosen) < args.count:
-        print(f"warning: only {len(chosen)} of {args.count} frames are --min-gap {args.min_gap} apart among the "
-              "candidates", file=sys.stderr)
+        # Every strategy proposes `count` frames unless the gap rule refuses
+        # all the other candidates (more than the candidates is refused earlier).
+        wider = ", as does --no-peak-filter (frames farther from the peak)" if args.peak_filter else ""
+        print(f"warning: proposed {len(chosen)} of {args.count} frames: every other candidate frame is fewer than "
+              f"--min-gap {args.min_gap} frames from a proposed frame of its cine run (a smaller --min-gap allows "
+              f"more{wider})", file=sys.stderr)
     print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, contact_sheet.png)")
 
 
