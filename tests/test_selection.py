@@ -19,10 +19,9 @@ from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord, index_unlabeled
 from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.inference.predict import load_model
-from cm_unet_keras.models.segmentation import inference_model
 from cm_unet_keras.selection import choose_frames
 from cm_unet_keras.selection.scan import scan_frames
-from cm_unet_keras.selection.strategies import choose_typical, peak_candidates, pick_apart
+from cm_unet_keras.selection.strategies import choose_coverage, choose_typical, peak_candidates, pick_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,23 +93,31 @@ def test_frames_of_one_run_are_kept_apart():
 
 def test_typical_frames_of_real_angiograms_are_written_for_annotation(shared_data, tmp_path):
     files = _cimat_files(shared_data, 12)
+    out = tmp_path / "chosen"
     assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "typical",
-                 "--out", str(tmp_path), *files]) == 0
-    rows = _rows(tmp_path)
+                 "--out", str(out), *files]) == 0
+    rows = _rows(out)
     assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert len({row["source"] for row in rows}) == 3 and all(row["frame"] == "" for row in rows)
     for row in rows:
-        assert row["source"] in files and "most typical frame of cluster" in row["why"] and float(row["score"]) > 0
-        written = cv2.imread(str(tmp_path / row["png"]), cv2.IMREAD_UNCHANGED)
+        assert row["source"] in files and "most typical frame of cluster" in row["why"]
+        written = cv2.imread(str(out / row["png"]), cv2.IMREAD_UNCHANGED)
         assert row["png"] == row["source"].rsplit("/", 1)[1]
         np.testing.assert_array_equal(written, read_angiogram(row["source"]))
-    assert cv2.imread(str(tmp_path / "contact_sheet.png")).shape == (512, 512, 3)
+    assert cv2.imread(str(out / "contact_sheet.png")).shape == (512, 512, 3)
     coverage = choose_frames(_model("cmunet_small_pretrained"), index_unlabeled(files), 4, strategy="typical",
                              coverage=True)
     assert len({choice["record"].name for choice in coverage}) == 4
     distances = [choice["score"] for choice in coverage[1:]]
     assert distances == sorted(distances, reverse=True)  # each farthest point is nearer than the last
-
+    # Any angiogram shown four times (under four names) is the densest point
+    # of the embedding: with one cluster, the typical frame is one of its copies.
+    copies = [tmp_path / f"copy{index}.png" for index in range(3)]
+    for copy in copies:
+        copy.write_bytes(Path(files[10]).read_bytes())
+    (row,) = (choice["record"].image_path for choice in choose_frames(
+        _model("cmunet_small_pretrained"), index_unlabeled(files + [str(copy) for copy in copies]), 1))
+    assert str(row) in [files[10]] + [str(copy) for copy in copies], row
 
 
 def _star(centre, radius, count, rng):
@@ -132,6 +139,22 @@ def _pool(rng, outlier=True):
     small_centre = large_centre + 4 * rng.choice([-1, 1], 16)
     large, small = _star(large_centre, 0.05, 40, rng), _star(small_centre, 0.15, 20, rng)
     return np.concatenate([large, small] + ([-large_centre[None]] if outlier else [])).astype(np.float32)
+
+
+def test_typical_and_coverage_choose_the_known_frames_of_a_constructed_pool():
+    rng = np.random.default_rng(0)
+    singles = lambda count: [AngiogramRecord(f"frame{i}", f"frame{i}.png") for i in range(count)]  # noqa: E731
+    features = _pool(rng)
+    candidates, records = np.arange(len(features)), singles(len(features))
+    outlier, small_centre = len(features) - 1, 41  # the large blob's centre is row 0
+    # one cluster: the large blob's centre; two: both centres, the larger blob's first
+    assert choose_typical(candidates, features, records, 1, seed=0)[0] == [0]
+    without = _pool(np.random.default_rng(0), outlier=False)
+    assert choose_typical(np.arange(len(without)), without, singles(len(without)), 2, seed=0)[0] == [0, small_centre]
+    # k-center greedy covers the three groups: a frame of each blob and the outlier
+    chosen, scores, _ = choose_coverage(candidates, features, records, 3)
+    assert sorted(0 if row < 41 else 1 if row < outlier else 2 for row in chosen) == [0, 1, 2], chosen
+    assert chosen[0] < 41 and scores[1] >= scores[2] > 0  # the embedding's centre is in the large blob
 
 
 def test_typical_falls_back_when_the_gap_blocks_a_whole_cluster():
@@ -193,17 +216,40 @@ def test_every_strategy_chooses_among_20000_frames_in_under_2_gb():
     assert result["peak_rss_mb"] < 2048, result  # was an n x n x channels array: 205 GB here
 
 
-def test_uncertainty_ranks_real_angiograms_by_flip_disagreement(shared_data):
-    model, records = _model("cmunet_small_xca"), index_unlabeled(_cimat_files(shared_data, 8))
-    chosen = choose_frames(model, records, 3, strategy="uncertainty")
-    # choose_frames scans at the machine's precision ("auto": bfloat16 where
-    # the CPU has it); the reference scan runs the same copy, so the chosen
-    # scores are the top three exactly, not within bfloat16's rounding.
-    scan = scan_frames(inference_model(model, "auto"), records, disagreement=True)
-    order = np.argsort(scan.disagreement)[::-1][:3]
-    assert [choice["record"].name for choice in chosen] == [scan.records[i].name for i in order]
-    np.testing.assert_allclose([choice["score"] for choice in chosen], scan.disagreement[order], rtol=1e-5)
-    assert scan.disagreement[order[0]] > 0 and np.ptp(scan.disagreement) > 0
+def _uncertainty_pool(shared_data, folder):
+    """Two CIMAT angiograms, the first also mirrored, a flat grey frame and
+    a noise frame, as PNGs in `folder`."""
+    train = shared_data / "xca_vessels" / "train"
+    first, second = (cv2.imread(str(train / name), cv2.IMREAD_GRAYSCALE) for name in ("1.png", "2.png"))
+    folder.mkdir()
+    cv2.imwrite(str(folder / "first.png"), first)
+    cv2.imwrite(str(folder / "first_mirrored.png"), np.ascontiguousarray(first[:, ::-1]))
+    cv2.imwrite(str(folder / "second.png"), second)
+    cv2.imwrite(str(folder / "flat.png"), np.full((300, 300), 128, np.uint8))
+    noise = np.random.default_rng(0).normal(128, 10, (300, 300))
+    cv2.imwrite(str(folder / "noise.png"), np.clip(noise, 0, 255).astype(np.uint8))
+    return folder
+
+
+def test_uncertainty_ranks_a_constructed_pool_and_records_its_precision(shared_data, tmp_path):
+    pool = _uncertainty_pool(shared_data, tmp_path / "pool")
+    command = ["select", "--model", "cmunet_small_xca", "--count", "5", "--strategy", "uncertainty", str(pool)]
+    assert main([*command, "--out", str(tmp_path / "default")]) == 0
+    rows = _rows(tmp_path / "default")
+    order = [Path(row["png"]).stem for row in rows]
+    scores = {Path(row["png"]).stem: float(row["score"]) for row in rows}
+    # A flat frame gives every flip the same picture: no disagreement; noise
+    # holds no vessel to disagree on; the angiograms' vessel edges do.
+    assert order[3:] == ["noise", "flat"] and scores["flat"] < 1e-4 < scores["noise"], scores
+    assert min(scores["first"], scores["second"]) > 2 * scores["noise"], scores
+    # A mirrored frame's four flips are the frame's own four: the same score.
+    np.testing.assert_allclose(scores["first_mirrored"], scores["first"], rtol=1e-4)
+    recorded = json.loads((tmp_path / "default" / "selection.json").read_text())
+    assert recorded["precision"] == "float32" and recorded["strategy"] == "uncertainty" and recorded["proposed"] == 5
+    assert main([*command, "--out", str(tmp_path / "bf16"), "--precision", "mixed_bfloat16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "selection.json").read_text())["precision"] == "mixed_bfloat16"
+    rounded = {Path(row["png"]).stem: float(row["score"]) for row in _rows(tmp_path / "bf16")}
+    assert rounded != scores and [Path(row["png"]).stem for row in _rows(tmp_path / "bf16")][3:] == ["noise", "flat"]
 
 
 def test_uncertainty_refuses_a_pretrained_only_model(shared_data, tmp_path, capsys):
