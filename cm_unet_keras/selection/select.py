@@ -23,6 +23,7 @@ from cm_unet_keras.models.precision import resolve_precision
 from cm_unet_keras.models.segmentation import inference_model
 from cm_unet_keras.selection import strategies
 from cm_unet_keras.selection.scan import WORKING_SIZE, scan_frames
+from cm_unet_keras.version import __version__
 
 # The strategy of `cm-unet select` when none is given: typical, the only one
 # that met issue 26's target at k = 3 on CIMAT (0.720 against 20 random
@@ -175,8 +176,6 @@ def selection_settings(model, inputs, count, options):
     the model, the inputs, every option (defaults included) and the
     precision the frames were scanned in on this machine ("auto" resolved),
     so that a selection can be repeated and two selections compared."""
-    from cm_unet_keras.version import __version__
-
     recorded = {name: parameter.default for name, parameter in inspect.signature(choose_frames).parameters.items()
                 if parameter.default is not inspect.Parameter.empty and name not in ("skipped", "progress")}
     recorded.update(options)

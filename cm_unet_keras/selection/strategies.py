@@ -16,8 +16,7 @@ STRATEGIES = ("random", "peak", "typical", "uncertainty")
 MIN_FRAME_GAP = 5
 # Neighbours a frame's typicality is measured against (TypiClust's 20).
 TYPICALITY_NEIGHBOURS = 20
-# Distances held at once while finding neighbours (8 bytes each: 64 MB, and
-# as much again for the partial sort).
+# Distances held at once while finding neighbours (8 bytes each: 64 MB).
 NEIGHBOUR_CHUNK = 2 ** 23
 # Points whose distances bound each point's nearest neighbours before the
 # exact search (`nearest_distances`).
@@ -166,9 +165,11 @@ def choose_typical(candidates, features, records, count, seed, min_gap=MIN_FRAME
             scores.append(float(typical[tried[rank]]))
             tried[rank] += 1
             what = f"cluster {rank + 1} of {clusters} ({len(rows)} frames)"
-            reasons.append(f"most typical frame of {what}" if round_ == 0 else
-                           f"next most typical frame of {what}: every frame of cluster{'s' * (len(blocked) > 1)} "
-                           f"{', '.join(map(str, blocked))} is within --min-gap {min_gap} of a chosen frame")
+            why = f"most typical frame of {what}" if round_ == 0 else f"next most typical frame of {what}"
+            if round_ and blocked:
+                why += (f": every frame of cluster{'s' * (len(blocked) > 1)} {', '.join(map(str, blocked))} "
+                        f"is within --min-gap {min_gap} of a chosen frame")
+            reasons.append(why)
             if len(chosen) == count:
                 return chosen, scores, reasons
         if all(tried[rank] == len(rows) for rank, (rows, _) in enumerate(ranked)):
