@@ -398,6 +398,10 @@ def add_select(command):
                         help="also propose cine frames before the contrast arrives or after it washes out")
     select.add_argument("--min-gap", type=int, default=5, help="frames of one cine closer than this are not both proposed")
     select.add_argument("--seed", type=int, default=0, help="seed of the random draw and of k-means")
+    select.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="compute precision of the scan (recorded in selection.json): float32, the default, "
+                        "chooses the same frames on every machine; auto is the machine's fastest (bfloat16 on "
+                        "AVX512_BF16 CPUs), whose rounding can reorder close frames")
     select.add_argument("--skip-invalid", action="store_true", help="leave out unreadable files (listed on stderr)")
     _add_convention(select)
     select.set_defaults(run=cmd_select)
@@ -415,15 +419,20 @@ def cmd_select(args):
         model = convention_model(load_model(args.model), args.convention)
     skipped = [] if args.skip_invalid else None
     chosen = select_files(model, args.inputs, args.count, args.output, skipped=skipped, strategy=args.strategy,
-                          seed=args.seed, peak_filter=args.peak_filter, coverage=args.coverage, min_gap=args.min_gap)
+                          seed=args.seed, peak_filter=args.peak_filter, coverage=args.coverage, min_gap=args.min_gap,
+                          precision=args.precision)
     if args.skip_invalid:
         _report_skipped(skipped)
     for rank, choice in enumerate(chosen, 1):
         print(f"{rank}: {choice['record'].name}  {choice['why']}")
     if len(chosen) < args.count:
-        print(f"warning: only {len(chosen)} of {args.count} frames are --min-gap {args.min_gap} apart among the "
-              "candidates", file=sys.stderr)
-    print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, contact_sheet.png)")
+        # Every strategy proposes `count` frames unless the gap rule refuses
+        # all the other candidates (more than the candidates is refused earlier).
+        wider = ", as does --no-peak-filter (frames farther from the peak)" if args.peak_filter else ""
+        print(f"warning: proposed {len(chosen)} of {args.count} frames: every other candidate frame is fewer than "
+              f"--min-gap {args.min_gap} frames from a proposed frame of its cine run (a smaller --min-gap allows "
+              f"more{wider})", file=sys.stderr)
+    print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, selection.json, contact_sheet.png)")
 
 
 def add_export(command):

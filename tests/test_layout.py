@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cm_unet_keras"
 # The stages that build on the models; models/* import none of them.
-ABOVE_MODELS = ("inference", "training", "evaluation", "export", "tuning", "experiments", "cli", "demo")
+ABOVE_MODELS = ("inference", "selection", "training", "evaluation", "export", "tuning", "experiments", "cli", "demo")
 
 
 def _module_name(path):
@@ -61,6 +61,22 @@ def test_the_network_reaches_no_module_that_imports_it():
     assert not {"cm_unet_keras.models.pretrainer", "cm_unet_keras.models.loading"} & reached
     assert not [name for name in reached if name.startswith(tuple(f"cm_unet_keras.{s}" for s in ABOVE_MODELS))]
     assert "cm_unet_keras.models.segmentation" in reached  # from_preset and segment stand on it
+
+
+def test_selection_stands_on_the_stages_below_it():
+    """Selection reads the cine curve from `data` and the model from
+    `models`, never the output modules of `predict`; nothing below it
+    (data, models, training, inference) imports it."""
+    modules = _modules()
+    below = ("cm_unet_keras.core", "cm_unet_keras.data", "cm_unet_keras.models", "cm_unet_keras.training",
+             "cm_unet_keras.inference")
+    importing = sorted(name for name, path in modules.items() if name.startswith(below)
+                       and any(imported.startswith("cm_unet_keras.selection") for imported in _imports(path, modules)))
+    assert importing == []
+    selection = {name: _imports(path, modules) for name, path in modules.items()
+                 if name.startswith("cm_unet_keras.selection")}
+    assert [name for name, imported in selection.items() if "cm_unet_keras.inference.video" in imported] == []
+    assert "cm_unet_keras.data.filling_curve" in selection["cm_unet_keras.selection.strategies"]
 
 
 def test_no_function_is_longer_than_a_screen():

@@ -2,7 +2,13 @@
 synthetic cine whose contrast rises and falls."""
 
 import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,10 +19,11 @@ from cm_unet_keras.core.errors import InvalidInputError
 from cm_unet_keras.data.layouts import AngiogramRecord, index_unlabeled
 from cm_unet_keras.data.readers import read_angiogram
 from cm_unet_keras.inference.predict import load_model
-from cm_unet_keras.models.segmentation import inference_model
 from cm_unet_keras.selection import choose_frames
 from cm_unet_keras.selection.scan import scan_frames
-from cm_unet_keras.selection.strategies import peak_candidates, pick_apart
+from cm_unet_keras.selection.strategies import choose_coverage, choose_typical, peak_candidates, pick_apart
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(name):
@@ -67,10 +74,14 @@ def test_peak_filter_keeps_arrival_and_washout_out_and_frames_apart(contrast_cin
         assert all("near peak opacification" in choice["why"] for choice in chosen)
     unfiltered = choose_frames(model, records, 4, strategy="random", seed=0, peak_filter=False)
     assert len(unfiltered) == 4 and min(contrast[c["record"].frame] for c in unfiltered) < 0.4
-    # the peak is narrower than 3 frames 5 apart: fewer are proposed, and the user is told
-    assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "peak", "--out",
-                 str(tmp_path), str(path)]) == 0
-    assert len(_rows(tmp_path)) < 3 and "frames are --min-gap 5 apart" in capsys.readouterr().err
+    # the peak is narrower than 3 frames 5 apart: fewer are proposed, and the user is told why, truly
+    for strategy in ("peak", "typical"):
+        out = tmp_path / strategy
+        assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", strategy, "--out",
+                     str(out), str(path)]) == 0
+        proposed = [int(row["frame"]) for row in _rows(out)]
+        assert len(proposed) < 3 and "fewer than --min-gap 5 frames from a proposed frame" in capsys.readouterr().err
+        assert all(min(abs(frame - other) for other in proposed) < 5 for frame in kept), (strategy, proposed)
 
 
 def test_frames_of_one_run_are_kept_apart():
@@ -82,35 +93,163 @@ def test_frames_of_one_run_are_kept_apart():
 
 def test_typical_frames_of_real_angiograms_are_written_for_annotation(shared_data, tmp_path):
     files = _cimat_files(shared_data, 12)
+    out = tmp_path / "chosen"
     assert main(["select", "--model", "cmunet_small_pretrained", "--count", "3", "--strategy", "typical",
-                 "--out", str(tmp_path), *files]) == 0
-    rows = _rows(tmp_path)
+                 "--out", str(out), *files]) == 0
+    rows = _rows(out)
     assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert len({row["source"] for row in rows}) == 3 and all(row["frame"] == "" for row in rows)
     for row in rows:
-        assert row["source"] in files and "most typical frame of cluster" in row["why"] and float(row["score"]) > 0
-        written = cv2.imread(str(tmp_path / row["png"]), cv2.IMREAD_UNCHANGED)
+        assert row["source"] in files and "most typical frame of cluster" in row["why"]
+        written = cv2.imread(str(out / row["png"]), cv2.IMREAD_UNCHANGED)
         assert row["png"] == row["source"].rsplit("/", 1)[1]
         np.testing.assert_array_equal(written, read_angiogram(row["source"]))
-    assert cv2.imread(str(tmp_path / "contact_sheet.png")).shape == (512, 512, 3)
+    assert cv2.imread(str(out / "contact_sheet.png")).shape == (512, 512, 3)
     coverage = choose_frames(_model("cmunet_small_pretrained"), index_unlabeled(files), 4, strategy="typical",
                              coverage=True)
     assert len({choice["record"].name for choice in coverage}) == 4
     distances = [choice["score"] for choice in coverage[1:]]
     assert distances == sorted(distances, reverse=True)  # each farthest point is nearer than the last
+    # Any angiogram shown four times (under four names) is the densest point
+    # of the embedding: with one cluster, the typical frame is one of its copies.
+    copies = [tmp_path / f"copy{index}.png" for index in range(3)]
+    for copy in copies:
+        copy.write_bytes(Path(files[10]).read_bytes())
+    (row,) = (choice["record"].image_path for choice in choose_frames(
+        _model("cmunet_small_pretrained"), index_unlabeled(files + [str(copy) for copy in copies]), 1))
+    assert str(row) in [files[10]] + [str(copy) for copy in copies], row
 
 
-def test_uncertainty_ranks_real_angiograms_by_flip_disagreement(shared_data):
-    model, records = _model("cmunet_small_xca"), index_unlabeled(_cimat_files(shared_data, 8))
-    chosen = choose_frames(model, records, 3, strategy="uncertainty")
-    # choose_frames scans at the machine's precision ("auto": bfloat16 where
-    # the CPU has it); the reference scan runs the same copy, so the chosen
-    # scores are the top three exactly, not within bfloat16's rounding.
-    scan = scan_frames(inference_model(model, "auto"), records, disagreement=True)
-    order = np.argsort(scan.disagreement)[::-1][:3]
-    assert [choice["record"].name for choice in chosen] == [scan.records[i].name for i in order]
-    np.testing.assert_allclose([choice["score"] for choice in chosen], scan.disagreement[order], rtol=1e-5)
-    assert scan.disagreement[order[0]] > 0 and np.ptp(scan.disagreement) > 0
+def _star(centre, radius, count, rng):
+    """`centre` and `count` points at `radius` from it in random directions:
+    the centre is each point's nearest neighbour, so it is the most typical."""
+    directions = rng.normal(size=(count, len(centre)))
+    directions *= radius / np.linalg.norm(directions, axis=1, keepdims=True)
+    return np.concatenate([centre[None], centre + directions])
+
+
+def _pool(rng, outlier=True):
+    """Features of a large dense blob (41 frames, its centre first), a small
+    sparse one (21, centre first; three times as wide) and, if asked, one
+    outlier opposite the large blob; 16 channels. The blobs' centres are 4
+    apart in every channel and their spread is small beside it, so the
+    embedding (each channel standardised, then each frame scaled to unit
+    length) keeps who is near whom."""
+    large_centre = rng.normal(size=16) * 2
+    small_centre = large_centre + 4 * rng.choice([-1, 1], 16)
+    large, small = _star(large_centre, 0.05, 40, rng), _star(small_centre, 0.15, 20, rng)
+    return np.concatenate([large, small] + ([-large_centre[None]] if outlier else [])).astype(np.float32)
+
+
+def test_typical_and_coverage_choose_the_known_frames_of_a_constructed_pool():
+    rng = np.random.default_rng(0)
+    singles = lambda count: [AngiogramRecord(f"frame{i}", f"frame{i}.png") for i in range(count)]  # noqa: E731
+    features = _pool(rng)
+    candidates, records = np.arange(len(features)), singles(len(features))
+    outlier, small_centre = len(features) - 1, 41  # the large blob's centre is row 0
+    # one cluster: the large blob's centre; two: both centres, the larger blob's first
+    assert choose_typical(candidates, features, records, 1, seed=0)[0] == [0]
+    without = _pool(np.random.default_rng(0), outlier=False)
+    assert choose_typical(np.arange(len(without)), without, singles(len(without)), 2, seed=0)[0] == [0, small_centre]
+    # k-center greedy covers the three groups: a frame of each blob and the outlier
+    chosen, scores, _ = choose_coverage(candidates, features, records, 3)
+    assert sorted(0 if row < 41 else 1 if row < outlier else 2 for row in chosen) == [0, 1, 2], chosen
+    assert chosen[0] < 41 and scores[1] >= scores[2] > 0  # the embedding's centre is in the large blob
+
+
+def test_typical_falls_back_when_the_gap_blocks_a_whole_cluster():
+    # One cine run: the large blob's centre on frame 30 and its other 40
+    # frames at 0-18 and 42-62; the small blob on frames 19-40 but 30, all
+    # within --min-gap 12 of frame 30, so the whole small cluster is refused.
+    features = _pool(np.random.default_rng(1), outlier=False)
+    frames = [30] + list(range(0, 19)) + list(range(42, 63)) + list(range(19, 30)) + list(range(31, 41))
+    records = [AngiogramRecord(f"run_f{frame:04d}", "run.dcm", None, frame) for frame in frames]
+    candidates = np.arange(len(features))
+    chosen, scores, reasons = choose_typical(candidates, features, records, 2, seed=0, min_gap=12)
+    assert len(chosen) == 2 and chosen[0] == 0 and 1 <= chosen[1] <= 40, chosen  # the large blob gives two
+    assert abs(frames[chosen[1]] - 30) >= 12
+    assert "next most typical frame of cluster 1 of 2" in reasons[1] and "every frame of cluster 2 " in reasons[1]
+    # With every frame within the gap of any other, one frame is all there is.
+    assert len(choose_typical(candidates, features, records, 5, seed=0, min_gap=100)[0]) == 1
+
+
+# Runs in a child so that its peak resident memory is its own (TensorFlow
+# loaded, as in `select`): 20,000 frames' features (200 cine runs of 100
+# frames), every frame a candidate, each strategy at 1 and 50 frames. 64
+# channels, not the presets' 256, to keep it quick: what grew with the
+# square of the frames was the all-pairs array, whatever the channels.
+MEMORY_CHILD = textwrap.dedent("""
+    import json, resource
+    import numpy as np
+    from cm_unet_keras.data.layouts import AngiogramRecord
+    from cm_unet_keras.selection import strategies
+
+    runs, frames, channels = 200, 100, 64
+    rng = np.random.default_rng(0)
+    records = [AngiogramRecord(f"run{r}_f{f:04d}", f"run{r}.dcm", None, f) for r in range(runs) for f in range(frames)]
+    centres = 3 * rng.normal(size=(50, channels))
+    features = (centres[rng.integers(0, 50, runs * frames)] + 0.3 * rng.normal(size=(runs * frames, channels)))
+    features = features.astype(np.float32)
+    filling = np.tile(np.exp(-((np.arange(frames) - 50) / 20.0) ** 2), runs)
+    near = strategies.peak_candidates(records, filling)
+    candidates = np.arange(len(records))
+    counts = {"near_peak": int(near.sum())}
+    for count in (1, 50):
+        counts[f"typical {count}"] = len(strategies.choose_typical(candidates, features, records, count, 0)[0])
+        counts[f"coverage {count}"] = len(strategies.choose_coverage(candidates, features, records, count)[0])
+        counts[f"peak {count}"] = len(strategies.choose_ranked(candidates, filling, records, count, "filling")[0])
+        counts[f"random {count}"] = len(strategies.choose_random(candidates, records, count, 0)[0])
+    counts["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(counts))
+""")
+
+
+def test_every_strategy_chooses_among_20000_frames_in_under_2_gb():
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True, env=environment,
+                           timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert 0 < result["near_peak"] < 20000
+    assert {key: value for key, value in result.items() if key[-2:] in (" 1", "50")} == {
+        f"{strategy} {count}": count for count in (1, 50) for strategy in ("typical", "coverage", "peak", "random")}
+    assert result["peak_rss_mb"] < 2048, result  # was an n x n x channels array: 205 GB here
+
+
+def _uncertainty_pool(shared_data, folder):
+    """Two CIMAT angiograms, the first also mirrored, a flat grey frame and
+    a noise frame, as PNGs in `folder`."""
+    train = shared_data / "xca_vessels" / "train"
+    first, second = (cv2.imread(str(train / name), cv2.IMREAD_GRAYSCALE) for name in ("1.png", "2.png"))
+    folder.mkdir()
+    cv2.imwrite(str(folder / "first.png"), first)
+    cv2.imwrite(str(folder / "first_mirrored.png"), np.ascontiguousarray(first[:, ::-1]))
+    cv2.imwrite(str(folder / "second.png"), second)
+    cv2.imwrite(str(folder / "flat.png"), np.full((300, 300), 128, np.uint8))
+    noise = np.random.default_rng(0).normal(128, 10, (300, 300))
+    cv2.imwrite(str(folder / "noise.png"), np.clip(noise, 0, 255).astype(np.uint8))
+    return folder
+
+
+def test_uncertainty_ranks_a_constructed_pool_and_records_its_precision(shared_data, tmp_path):
+    pool = _uncertainty_pool(shared_data, tmp_path / "pool")
+    command = ["select", "--model", "cmunet_small_xca", "--count", "5", "--strategy", "uncertainty", str(pool)]
+    assert main([*command, "--out", str(tmp_path / "default")]) == 0
+    rows = _rows(tmp_path / "default")
+    order = [Path(row["png"]).stem for row in rows]
+    scores = {Path(row["png"]).stem: float(row["score"]) for row in rows}
+    # A flat frame gives every flip the same picture: no disagreement; noise
+    # holds no vessel to disagree on; the angiograms' vessel edges do.
+    assert order[3:] == ["noise", "flat"] and scores["flat"] < 1e-4 < scores["noise"], scores
+    assert min(scores["first"], scores["second"]) > 2 * scores["noise"], scores
+    # A mirrored frame's four flips are the frame's own four: the same score.
+    np.testing.assert_allclose(scores["first_mirrored"], scores["first"], rtol=1e-4)
+    recorded = json.loads((tmp_path / "default" / "selection.json").read_text())
+    assert recorded["precision"] == "float32" and recorded["strategy"] == "uncertainty" and recorded["proposed"] == 5
+    assert main([*command, "--out", str(tmp_path / "bf16"), "--precision", "mixed_bfloat16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "selection.json").read_text())["precision"] == "mixed_bfloat16"
+    rounded = {Path(row["png"]).stem: float(row["score"]) for row in _rows(tmp_path / "bf16")}
+    assert rounded != scores and [Path(row["png"]).stem for row in _rows(tmp_path / "bf16")][3:] == ["noise", "flat"]
 
 
 def test_uncertainty_refuses_a_pretrained_only_model(shared_data, tmp_path, capsys):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from cm_unet_keras.cli import main
-from cm_unet_keras.inference.video import best_frame, near_peak, smoothed
+from cm_unet_keras.data.filling_curve import best_frame, near_peak, smoothed
 
 
 def _decoded(path):

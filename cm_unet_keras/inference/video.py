@@ -14,7 +14,9 @@ PNGs:
   frames near peak opacification, the files).
 
 The best frame is the peak of the curve smoothed over 3 frames: the frame
-of fullest opacification, the one to read (or to annotate).
+of fullest opacification, the one to read (or to annotate). The curve's
+rules (`best_frame`, `near_peak`) live in `data.filling_curve`, which
+`cm-unet select` reads too.
 """
 
 import json
@@ -24,42 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cm_unet_keras.data.filling_curve import best_frame, near_peak
 from cm_unet_keras.data.normalize import field_of_view_host
 
 VIDEO_FPS = 15
 VIDEO_CODECS = ("avc1", "mp4v")
-# Frames whose smoothed filling is at least this fraction of the way from
-# the run's lowest value to its highest are near peak opacification (after
-# the contrast arrives, before it washes out).
-PEAK_LEVEL = 0.6
-# A curve moving less than this fraction of its highest value has no
-# arrival or washout: every frame counts as near the peak.
-FLAT_CURVE = 0.05
 CURVE_SIZE = (720, 360)  # width, height of the curve plot
-
-
-def smoothed(curve):
-    """A 3-frame moving average (the ends average what they have)."""
-    curve = np.asarray(curve, np.float64)
-    if len(curve) < 3:
-        return curve
-    padded = np.concatenate([[curve[0]], curve, [curve[-1]]])
-    return (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
-
-
-def near_peak(curve, level=PEAK_LEVEL):
-    """Boolean per frame of a run's filling curve: not before the contrast
-    arrives nor after it washes out (see `PEAK_LEVEL`, `FLAT_CURVE`)."""
-    curve = smoothed(curve)
-    low, high = curve.min(), curve.max()
-    if high - low <= FLAT_CURVE * max(abs(high), 1e-12):
-        return np.ones(len(curve), bool)
-    return curve >= low + level * (high - low)
-
-
-def best_frame(curve):
-    """The index of the smoothed curve's peak."""
-    return int(np.argmax(smoothed(curve)))
 
 
 def vessel_fraction(angiogram, vessel_mask):
