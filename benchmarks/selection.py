@@ -104,7 +104,9 @@ def choices(spec, train, log):
             for label, model, options in strategy_runs]
     runs += [(f"random{seed}", PRETRAINED, {"strategy": "random", "seed": seed}) for seed in range(RANDOM_DRAWS)]
     for label, model, options in runs:
-        chosen = choose_frames(models[model], train, spec["count"], **options)
+        # The stored choices were scanned in "auto" precision (mixed_bfloat16 on the machines that ran
+        # them), select's default before it became float32 (issue 32): kept, so they reproduce.
+        chosen = choose_frames(models[model], train, spec["count"], precision="auto", **options)
         names = sorted(choice["record"].name for choice in chosen)
         made.append((label, model, names, [choice["why"] for choice in chosen]))
         log(f"{label}: {names}")

@@ -33,6 +33,7 @@ def main():
     parser.add_argument("--model", default="cmunet_small_pretrained")
     parser.add_argument("--strategies", nargs="+", default=["typical"])
     parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--precision", default="float32", help="scan precision (select's default: float32)")
     parser.add_argument("--note", default="", help="what else the machine was doing")
     args = parser.parse_args()
     with warnings.catch_warnings():
@@ -43,13 +44,13 @@ def main():
         with tempfile.TemporaryDirectory() as output:
             done = []
             started = time.perf_counter()
-            chosen = select_files(model, [args.data], args.count, output, strategy=strategy,
+            chosen = select_files(model, [args.data], args.count, output, strategy=strategy, precision=args.precision,
                                   progress=lambda frames: done.append(frames))
             seconds = time.perf_counter() - started
         row = {"strategy": strategy, "model": args.model, "frames": done[-1] if done else None,
                "count": len(chosen), "seconds": round(seconds, 1),
                "frames_per_second": round(done[-1] / seconds, 1) if done else None,
-               "cpus": os.cpu_count(), "machine": platform.machine(), "precision": resolve_precision("auto"),
+               "cpus": os.cpu_count(), "machine": platform.machine(), "precision": resolve_precision(args.precision),
                "load_average_at_end": os.getloadavg()[0], "note": args.note}
         print(json.dumps(row), flush=True)
         rows.append(row)
