@@ -159,7 +159,12 @@ def _records_from_layout(args):
         raise SystemExit("error: give one of --pairs, --images/--masks or --nnunet")
     skipped = [] if args.skip_invalid else None
     if args.pairs:
-        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped)
+        unlabelled = []  # frames `cm-unet annotate` has not saved a mask for yet
+        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped, unlabelled=unlabelled)
+        if unlabelled:
+            names = ", ".join(Path(path).name for path in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+            print(f"note: left out {len(unlabelled)} angiogram(s) of {args.pairs} without a {args.mask_suffix} mask "
+                  f"(not annotated yet): {names}", file=sys.stderr)
     elif args.images and args.masks:
         records = index_images_masks(args.images, args.masks, skipped=skipped)
     elif args.nnunet:
