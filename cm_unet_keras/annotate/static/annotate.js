@@ -171,21 +171,16 @@ function paste(edit, pixels) {
   drawMask(edit.left, edit.top, edit.right, edit.bottom);
 }
 
-function undo() {
-  if (state.stroke || !state.undo.length) return;
-  const edit = state.undo.pop();
-  paste(edit, edit.before);
-  state.redo.push(edit);
+// Undo pastes an edit's pixels from before it and moves it to the redo stack; redo the reverse.
+function replay(from, to, side) {
+  if (state.stroke || !from.length) return;
+  const edit = from.pop();
+  paste(edit, edit[side]);
+  to.push(edit);
   changed();
 }
-
-function redo() {
-  if (state.stroke || !state.redo.length) return;
-  const edit = state.redo.pop();
-  paste(edit, edit.after);
-  state.undo.push(edit);
-  changed();
-}
+const undo = () => replay(state.undo, state.redo, "before");
+const redo = () => replay(state.redo, state.undo, "after");
 
 function changed() {
   state.version++;
