@@ -167,6 +167,21 @@ def test_unknown_frames_and_paths_outside_the_folder_are_refused(server, folder)
     assert not list(folder.glob("*_gt.png"))[1:]  # 3_gt.png only
 
 
+def test_a_model_that_cannot_be_loaded_leaves_frames_empty_and_says_why(folder, tmp_path):
+    missing = tmp_path / "no_such_model.keras"
+    told = []
+    server = start(folder, str(missing), port=0, log=told.append)
+    try:
+        status, headers, body = request(server, "GET", "/api/frames/1/mask")  # waits for the model's fate
+        assert status == 200 and headers["X-Mask-Source"] == "empty" and not decoded(body).any()
+        state = json.loads(request(server, "GET", "/api/status")[2])
+        assert state["state"] == "failed" and str(missing) in state["problem"]
+        assert any(line.startswith("warning: model") and "open empty" in line for line in told)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_foreign_host_header_is_refused(server):
     status, _, body = request(server, "GET", "/api/frames", headers={"Host": "attacker.example:80"})
     assert status == 403 and "Host" in json.loads(body)["error"]
