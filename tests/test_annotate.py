@@ -49,7 +49,7 @@ def server(folder):
 def request(server, method, path, body=None, headers=None):
     """(status, headers, body) of one request on a fresh connection."""
     host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection = http.client.HTTPConnection(host, port, timeout=300)  # a mask may wait for TensorFlow to load
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()

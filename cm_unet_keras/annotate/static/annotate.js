@@ -16,6 +16,7 @@ const view = {
 const state = {
   frames: [], index: -1, name: null, width: 0, height: 0,
   mask: null, pixels: null,          // Uint8Array 0/1; the overlay's ImageData
+  items: [],                         // the list's <li>, one per frame
   tool: "brush", size: 6, opacity: 0.5, overlayOn: true,
   scale: 1, tx: 0, ty: 0,
   undo: [], redo: [], version: 0, savedVersion: 0, stroke: null, pan: null, spaceDown: false,
@@ -65,7 +66,7 @@ async function openFrame(index) {
 }
 
 function show(index, picture, maskPicture, source) {
-  const width = picture.naturalWidth, height = picture.naturalHeight;
+  const width = picture.naturalWidth, height = picture.naturalHeight, previous = state.index;
   Object.assign(state, { index, name: state.frames[index].name, width, height, source,
     undo: [], redo: [], version: 0, savedVersion: 0, stroke: null, seconds: 0 });
   for (const canvas of [view.image, view.layer]) { canvas.width = width; canvas.height = height; }
@@ -78,7 +79,8 @@ function show(index, picture, maskPicture, source) {
   drawMask(0, 0, width - 1, height - 1);
   history.replaceState(null, "", `#${encodeURIComponent(state.name)}`);
   fit();
-  renderFrames();
+  renderFrames(previous);
+  state.items[index].scrollIntoView({ block: "nearest" });
   renderStatus();
 }
 
@@ -218,6 +220,7 @@ async function save() {
     if (!response.ok) throw new Error(await failure(response));
     const row = await response.json();
     state.frames[index].saved = true;
+    markFrame(index);
     if (state.name === name) {
       state.savedVersion = version;
       state.seconds = 0;
@@ -403,27 +406,41 @@ function renderStatus(saving) {
   $("redo").disabled = !state.redo.length;
 }
 
-function renderFrames() {
-  const list = $("frames");
-  list.replaceChildren(...state.frames.map((frame, index) => {
+// The list is built once; a change marks only the items it concerns (a folder may hold thousands).
+function buildFrames() {
+  state.items = state.frames.map((frame, index) => {
     const item = document.createElement("li");
     item.dataset.name = frame.name;
-    item.className = [frame.saved ? "saved" : "", index === state.index ? "current" : "",
-      index === state.index && isDirty() ? "dirty" : ""].join(" ").trim();
-    item.title = frame.saved ? `${frame.name}: saved` : `${frame.name}: not saved yet`;
     const mark = document.createElement("span");
     mark.className = "mark";
-    mark.textContent = frame.saved ? "✓" : "○";
     const label = document.createElement("span");
     label.textContent = frame.name;
     item.append(mark, label);
     item.addEventListener("click", () => openFrame(index));
     return item;
-  }));
+  });
+  const fragment = document.createDocumentFragment();   // no spread: tens of thousands of items
+  for (const item of state.items) fragment.appendChild(item);
+  $("frames").replaceChildren(fragment);
+  state.items.forEach((_, index) => markFrame(index));
+}
+
+function markFrame(index) {
+  const item = state.items[index], frame = state.frames[index];
+  if (!item) return;
+  const current = index === state.index;
+  item.className = [frame.saved ? "saved" : "", current ? "current" : "", current && isDirty() ? "dirty" : ""]
+    .join(" ").trim();
+  item.title = frame.saved ? `${frame.name}: saved` : `${frame.name}: not saved yet`;
+  item.firstChild.textContent = frame.saved ? "✓" : "○";
+}
+
+function renderFrames(previous) {
+  if (previous !== undefined && previous !== state.index) markFrame(previous);
+  markFrame(state.index);
   const saved = state.frames.filter((frame) => frame.saved).length;
   $("progress").textContent = `${saved} of ${state.frames.length} saved`;
   $("progress-bar").style.width = `${state.frames.length ? (100 * saved) / state.frames.length : 0}%`;
-  list.querySelector(".current")?.scrollIntoView({ block: "nearest" });
 }
 
 function tick() {
@@ -500,6 +517,7 @@ async function main() {
   const response = await fetch("/api/frames", { cache: "no-store" });
   if (!response.ok) { toast(`Cannot list the frames: ${await failure(response)}`, true); return; }
   state.frames = await response.json();
+  buildFrames();
   renderFrames();
   const wanted = decodeURIComponent(location.hash.slice(1));
   const named = state.frames.findIndex((frame) => frame.name === wanted);
