@@ -17,7 +17,7 @@ const state = {
   frames: [], index: -1, name: null, width: 0, height: 0,
   mask: null, pixels: null,          // Uint8Array 0/1; the overlay's ImageData
   items: [],                         // the list's <li>, one per frame
-  tool: "brush", size: 6, opacity: 0.5, overlayOn: true,
+  tool: "brush", size: 6, opacity: 0.5, overlayOn: true, contrast: 1, brightness: 1,
   scale: 1, tx: 0, ty: 0,
   undo: [], redo: [], version: 0, savedVersion: 0, stroke: null, pan: null, spaceDown: false,
   seconds: 0, lastInput: Date.now(), saving: false, opening: 0, source: "",
@@ -309,6 +309,17 @@ function setOpacity(opacity) {
   $("opacity-value").textContent = `${Math.round(state.opacity * 100)}%`;
 }
 
+// Display only: faint distal vessels show better with more contrast; the angiogram is not changed.
+function setLook(contrast, brightness) {
+  state.contrast = Math.min(3, Math.max(0.5, Math.round(contrast * 10) / 10));
+  state.brightness = Math.min(2, Math.max(0.5, Math.round(brightness * 10) / 10));
+  view.image.style.filter = `contrast(${state.contrast}) brightness(${state.brightness})`;
+  $("contrast").value = Math.round(state.contrast * 100);
+  $("contrast-value").textContent = `${Math.round(state.contrast * 100)}%`;
+  $("brightness").value = Math.round(state.brightness * 100);
+  $("brightness-value").textContent = `${Math.round(state.brightness * 100)}%`;
+}
+
 function setOverlay(on) {
   state.overlayOn = on;
   view.layer.style.visibility = on ? "visible" : "hidden";
@@ -329,6 +340,9 @@ const SHORTCUTS = {
   "[": () => setSize(state.size - Math.max(1, Math.round(state.size * 0.15))),
   "]": () => setSize(state.size + Math.max(1, Math.round(state.size * 0.15))),
   v: () => setOverlay(!state.overlayOn),
+  q: () => setLook(state.contrast - 0.1, state.brightness), w: () => setLook(state.contrast + 0.1, state.brightness),
+  a: () => setLook(state.contrast, state.brightness - 0.1), d: () => setLook(state.contrast, state.brightness + 0.1),
+  r: () => setLook(1, 1),
   ",": () => setOpacity(state.opacity - 0.1), ".": () => setOpacity(state.opacity + 0.1),
   "+": () => zoomBy(1.25), "=": () => zoomBy(1.25), "-": () => zoomBy(0.8),
   0: fit, 1: () => setZoom(1),
@@ -400,8 +414,9 @@ function renderStatus(saving) {
   source.textContent = SOURCES[state.source] || "";
   source.className = `pill source-${state.source}`;
   const stateLabel = $("save-state");
-  stateLabel.textContent = saving || (isDirty() ? "unsaved edits" : state.frames[state.index]?.saved ? "saved" : "not saved yet");
-  stateLabel.className = `pill ${saving ? "saving" : isDirty() ? "dirty" : "clean"}`;
+  const saved = state.frames[state.index]?.saved;
+  stateLabel.textContent = saving || (isDirty() ? "unsaved edits" : saved ? "saved" : "not saved yet");
+  stateLabel.className = `pill ${saving ? "saving" : isDirty() ? "dirty" : saved ? "clean" : ""}`;
   $("undo").disabled = !state.undo.length;
   $("redo").disabled = !state.redo.length;
 }
@@ -501,6 +516,8 @@ function bind() {
   $("size-value").addEventListener("change", (event) => { setSize(Number(event.target.value)); event.target.blur(); });
   $("opacity").addEventListener("input", (event) => setOpacity(Number(event.target.value) / 100));
   $("overlay-on").addEventListener("change", (event) => setOverlay(event.target.checked));
+  $("contrast").addEventListener("input", (event) => setLook(Number(event.target.value) / 100, state.brightness));
+  $("brightness").addEventListener("input", (event) => setLook(state.contrast, Number(event.target.value) / 100));
   for (const input of document.querySelectorAll("input[type=range], input[type=checkbox]")) {
     input.addEventListener("change", () => input.blur());   // the keys go back to the shortcuts
   }
@@ -511,7 +528,7 @@ function bind() {
 
 async function main() {
   bind();
-  setTool("brush"); setSize(state.size); setOpacity(state.opacity); setOverlay(true);
+  setTool("brush"); setSize(state.size); setOpacity(state.opacity); setOverlay(true); setLook(1, 1);
   setInterval(tick, 1000);
   watchModel().catch(() => {});
   const response = await fetch("/api/frames", { cache: "no-store" });
