@@ -274,6 +274,37 @@ def test_a_folder_with_no_saved_mask_is_refused_by_finetune(tmp_path, shared_dat
     assert code == 2 and "holds 1 angiograms but none has a '_gt' mask yet" in capsys.readouterr().err
 
 
+def test_the_command_prints_its_local_address_serves_and_stops_on_ctrl_c(folder):
+    process = subprocess.Popen([sys.executable, "-m", "cm_unet_keras.cli", "annotate", str(folder), "--model", "none",
+                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[1])
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"annotating 3 frames of {folder} (1 saved): open http://127.0.0.1:"), line
+        address = line.split("open ")[1].split()[0]
+        host, port = address.removeprefix("http://").rstrip("/").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        connection.request("GET", "/api/frames")
+        assert [frame["name"] for frame in json.loads(connection.getresponse().read())] == ["1", "2", "3"]
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.startswith("stopped;")
+
+
+def test_a_port_in_use_is_told_with_what_to_do(folder):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot serve on 127.0.0.1:{port}: .*pass another --port"):
+            main(["annotate", str(folder), "--model", "none", "--port", str(port)])
+
+
 def test_annotate_refuses_a_folder_without_angiograms(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("no frames here")
     assert main(["annotate", str(tmp_path), "--port", "0"]) == 2
