@@ -159,12 +159,16 @@ def _records_from_layout(args):
         raise SystemExit("error: give one of --pairs, --images/--masks or --nnunet")
     skipped = [] if args.skip_invalid else None
     if args.pairs:
-        unlabelled = []  # frames `cm-unet annotate` has not saved a mask for yet
+        from cm_unet_keras.annotate.store import STATE_FOLDER
+
+        # In a folder `cm-unet annotate` serves, an angiogram without a mask is
+        # a frame not annotated yet; anywhere else a missing mask is an error.
+        unlabelled = [] if (Path(args.pairs) / STATE_FOLDER).is_dir() else None
         records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped, unlabelled=unlabelled)
         if unlabelled:
             names = ", ".join(Path(path).name for path in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
-            print(f"note: left out {len(unlabelled)} angiogram(s) of {args.pairs} without a {args.mask_suffix} mask "
-                  f"(not annotated yet): {names}", file=sys.stderr)
+            print(f"note: left out {len(unlabelled)} angiogram(s) of {args.pairs} not annotated yet (no "
+                  f"{args.mask_suffix} mask): {names}", file=sys.stderr)
     elif args.images and args.masks:
         records = index_images_masks(args.images, args.masks, skipped=skipped)
     elif args.nnunet:

@@ -3,8 +3,10 @@
 A folder holds angiograms `N.png` (any image type `read_angiogram` reads,
 or a single-frame DICOM file) and, once a person has saved one, its mask
 `N_gt.png` beside it: 0/255, the angiogram's size. That is the pairs layout
-`cm-unet finetune --pairs` reads (`data.layouts.index_pairs`). The tool's own
-files live in `FOLDER/.annotate/` (hidden: no indexer reads them):
+`cm-unet finetune --pairs` reads (`data.layouts.index_pairs`); in a folder
+holding `.annotate/` it leaves out the frames not saved yet, where a missing
+mask elsewhere is an error. The tool's own files live in `FOLDER/.annotate/`
+(hidden: no indexer reads them):
 
 - `history/N/<time>.png`: every earlier version of `N_gt.png`, kept when a
   save replaces it, so that a slip never loses a correction;
@@ -100,6 +102,11 @@ class AnnotationFolder:
         if not self.frames:
             raise InvalidInputError(self.folder, "holds no angiograms to annotate (N.png, or any image "
                                     f"{' '.join(sorted(IMAGE_SUFFIXES))} or single-frame DICOM file)")
+        try:  # also the mark `cm-unet finetune --pairs` knows an annotation folder by
+            self.state.mkdir(exist_ok=True)
+        except OSError as error:
+            raise InvalidInputError(self.folder, f"cannot be written ({error.strerror}): the masks are saved "
+                                    "beside the frames") from None
         self._locks = {name: threading.Lock() for name in self.frames}
         self._log_lock = threading.Lock()
         self._sizes = {}
