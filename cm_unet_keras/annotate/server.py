@@ -24,6 +24,7 @@ import http.server
 import ipaddress
 import json
 import math
+import socket
 import sys
 import threading
 import traceback
@@ -53,6 +54,8 @@ class AnnotationServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, folder, prefill, host="127.0.0.1", port=0):
         self.folder, self.prefill = folder, prefill
+        if ":" in host:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), AnnotationHandler)
         self.loopback = ipaddress.ip_address(self.server_address[0]).is_loopback
 
