@@ -48,7 +48,9 @@ setup(
     packages=find_packages(include=["cm_unet_keras", "cm_unet_keras.*"]),
     # The public angiograms `cm-unet demo` segments (sources and licences in
     # cm_unet_keras/demo_data/README.md).
-    package_data={"cm_unet_keras": ["demo_data/*.md", "demo_data/cimat/*.png", "demo_data/arcade/*/*.png"]},
+    # The annotation page (`cm-unet annotate`): its HTML, JavaScript and stylesheet, served as they are.
+    package_data={"cm_unet_keras": ["demo_data/*.md", "demo_data/cimat/*.png", "demo_data/arcade/*/*.png",
+                                    "annotate/static/*.html", "annotate/static/*.js", "annotate/static/*.css"]},
     # Upper bounds: below the next major release we have not tested (the
     # suite runs on keras 3.15, tensorflow 2.21, numpy 2.4, opencv 5.0, pydicom 3.0,
     # pylibjpeg 2.1 with libjpeg 2.5, openjpeg 2.6 and rle 2.2, python-gdcm 3.2).
@@ -90,7 +92,10 @@ setup(
         "cuda": ["tensorflow[and-cuda]>=2.16,<3"],
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"],
         # pytest-xdist: `make test` runs the suite in two processes (see the Makefile).
-        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4"],
+        # playwright drives the system's Chromium in the annotation page's test
+        # (`make test` installs Chromium; Playwright's own browser download is never used).
+        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4",
+                "playwright>=1.40,<2"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
     cmdclass={"build_py": BuildWithPresets},

@@ -160,7 +160,16 @@ def _records_from_layout(args):
         raise SystemExit("error: give one of --pairs, --images/--masks or --nnunet")
     skipped = [] if args.skip_invalid else None
     if args.pairs:
-        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped)
+        from cm_unet_keras.annotate.store import STATE_FOLDER
+
+        # In a folder `cm-unet annotate` serves, an angiogram without a mask is
+        # a frame not annotated yet; anywhere else a missing mask is an error.
+        unlabelled = [] if (Path(args.pairs) / STATE_FOLDER).is_dir() else None
+        records = index_pairs(args.pairs, mask_suffix=args.mask_suffix, skipped=skipped, unlabelled=unlabelled)
+        if unlabelled:
+            names = ", ".join(Path(path).name for path in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+            print(f"note: left out {len(unlabelled)} angiogram(s) of {args.pairs} not annotated yet (no "
+                  f"{args.mask_suffix} mask): {names}", file=sys.stderr)
     elif args.images and args.masks:
         records = index_images_masks(args.images, args.masks, skipped=skipped)
     elif args.nnunet:
@@ -435,6 +444,51 @@ def cmd_select(args):
     print(f"proposed {len(chosen)} frames in {args.output} (selection.csv, selection.json, contact_sheet.png)")
 
 
+def add_annotate(command):
+    annotate = command("annotate", "correct vessel masks in the browser, pre-filled by a model; saves N_gt.png "
+                       "beside N.png for finetune --pairs")
+    annotate.add_argument("folder", help="folder of angiograms N.png (the output of `cm-unet select`, or any "
+                          "folder of image files)")
+    annotate.add_argument("--model", default="cmunet_small_general",
+                          help="preset, .keras file or run folder whose mask (as `predict` writes it) frames without "
+                          "N_gt.png open with; none: they open empty")
+    annotate.add_argument("--host", default="127.0.0.1",
+                          help="interface to serve on; any other than 127.0.0.1 opens the page, without a login, to "
+                          "the network")
+    annotate.add_argument("--port", type=int, default=8765, help="port of the page (0: any free one)")
+    annotate.set_defaults(run=cmd_annotate)
+
+
+def cmd_annotate(args):
+    import threading
+
+    from cm_unet_keras.annotate.server import start
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        server = start(args.folder, args.model, args.host, args.port, log=log)
+    except OSError as error:
+        raise SystemExit(f"error: cannot serve on {args.host}:{args.port}: {error.strerror or error}; "
+                         "pass another --port (0: any free one)") from None
+    folder = server.folder
+    for path, why in folder.left_out:
+        log(f"not annotated: {path}: {why}")
+    if not server.loopback:
+        log(f"warning: serving on {args.host}: anyone who can reach it can read and overwrite the masks")
+    saved = sum(frame.mask_path.is_file() for frame in folder.frames.values())
+    print(f"annotating {len(folder.frames)} frames of {folder.folder} ({saved} saved): open {server.url}"
+          "  (Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("stopped; the saved masks are N_gt.png in the folder, the log annotations.csv")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def add_export(command):
     export = command("export", "export a model for TF Serving (SavedModel) or ONNX")
     export.add_argument("--model", required=True, help=".keras file or preset name")
@@ -636,8 +690,8 @@ def cmd_demo(args):
 
 
 # --- the parser ---------------------------------------------------------------------
-COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_select, add_export, add_pretrain, add_tune,
-            add_study, add_presets, add_demo)
+COMMANDS = (add_synth, add_split, add_finetune, add_evaluate, add_predict, add_select, add_annotate, add_export,
+            add_pretrain, add_tune, add_study, add_presets, add_demo)
 
 
 def build_parser():

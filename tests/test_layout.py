@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cm_unet_keras"
 # The stages that build on the models; models/* import none of them.
-ABOVE_MODELS = ("inference", "selection", "training", "evaluation", "export", "tuning", "experiments", "cli", "demo")
+ABOVE_MODELS = ("inference", "selection", "training", "evaluation", "export", "tuning", "experiments", "annotate", "cli", "demo")
 
 
 def _module_name(path):

@@ -414,3 +414,21 @@ def test_nnunet_case_without_its_label_names_the_expected_file(nnunet_dataset):
     (nnunet_dataset / "dataset.json").unlink()
     with pytest.raises(InvalidInputError, match="no dataset.json"):
         index_nnunet(nnunet_dataset)
+
+
+def test_index_pairs_can_leave_out_angiograms_not_annotated_yet(tmp_path):
+    # The folder `cm-unet annotate` fills mask by mask, after `cm-unet select`.
+    for stem in ("1", "2", "10"):
+        write_png(tmp_path / f"{stem}.png")
+    write_mask(tmp_path / "10_gt.png")
+    write_png(tmp_path / "contact_sheet.png")
+    (tmp_path / "selection.csv").write_text("rank,source,frame,png,score,why\n")
+    unlabelled = []
+    (record,) = index_pairs(tmp_path, unlabelled=unlabelled)
+    assert record.name == "10" and record.mask_path == str(tmp_path / "10_gt.png")
+    assert unlabelled == [str(tmp_path / "1.png"), str(tmp_path / "2.png")]
+    (tmp_path / "10_gt.png").unlink()
+    with pytest.raises(InvalidInputError, match="holds 3 angiograms but none has a '_gt' mask yet"):
+        index_pairs(tmp_path, unlabelled=[])
+    with pytest.raises(InvalidInputError, match="1.png: has no vessel mask"):  # the default is unchanged
+        index_pairs(tmp_path)

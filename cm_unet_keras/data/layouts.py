@@ -77,12 +77,13 @@ def natural_sort_key(text):
     ), str(text)
 
 
-def index_pairs(directory, mask_suffix="_gt", skipped=None):
+def index_pairs(directory, mask_suffix="_gt", skipped=None, unlabelled=None):
     """Index a folder of `N.ext` angiograms with `N<mask_suffix>.ext` masks.
 
     A file whose stem ends with `mask_suffix` is a mask; any other image or
     DICOM file is an angiogram. The mask's extension may differ from the
-    image's. Other files (notes, JSON) and hidden files are ignored.
+    image's. Other files (notes, JSON), hidden files and the contact sheet
+    of a `cm-unet select` folder are ignored.
 
     Args:
         directory: the folder.
@@ -90,6 +91,10 @@ def index_pairs(directory, mask_suffix="_gt", skipped=None):
         skipped: None to raise on an unmatched image or mask; or a list to
             which `(path, problem)` of each unmatched file is appended, the
             file being left out (`--skip-invalid`).
+        unlabelled: None to treat an angiogram without a mask as above; or a
+            list to which its path is appended, the angiogram being left
+            out: a frame not annotated yet (`cm-unet annotate` writes the
+            masks one by one into the folder it serves).
 
     Returns:
         `AngiogramRecord`s named by image stem, in natural order (1, 2, 10).
@@ -106,8 +111,15 @@ def index_pairs(directory, mask_suffix="_gt", skipped=None):
         is_mask = path.stem.endswith(mask_suffix)
         if is_mask and path.suffix.lower() in IMAGE_SUFFIXES:
             _add_by_stem(masks, path.stem[: -len(mask_suffix)], path)
-        elif not is_mask and is_angiogram_file(path):
+        elif not is_mask and is_angiogram_file(path) and not is_selection_sheet(path):
             _add_by_stem(images, path.stem, path)
+    if unlabelled is not None:
+        without = [str(images.pop(stem)) for stem in [stem for stem in images if stem not in masks]]
+        unlabelled.extend(without)
+        if without and not masks:
+            raise InvalidInputError(
+                directory, f"holds {len(without)} angiograms but none has a '{mask_suffix}' mask yet"
+            )
     if not images and not masks:
         raise InvalidInputError(
             directory, f"holds no angiograms with '{mask_suffix}' masks"
@@ -127,6 +139,14 @@ def index_pairs(directory, mask_suffix="_gt", skipped=None):
         expected_image=lambda stem: directory / f"{stem}.<ext>",
     )
     return _labelled_records(images, masks)
+
+
+def is_selection_sheet(path):
+    """Whether `path` is the contact sheet `cm-unet select` writes beside the
+    frames it chose (`contact_sheet.png` next to `selection.csv`): a picture
+    of the frames, not a frame."""
+    path = Path(path)
+    return path.name == "contact_sheet.png" and (path.parent / "selection.csv").is_file()
 
 
 def index_images_masks(images_dir, masks_dir, skipped=None):
