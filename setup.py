@@ -88,7 +88,10 @@ setup(
         "cuda": ["tensorflow[and-cuda]>=2.16,<3"],
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"],
         # pytest-xdist: `make test` runs the suite in two processes (see the Makefile).
-        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4"],
+        # jax[cpu]: tests/test_pretrain_jax.py runs recipes/pretrain_jax.py's step on
+        # Keras' JAX backend against the TensorFlow pretrainer's.
+        "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4",
+                "jax[cpu]>=0.10,<1"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
     cmdclass={"build_py": BuildWithPresets},
