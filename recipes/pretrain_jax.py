@@ -505,6 +505,40 @@ def _step_settings(args):
                 ct_weight=args.ct_weight, ema_momentum=args.ema_momentum, weight_decay=args.weight_decay)
 
 
+def _image_batches(rng, count, batch_size):
+    """Batches of image numbers, a fresh permutation each pass (its last partial batch dropped)."""
+    import jax.numpy as jnp
+
+    while True:
+        order = rng.permutation(count)
+        for first in range(0, count - batch_size + 1, batch_size):
+            yield jnp.asarray(order[first:first + batch_size])
+
+
+def _probe(step, state, stream, key, probe_steps):
+    """Seconds a step, timed after two compiling steps, from `state` (the steps are thrown away)."""
+    import jax
+
+    for i in range(probe_steps + 2):
+        if i == 2:
+            jax.block_until_ready(state["params"])
+            started = time.perf_counter()
+        state, _ = step(state, next(stream), jax.random.fold_in(key, 10**9 + i), 10**6, 10**5)
+    jax.block_until_ready(state["params"])
+    return (time.perf_counter() - started) / probe_steps
+
+
+def _save(out, pretrainer_step, state, settings):
+    """The online and target weights (`WEIGHTS`), each file replaced whole, and `settings`."""
+    import numpy as np
+
+    pretrainer_step.assign(state)
+    for name, keys in WEIGHTS.items():
+        np.savez(out / f"{name}.tmp.npz", **layer_weights(pretrainer_step.networks, keys))
+        os.replace(out / f"{name}.tmp.npz", out / f"{name}.npz")
+    (out / SETTINGS).write_text(json.dumps(settings, indent=1))
+
+
 def train(data, out, args):
     _jax_backend()
     import jax
@@ -542,25 +576,9 @@ def train(data, out, args):
         return state, dict(metrics, lr=lr)
 
     initial = pretrainer_step.initial_state()
-    rng = np.random.default_rng(args.seed)
     key = jax.random.PRNGKey(args.seed)
-
-    def batches():
-        while True:
-            order = rng.permutation(count)
-            for first in range(0, count - args.batch_size + 1, args.batch_size):
-                yield jnp.asarray(order[first:first + args.batch_size])
-
-    stream = batches()
-    # Probe: compile, then time steps, from the initial state (thrown away).
-    state = initial
-    for i in range(args.probe_steps + 2):
-        if i == 2:
-            jax.block_until_ready(state["params"])
-            probe_started = time.perf_counter()
-        state, metrics = step(state, next(stream), jax.random.fold_in(key, 10**9 + i), 10**6, 10**5)
-    jax.block_until_ready(state["params"])
-    step_seconds = (time.perf_counter() - probe_started) / args.probe_steps
+    stream = _image_batches(np.random.default_rng(args.seed), count, args.batch_size)
+    step_seconds = _probe(step, initial, stream, key, args.probe_steps)
     left = args.minutes * 60 - (time.perf_counter() - started) - args.reserve_seconds
     total = int(args.steps or max(1, left // step_seconds))
     warmup = int(round(args.warmup_share * total))
@@ -573,12 +591,8 @@ def train(data, out, args):
     settings.pop("func", None)
 
     def save(state, history, done):
-        pretrainer_step.assign(state)
-        for name, keys in WEIGHTS.items():
-            np.savez(out / f"{name}.tmp.npz", **layer_weights(networks, keys))
-            os.replace(out / f"{name}.tmp.npz", out / f"{name}.npz")
-        (out / SETTINGS).write_text(json.dumps(dict(settings, steps_done=done, history=history,
-                                                    seconds=time.perf_counter() - started), indent=1))
+        _save(out, pretrainer_step, state, dict(settings, steps_done=done, history=history,
+                                                seconds=time.perf_counter() - started))
 
     state, history, sums = initial, [], None
     train_started = time.perf_counter()
