@@ -94,8 +94,10 @@ setup(
         # pytest-xdist: `make test` runs the suite in two processes (see the Makefile).
         # playwright drives the system's Chromium in the annotation page's test
         # (`make test` installs Chromium; Playwright's own browser download is never used).
+        # jax[cpu]: tests/test_pretrain_jax.py runs recipes/pretrain_jax.py's step on
+        # Keras' JAX backend against the TensorFlow pretrainer's.
         "dev": ["pytest>=7.4,<10", "hypothesis>=6.90,<7", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4",
-                "playwright>=1.40,<2"],
+                "playwright>=1.40,<2", "jax[cpu]>=0.10,<1"],
     },
     entry_points={"console_scripts": ["cm-unet=cm_unet_keras.cli:main"]},
     cmdclass={"build_py": BuildWithPresets},
