@@ -134,6 +134,7 @@ def train_and_score(args, log):
             "seed": args.seed, "parameters": int(model.count_params()), "n_arcade_train": len(arcade),
             "n_cimat_train": len(cimat), "train_seconds": round(trained, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, precision {resolve_precision('auto')}",
+            "load_average_at_end": round(os.getloadavg()[0], 1), "note": args.note,
             "mean": {part: report["mean"] for part, report in reports.items()},
             "std": {part: report["std"] for part, report in reports.items()},
             "per_image": {part: report["per_image"] for part, report in reports.items()}}
@@ -157,8 +158,8 @@ def write_report(rows, out=OUT):
         "CIMAT's 10 validation pairs and on the 2 XCAD frames. Mean +- sd over images.",
         "",
         "| run | width | parameters | steps | start | ARCADE Dice | ARCADE clDice | ARCADE centerline recall | "
-        "ARCADE sensitivity | ARCADE specificity | CIMAT Dice | XCAD Dice | training h | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ARCADE sensitivity | ARCADE specificity | CIMAT Dice | XCAD Dice | training h | machine | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m, s = row["mean"], row["std"]
@@ -166,7 +167,7 @@ def write_report(rows, out=OUT):
         lines.append(
             f"| {row['run']} | {row['base_filters']} | {row['parameters']:,} | {row['steps']} | "
             f"{row['init'] or 'random'} | {arcade} | {m['cimat']['dice']:.3f} +- {s['cimat']['dice']:.3f} | "
-            f"{m['xcad']['dice']:.3f} | {row['train_seconds'] / 3600:.2f} | {row['machine']} |")
+            f"{m['xcad']['dice']:.3f} | {row['train_seconds'] / 3600:.2f} | {row['machine']} | {row.get('note', '')} |")
     lines += ["", "Published on the same validation split (binary union Dice): 0.767 (MedSAM2, fine-tuned). "
               "Issue 31's target: >= 0.80.", ""]
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4000, help="fine-tuning steps (a multiple of 100)")
     parser.add_argument("--init", default=None, help="start: a preset or pretraining run (default: random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="what else the machine was doing (kept in the row)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--report", action="store_true", help="write results.md from results.jsonl")
     parser.add_argument("--out", default=str(OUT), help="results folder (results.jsonl, results.md)")

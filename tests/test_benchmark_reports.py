@@ -31,6 +31,7 @@ REPORTS = [
     ("benchmarks/finetune_budget.py", "benchmarks/finetune_budget", [[]], ["results.md"]),
     ("benchmarks/pretrain_screen.py", "benchmarks/pretrain_screen", [[]], ["results.md", "pretrainings.json"]),
     ("recipes/general.py", "benchmarks/cross_source", [[]], ["training.md"]),
+    ("recipes/arcade_protocol.py", "benchmarks/arcade_protocol", [[]], ["results.md"]),
 ]
 
 
