@@ -576,7 +576,7 @@ def test_cine_that_only_gdcm_decodes_streams_frame_by_frame_and_names_a_corrupt_
         number, angiogram = next(frames)
         assert number == expected
         np.testing.assert_array_equal(angiogram, single)
-    with pytest.raises(InvalidInputError, match=r"(?s)run\.dcm: DICOM pixel data cannot be decoded: pydicom: .*; GDCM: "):
+    with pytest.raises(InvalidInputError, match=r"(?s)run\.dcm: frame 2: DICOM pixel data cannot be decoded: pydicom: .*; GDCM: "):
         next(frames)
 
 

@@ -168,6 +168,8 @@ def predict_files(
         cine_summaries: None; or a list: each cine run also gets an overlay
             video, a vessel-filling plot and a summary with its best frame
             (`inference.video`, `--video`), and the summaries are appended.
+            A run stopped by a frame that cannot be read keeps a finished
+            video of the frames before it, and no plot or summary.
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
@@ -199,22 +201,27 @@ def predict_files(
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs are written behind the forward passes
-        pending, drawn = [], []
-        for name, probability in stream_probabilities(model, readable(), clahe, tta, batch_size):
-            angiogram = angiograms.pop(name)
-            pending.append(writer.submit(write_prediction, output_dir, name, angiogram, probability, threshold))
-            if views is not None:
-                vessel_mask = probability >= threshold
-                drawn.append(writer.submit(views.add, by_name[name], angiogram, vessel_mask,
-                                           overlay(angiogram, vessel_mask)))
-            if log:
-                log(f"{name}: {int((probability >= threshold).sum())} vessel pixels")
-            if bar:
-                bar.advance()
-        written = [future.result() for future in pending]
-        for future in drawn:
-            future.result()  # a video that failed to write is an error, not a silent gap
-        if views is not None:
-            cine_summaries.extend(writer.submit(views.close).result())
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs are written behind the forward passes
+            pending, drawn = [], []
+            for name, probability in stream_probabilities(model, readable(), clahe, tta, batch_size):
+                angiogram = angiograms.pop(name)
+                pending.append(writer.submit(write_prediction, output_dir, name, angiogram, probability, threshold))
+                if views is not None:
+                    vessel_mask = probability >= threshold
+                    drawn.append(writer.submit(views.add, by_name[name], angiogram, vessel_mask,
+                                               overlay(angiogram, vessel_mask)))
+                if log:
+                    log(f"{name}: {int((probability >= threshold).sum())} vessel pixels")
+                if bar:
+                    bar.advance()
+            written = [future.result() for future in pending]
+            for future in drawn:
+                future.result()  # a video that failed to write is an error, not a silent gap
+    except BaseException:
+        if views is not None:  # the writer thread has finished: what it wrote is kept, the video playable
+            views.abandon()
+        raise
+    if views is not None:
+        cine_summaries.extend(views.close())
     return written
