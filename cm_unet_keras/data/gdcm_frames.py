@@ -125,9 +125,9 @@ _C_STDERR = {}
 
 
 def _c_stderr():
-    """`(libc, stderr)`: the C library and its `stderr` pointer as a ctypes
-    variable, with the file that stands in for it during a decode; or None
-    where `stderr` is not a variable (Windows' C runtime)."""
+    """`(libc, stderr, sink)`: the C library, its `stderr` pointer as a
+    ctypes variable and the `FILE *` that stands in for it during a decode;
+    or None where `stderr` is not a variable (Windows' C runtime)."""
     if "stream" not in _C_STDERR:
         _C_STDERR["stream"] = None
         try:
