@@ -14,14 +14,17 @@ Measures, for the small and base U-Nets, on the machine it runs on:
 - a pretraining step's time over a supervised step's (same batch and size);
 - the input pipeline alone in images/s against what training consumes.
 
-End to end (`--end-to-end`, issue 17): `cm-unet predict`'s pipeline
-(`predict_files`: decode, normalise, batched forward pass, PNGs written)
-with the `cmunet_small_xca` preset over a folder of 512x512 ARCADE
-angiograms and over a multi-frame DICOM cine made of the same frames, in
-images/s, against the bare forward pass (normalised batches through
-`predict_normalized`) in float32 batch 1, bfloat16 batch 1 and bfloat16
-batch 8, in the same run; and the pipeline as it ran before (float32, one
-frame at a time).
+End to end (`--end-to-end`, issues 17 and 32): `cm-unet predict`'s
+pipeline (`predict_files`: decode, normalise, batched forward pass, PNGs
+written) with the `cmunet_small_xca` preset over a folder of 512x512
+ARCADE angiograms and over a multi-frame DICOM cine made of the same
+frames, in images/s, against the bare forward pass (normalised batches
+through `predict_normalized`) in float32 batch 1, bfloat16 batch 1 and
+bfloat16 batch 8, and the pipeline as it ran before (float32, one frame at
+a time): every case on the same frames in interleaved rounds, with the
+process's CPU time per image beside the wall rate; the pipeline is given
+as a share of the faster bare bfloat16 forward (batch 1 or 8). The host
+stages (decode, normalise, PNG writes) are also timed alone.
 
 Writes `benchmarks/throughput/results.json` and `results.md` (the
 end-to-end part to `end_to_end.json` and `end_to_end.md`). Ratios are
@@ -29,7 +32,7 @@ measured in the same process, interleaved, so a noisy machine moves both
 sides alike.
 
     python benchmarks/throughput.py [--steps 6] [--batch 4] [--models small base]
-    python benchmarks/throughput.py --end-to-end [--images 48]
+    python benchmarks/throughput.py --end-to-end [--images 48] [--rounds 2]
 """
 
 import argparse
@@ -237,8 +240,15 @@ def measure_model(name, base_filters, args, items, policy, ceilings):
     return result
 
 
-def measure_end_to_end(data_root, count, repeats=2):
-    """images/s of predict's pipeline and of the bare forward pass (see the module docstring)."""
+def measure_end_to_end(data_root, count, rounds=2):
+    """images/s of predict's pipeline and of the bare forward pass (see the module docstring).
+
+    Every case handles the same `count` frames once a round; the rounds are
+    interleaved (every case in turn), so a loaded machine slows them alike.
+    Per case: the best wall rate over the rounds, and the process's CPU
+    seconds per image (all threads; steadier than wall time on a shared
+    machine). The host stages are also timed alone, on one thread.
+    """
     import shutil
     import tempfile
 
@@ -253,21 +263,14 @@ def measure_end_to_end(data_root, count, repeats=2):
     model = load_model("cmunet_small_xca")
     fast = inference_model(model, "auto")
     frames = [read_angiogram(f) for f in files]
-    prepared = [preprocess_angiogram(f, return_fov=True) for f in frames[:8]]
-    normalized, fov = (np.stack(parts) for parts in zip(*prepared))
+    normalized, fov = (np.stack(parts) for parts in zip(*(preprocess_angiogram(f, return_fov=True) for f in frames)))
 
-    def forward_rate(network, batch):
-        predict_normalized(network, normalized[:batch], fov=fov[:batch]).numpy()  # trace
-        best = 0.0
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _ in range(2):
-                for first in range(0, 8, batch):
-                    predict_normalized(network, normalized[first:first + batch], fov=fov[first:first + batch]).numpy()
-            best = max(best, 16 / (time.perf_counter() - started))
-        return best
+    def forward(network, batch):
+        for first in range(0, count, batch):
+            predict_normalized(network, normalized[first:first + batch], fov=fov[first:first + batch]).numpy()
+        return count
 
-    result = {"images": count, "policy": resolve_precision("auto")}
+    result = {"images": count, "rounds": rounds, "policy": resolve_precision("auto")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "angiograms"
@@ -276,48 +279,98 @@ def measure_end_to_end(data_root, count, repeats=2):
             shutil.copy(f, folder / f.name)
         cine = tmp / "cine.dcm"
         write_xa_cine(cine, np.stack([np.clip(f, 0, 255).astype(np.uint8) for f in frames]))
-
-        def pipeline_rate(inputs, **options):
-            predict_files(model, [folder / files[0].name], tmp / "warm", log=None, **options)  # trace
-            best = 0.0
-            for index in range(repeats):
-                started = time.perf_counter()
-                written = predict_files(model, inputs, tmp / f"out{index}", log=None, **options)
-                best = max(best, len(written) / (time.perf_counter() - started))
-            return best
-
-        for _ in range(1):  # interleaved: network rates, then the pipelines
-            result["forward_float32_batch1"] = forward_rate(model, 1)
-            result["forward_fast_batch1"] = forward_rate(fast, 1)
-            result["forward_fast_batch8"] = forward_rate(fast, 8)
-            result["predict_folder"] = pipeline_rate([folder], precision="auto", batch_size=8)
-            result["predict_cine"] = pipeline_rate([cine], precision="auto", batch_size=8)
-            result["predict_folder_before"] = pipeline_rate([folder], precision="float32", batch_size=1)
-    result["folder_of_forward"] = result["predict_folder"] / result["forward_fast_batch8"]
-    result["cine_of_forward"] = result["predict_cine"] / result["forward_fast_batch8"]
+        result["host_ms_per_image"] = host_stage_costs(files, frames, fast, tmp / "stages")
+        pipeline = lambda inputs, **options: len(predict_files(model, inputs, tmp / "out", log=None, **options))  # noqa: E731
+        cases = {
+            "forward_float32_batch1": lambda: forward(model, 1),
+            "forward_fast_batch1": lambda: forward(fast, 1),
+            "forward_fast_batch8": lambda: forward(fast, 8),
+            "predict_folder": lambda: pipeline([folder], precision="auto", batch_size=8),
+            "predict_cine": lambda: pipeline([cine], precision="auto", batch_size=8),
+            "predict_folder_batch1": lambda: pipeline([folder], precision="auto", batch_size=1),
+            "predict_folder_before": lambda: pipeline([folder], precision="float32", batch_size=1),
+        }
+        predict_files(model, [folder / files[0].name], tmp / "warm", log=None)  # trace
+        for network, batch in ((model, 1), (fast, 1), (fast, 8)):  # trace every batch shape
+            predict_normalized(network, normalized[:batch], fov=fov[:batch]).numpy()
+        rates, cpu = {name: [] for name in cases}, {name: [] for name in cases}
+        for round_index in range(rounds):
+            for name, case in cases.items():
+                wall, processor = time.perf_counter(), time.process_time()
+                images = case()
+                rates[name].append(images / (time.perf_counter() - wall))
+                cpu[name].append((time.process_time() - processor) / images * 1000)
+            print(f"round {round_index + 1} (load {os.getloadavg()[0]:.1f}): "
+                  + ", ".join(f"{name} {rates[name][-1]:.2f}/s {cpu[name][-1]:.0f} ms CPU" for name in cases), flush=True)
+    for name in cases:
+        result[name] = max(rates[name])
+        result[f"{name}_cpu_ms"] = min(cpu[name])
+        result[f"{name}_rounds"] = rates[name]
+    best = max(result["forward_fast_batch1"], result["forward_fast_batch8"])
+    result["forward_fast_best"] = best
+    result["folder_of_forward"] = result["predict_folder"] / best
+    result["cine_of_forward"] = result["predict_cine"] / best
+    result["folder_of_forward_cpu"] = result["forward_fast_batch8_cpu_ms"] / result["predict_folder_cpu_ms"]
+    result["cine_of_forward_cpu"] = result["forward_fast_batch8_cpu_ms"] / result["predict_cine_cpu_ms"]
     result["speedup_vs_before"] = result["predict_folder"] / result["predict_folder_before"]
     return result
 
 
+def host_stage_costs(files, frames, network, out):
+    """CPU milliseconds per image of each host stage of predict, alone on this thread."""
+    from cm_unet_keras.data.pipeline import preprocess_angiogram
+    from cm_unet_keras.data.readers import read_angiogram
+    from cm_unet_keras.inference.predict import write_prediction
+
+    probabilities = [None] * len(frames)
+
+    def segment(index):
+        normalized, fov = preprocess_angiogram(frames[index], return_fov=True)
+        probabilities[index] = predict_normalized(network, normalized, fov=fov).numpy()[..., 0]
+
+    stages = {
+        "decode (PNG)": lambda index: read_angiogram(files[index]),
+        "normalise (field of view, z-score)": lambda index: preprocess_angiogram(frames[index], return_fov=True),
+        "write mask, probability and overlay PNGs": lambda index: write_prediction(
+            out, f"a{index}", frames[index], probabilities[index]),
+    }
+    for index in range(len(frames)):
+        segment(index)
+    costs = {}
+    for name, stage in stages.items():
+        started = time.process_time()
+        for index in range(len(frames)):
+            stage(index)
+        costs[name] = (time.process_time() - started) / len(frames) * 1000
+    return costs
+
+
 def end_to_end_markdown(r, machine):
+    best = r["forward_fast_best"]
+    row = lambda label, key: (f"| {label} | {r[key]:.2f} | {r[key] / best:.0%} | {r[key + '_cpu_ms']:.0f} | "  # noqa: E731
+                              f"{r['forward_fast_batch8_cpu_ms'] / r[key + '_cpu_ms']:.0%} |")
     return "\n".join([
-        "# predict end to end (issue 17)",
+        "# predict end to end (issues 17 and 32)",
         "",
-        f"Machine: {machine}. `python benchmarks/throughput.py --end-to-end --images {r['images']}`; "
+        f"Machine: {machine}, load average {r.get('load', 'not recorded')} at the start. "
+        f"`python benchmarks/throughput.py --end-to-end --images {r['images']} --rounds {r['rounds']}`; "
         f"cmunet_small_xca on {r['images']} ARCADE angiograms of 512x512 (PNG files, and the same frames as one "
-        f"uncompressed XA cine); best of the repeats, images/s; all rows from one process.",
+        f"uncompressed XA cine); every case handles the same frames once a round, the rounds interleaved; "
+        "images/s is the best round, CPU the process's CPU time (all threads) per image in its best round; "
+        "all rows from one process.",
         "",
-        "| path | images/s | of the bare fast forward (batch 8) |",
-        "|---|---|---|",
-        f"| bare forward, float32, batch 1 | {r['forward_float32_batch1']:.2f} | "
-        f"{r['forward_float32_batch1'] / r['forward_fast_batch8']:.0%} |",
-        f"| bare forward, {r['policy']}, batch 1 | {r['forward_fast_batch1']:.2f} | "
-        f"{r['forward_fast_batch1'] / r['forward_fast_batch8']:.0%} |",
-        f"| bare forward, {r['policy']}, batch 8 | {r['forward_fast_batch8']:.2f} | 100% |",
-        f"| `predict` folder ({r['policy']}, batch 8) | {r['predict_folder']:.2f} | {r['folder_of_forward']:.0%} |",
-        f"| `predict` cine ({r['policy']}, batch 8) | {r['predict_cine']:.2f} | {r['cine_of_forward']:.0%} |",
-        f"| `predict` folder as before (float32, one at a time) | {r['predict_folder_before']:.2f} | "
-        f"{r['predict_folder_before'] / r['forward_fast_batch8']:.0%} |",
+        "| path | images/s | of the best bare bfloat16 forward | CPU ms/image | bare batch-8 CPU / this CPU |",
+        "|---|---|---|---|---|",
+        row("bare forward, float32, batch 1", "forward_float32_batch1"),
+        row(f"bare forward, {r['policy']}, batch 1", "forward_fast_batch1"),
+        row(f"bare forward, {r['policy']}, batch 8", "forward_fast_batch8"),
+        row(f"`predict` folder ({r['policy']}, batch 8)", "predict_folder"),
+        row(f"`predict` cine ({r['policy']}, batch 8)", "predict_cine"),
+        row(f"`predict` folder ({r['policy']}, `--batch-size 1`)", "predict_folder_batch1"),
+        row("`predict` folder as before (float32, one at a time)", "predict_folder_before"),
+        "",
+        "Host stages of `predict`, each alone on one thread (CPU ms per image): "
+        + "; ".join(f"{name} {ms:.1f}" for name, ms in r["host_ms_per_image"].items()) + ".",
         "",
         f"Pipeline speed-up over the previous predict: {r['speedup_vs_before']:.2f}x. The bare forward pass "
         "includes mirror padding and the field-of-view rule on normalised inputs; the pipeline adds decoding, "
@@ -334,12 +387,14 @@ def main():
     parser.add_argument("--out", default=str(HERE / "throughput"))
     parser.add_argument("--end-to-end", action="store_true", help="only the predict pipeline rows")
     parser.add_argument("--images", type=int, default=48, help="angiograms for --end-to-end")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds for --end-to-end")
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     args = parser.parse_args()
     if args.end_to_end:
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}"
-        result = measure_end_to_end(args.data, args.images)
-        result["machine"] = machine
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        result = measure_end_to_end(args.data, args.images, args.rounds)
+        result["machine"], result["load"] = machine, load
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "end_to_end.json").write_text(json.dumps(result, indent=2))

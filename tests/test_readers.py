@@ -555,6 +555,31 @@ def test_jpeg_lossy_that_pydicoms_plugins_refuse_is_decoded_by_gdcm(capfd):
     assert angiogram[500, 100:103].tolist() == [31, 28, 24] and angiogram[421, 143] == 264
 
 
+def test_other_threads_stderr_reaches_stderr_during_a_gdcm_decode(capfd, monkeypatch):
+    """predict's progress bar draws on the main thread while the decoding
+    thread runs GDCM: its lines reach the terminal; GDCM's own lines (its
+    8-bit codec refusing 12-bit data) are still held back."""
+    import os
+    import threading
+
+    import gdcm
+
+    class ImageDrawnOver(gdcm.Image):
+        def GetBuffer(self):  # another thread writes while this frame is being decoded
+            # os.write: what sys.stderr does in a process (capfd swaps sys.stderr, not fd 2)
+            drawer = threading.Thread(target=os.write, args=(2, b"\r3/9 angiograms [==........]"))
+            drawer.start()
+            drawer.join()
+            return super().GetBuffer()
+
+    monkeypatch.setattr(gdcm, "Image", ImageDrawnOver)
+    capfd.readouterr()
+    angiogram = read_angiogram(_pydicom_file("JPEG-lossy.dcm"))
+    assert angiogram[421, 143] == 264
+    err = capfd.readouterr().err
+    assert "3/9 angiograms [==........]" in err and "JPEG" not in err, err
+
+
 def test_gdcm_frames_go_through_the_modality_lut_and_monochrome1(tmp_path):
     stored = _gdcm_image_reader_pixels(_pydicom_file("JPEG-lossy.dcm")).astype(np.float32)
     path = _jpeg_lossy(tmp_path, PhotometricInterpretation="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-10)
@@ -576,7 +601,7 @@ def test_cine_that_only_gdcm_decodes_streams_frame_by_frame_and_names_a_corrupt_
         number, angiogram = next(frames)
         assert number == expected
         np.testing.assert_array_equal(angiogram, single)
-    with pytest.raises(InvalidInputError, match=r"(?s)run\.dcm: DICOM pixel data cannot be decoded: pydicom: .*; GDCM: "):
+    with pytest.raises(InvalidInputError, match=r"(?s)run\.dcm: frame 2: DICOM pixel data cannot be decoded: pydicom: .*; GDCM: "):
         next(frames)
 
 
@@ -585,3 +610,5 @@ def test_dicom_whose_pixel_data_no_decoder_reads_names_the_file(tmp_path):
     with pytest.raises(InvalidInputError, match=r"corrupt\.dcm: DICOM pixel data cannot be decoded") as error:
         read_angiogram(path)
     assert "pylibjpeg" in str(error.value) and "GDCM could not decode the frame" in str(error.value)
+    # libjpeg's own words, held back while GDCM decoded, are in the error.
+    assert "it said: Not a JPEG file: starts with 0x00 0x00" in str(error.value)

@@ -68,3 +68,28 @@ def test_best_frame_and_peak_window_of_a_curve():
     assert np.flatnonzero(near_peak(curve)).tolist() == [4, 5, 6, 7]
     assert near_peak(np.full(6, 0.02)).all()  # no arrival or washout to filter on
     assert best_frame(np.array([0.3, 0.0, 0.0, 0.0])) == 0
+
+
+def test_predict_video_of_a_cine_whose_frame_fails_keeps_the_frames_before_it(shared_data, tmp_path, capsys):
+    """Frame 4 of 6 is not JPEG data: the error names the file and the frame;
+    frames 0-3 are segmented and written, and their overlay video is a
+    finished MP4 that a player reads to the end; no curve or summary is
+    written for a run that was not read to its end."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from cm_unet_keras.data.cine import write_xa_cine
+
+    angiogram = cv2.imread(str(shared_data / "xca_vessels" / "train" / "1.png"), cv2.IMREAD_GRAYSCALE)
+    frames = np.stack([cv2.resize(angiogram, (128, 128))] * 6)
+    encoded = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in frames]
+    encoded[4] = bytes(len(encoded[4]))
+    path = write_xa_cine(tmp_path / "run.dcm", frames, syntax=JPEGBaseline8Bit, encoded=encoded)
+    out = tmp_path / "out"
+    assert main(["predict", "--video", "--quiet", "--model", "cmunet_small_xca", "--batch-size", "8",
+                 "--out", str(out), str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: frame 4: DICOM pixel data cannot be decoded" in error, error
+    assert sorted(p.name for p in out.glob("*_mask.png")) == [f"run_f{i:04d}_mask.png" for i in range(4)]
+    fourcc, written = _decoded(out / "run_overlay.mp4")
+    assert len(written) == 4 and written[0].shape == (128, 128, 3)
+    assert not (out / "run_cine.json").exists() and not (out / "run_filling.png").exists()

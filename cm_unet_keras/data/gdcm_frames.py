@@ -16,9 +16,8 @@ by returning no buffer.
 """
 
 import contextlib
+import ctypes
 import os
-import sys
-import tempfile
 import threading
 
 import numpy as np
@@ -120,36 +119,71 @@ def _decode(gdcm, encoded, header, rows, columns, dtype):
     return frame
 
 
-# One capture at a time: two threads swapping file descriptor 2 could
-# otherwise restore each other's sink instead of the real stderr.
+# One capture at a time: the C stream is the process's, and so is the sink.
 _CAPTURE_LOCK = threading.Lock()
+_C_STDERR = {}
+
+
+def _c_stderr():
+    """`(libc, stderr, sink)`: the C library, its `stderr` pointer as a
+    ctypes variable and the `FILE *` that stands in for it during a decode;
+    or None where `stderr` is not a variable (Windows' C runtime)."""
+    if "stream" not in _C_STDERR:
+        _C_STDERR["stream"] = None
+        try:
+            libc = ctypes.CDLL(None)
+        except (OSError, TypeError):  # Windows: no handle on the process's own symbols
+            return None
+        for name in ("stderr", "__stderrp"):  # glibc and musl; macOS
+            try:
+                variable = ctypes.c_void_p.in_dll(libc, name)
+            except ValueError:
+                continue
+            libc.tmpfile.restype = ctypes.c_void_p
+            for function in (libc.fflush, libc.fileno, libc.rewind):
+                function.argtypes = [ctypes.c_void_p]
+            # Never closed: a thread may still write through the pointer it read before the swap back.
+            sink = libc.tmpfile()
+            if sink:
+                _C_STDERR["stream"] = (libc, variable, sink)
+            break
+    return _C_STDERR["stream"]
 
 
 @contextlib.contextmanager
 def _stderr_captured():
-    """Hold what C code writes to file descriptor 2 inside the block; yields
-    a list that holds those lines once the block has ended.
+    """Hold what C code prints to the C library's `stderr` stream inside the
+    block; yields a list that holds those lines once the block has ended.
 
-    GDCM's JPEG codecs print libjpeg's messages straight to stderr as they
-    try the 8-bit decoder before the 12-bit one ("Unsupported JPEG data
-    precision 12", "Invalid SOS parameters for sequential JPEG"): two lines
-    a frame on a file they then decode correctly. They are kept, and shown
-    in the error only when the frame cannot be decoded. The descriptor is
-    the process's: for the milliseconds of one frame's decode, another
-    thread's C-level stderr lands in the same place.
+    GDCM's JPEG codecs print libjpeg's messages with `fprintf(stderr, ...)`
+    as they try the 8-bit decoder before the 12-bit one ("Unsupported JPEG
+    data precision 12", "Invalid SOS parameters for sequential JPEG"): two
+    lines a frame on a file they then decode correctly. GDCM's own trace
+    switches (`gdcm.Trace`) do not reach libjpeg, so for the milliseconds of
+    one frame's decode the C `stderr` pointer is pointed at a file of ours:
+    the lines are kept, and shown in the error only when the frame cannot
+    be decoded. File descriptor 2 is left alone: what other threads write
+    to it (Python's `sys.stderr`, `predict`'s progress bar) reaches the
+    terminal; only another thread's C `fprintf(stderr, ...)` in that window
+    lands with GDCM's lines. Where `stderr` is not a variable (Windows),
+    nothing is captured and GDCM's lines reach the console.
     """
     captured = []
     with _CAPTURE_LOCK:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        stream = _c_stderr()
+        if stream is None:
+            yield captured
+            return
+        libc, variable, sink = stream
+        libc.rewind(sink)
+        os.ftruncate(libc.fileno(sink), 0)
+        saved = variable.value
+        variable.value = sink
         try:
-            with tempfile.TemporaryFile() as sink:
-                os.dup2(sink.fileno(), 2)
-                try:
-                    yield captured
-                finally:
-                    os.dup2(saved, 2)
-                    sink.seek(0)
-                    captured.extend(sink.read().decode("utf-8", "replace").strip().splitlines())
+            yield captured
         finally:
-            os.close(saved)
+            variable.value = saved
+            libc.fflush(sink)
+            descriptor = libc.fileno(sink)
+            said = os.pread(descriptor, os.fstat(descriptor).st_size, 0)
+            captured.extend(said.decode("utf-8", "replace").strip().splitlines())

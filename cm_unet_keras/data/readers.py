@@ -417,7 +417,8 @@ def _read_dicom_frames(path, frames, frame_needed):
 
 def _gdcm_fallback(path, header, frames, indices, refused):
     """`(frame, angiogram)` decoded by GDCM (`data.gdcm_frames`), or an
-    `InvalidInputError` naming the file with both decoders' reasons."""
+    `InvalidInputError` naming the file, the frame of a cine run and both
+    decoders' reasons."""
     from cm_unet_keras.data.gdcm_frames import iter_gdcm_frames
 
     decoded = iter_gdcm_frames(header, indices)
@@ -425,8 +426,9 @@ def _gdcm_fallback(path, header, frames, indices, refused):
         try:
             stored = next(decoded)
         except Exception as error:  # GdcmDecodeError, or pydicom's frame split on damaged data
+            which = "" if frame is None else f"frame {frame}: "
             raise InvalidInputError(
-                path, f"DICOM pixel data cannot be decoded: pydicom: {refused}; GDCM: {error}"
+                path, f"{which}DICOM pixel data cannot be decoded: pydicom: {refused}; GDCM: {error}"
             ) from None
         yield frame, _dicom_intensity(path, header, stored, index)
 

@@ -11,6 +11,7 @@ own `CMUNet.from_preset` and `CMUNet.segment` take, which stand on
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -103,6 +104,12 @@ def overlay(angiogram, vessel_mask):
 
 def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT_THRESHOLD):
     """Write `NAME_mask.png` (0/255), `NAME_prob.png` and `NAME_overlay.png`."""
+    return _write_pngs(output_dir, name, angiogram, probability, threshold)[0]
+
+
+def _write_pngs(output_dir, name, angiogram, probability, threshold):
+    """`write_prediction`, returning `(paths, vessel_mask, overlay)`: a cine
+    run's video takes the same overlay picture."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     vessel_mask = probability >= threshold
@@ -111,10 +118,11 @@ def write_prediction(output_dir, name, angiogram, probability, threshold=DEFAULT
         "prob": output_dir / f"{name}_prob.png",
         "overlay": output_dir / f"{name}_overlay.png",
     }
+    picture = overlay(angiogram, vessel_mask)
     cv2.imwrite(str(paths["mask"]), vessel_mask.astype(np.uint8) * 255)
     cv2.imwrite(str(paths["prob"]), np.round(probability * 255.0).astype(np.uint8))
-    cv2.imwrite(str(paths["overlay"]), overlay(angiogram, vessel_mask))
-    return paths
+    cv2.imwrite(str(paths["overlay"]), picture)
+    return paths, vessel_mask, picture
 
 
 class ProgressBar:
@@ -168,7 +176,8 @@ def predict_files(
             GPUs), or a Keras mixed policy name.
         cine_summaries: None; or a list: each cine run also gets an overlay
             video, a vessel-filling plot and a summary with its best frame
-            (`inference.video`, `--video`), and the summaries are appended.
+            (`inference.video`, `--video`), appended here; a run stopped by
+            an unreadable frame keeps a finished video of the frames before.
 
     Returns:
         The list of written path dicts, one per angiogram (per frame).
@@ -181,7 +190,6 @@ def predict_files(
     model = inference_model(model, precision)
     records = index_unlabeled(inputs)
     bar = ProgressBar(len(records), progress) if progress is not None else None
-    written = []
     angiograms = {}
     by_name = {record.name: record for record in records}
     views = CineViews(output_dir) if cine_summaries is not None else None
@@ -198,24 +206,27 @@ def predict_files(
             angiograms[record.name] = angiogram  # kept until written (the overlay needs it)
             yield record.name, angiogram
 
-    from concurrent.futures import ThreadPoolExecutor
+    def write(name, angiogram, probability):
+        paths, vessel_mask, picture = _write_pngs(output_dir, name, angiogram, probability, threshold)
+        if views is not None:  # one writer thread: the video's frames arrive in order
+            views.add(by_name[name], angiogram, vessel_mask, picture)
+        return paths
 
-    with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs are written behind the forward passes
-        pending, drawn = [], []
-        for name, probability in stream_probabilities(model, readable(), clahe, tta, batch_size):
-            angiogram = angiograms.pop(name)
-            pending.append(writer.submit(write_prediction, output_dir, name, angiogram, probability, threshold))
-            if views is not None:
-                vessel_mask = probability >= threshold
-                drawn.append(writer.submit(views.add, by_name[name], angiogram, vessel_mask,
-                                           overlay(angiogram, vessel_mask)))
-            if log:
-                log(f"{name}: {int((probability >= threshold).sum())} vessel pixels")
-            if bar:
-                bar.advance()
-        written = [future.result() for future in pending]
-        for future in drawn:
-            future.result()  # a video that failed to write is an error, not a silent gap
-        if views is not None:
-            cine_summaries.extend(writer.submit(views.close).result())
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:  # PNGs are written behind the forward passes
+            pending = []
+            for name, probability in stream_probabilities(model, readable(), clahe, tta, batch_size):
+                pending.append(writer.submit(write, name, angiograms.pop(name), probability))
+                if log:
+                    log(f"{name}: {int(np.count_nonzero(probability >= threshold))} vessel pixels")
+                if bar:
+                    bar.advance()
+            # A PNG or a video frame that failed to write is an error, not a silent gap.
+            written = [future.result() for future in pending]
+    except BaseException:
+        if views is not None:  # the writer thread has finished: what it wrote is kept, the video playable
+            views.abandon()
+        raise
+    if views is not None:
+        cine_summaries.extend(views.close())
     return written

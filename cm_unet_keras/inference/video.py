@@ -17,6 +17,11 @@ The best frame is the peak of the curve smoothed over 3 frames: the frame
 of fullest opacification, the one to read (or to annotate). The curve's
 rules (`best_frame`, `near_peak`) live in `data.filling_curve`, which
 `cm-unet select` reads too.
+
+A run that stops early (a frame that cannot be decoded) keeps what was
+written: its video is finished, a complete MP4 of the frames before the
+failure, each with its number burnt in; it gets no curve and no summary,
+which would describe a run that was not read to its end.
 """
 
 import json
@@ -115,6 +120,12 @@ class CineView:
         self.frames.append(int(frame_number))
         self.curve.append(float(fraction))
 
+    def release(self):
+        """Finish the video file with the frames added so far (a playable MP4)."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
     def close(self):
         """Finish the video; write the curve plot and the summary.
 
@@ -123,8 +134,7 @@ class CineView:
         """
         if self.writer is None:
             return None
-        self.writer.release()
-        self.writer = None
+        self.release()
         index = best_frame(self.curve)
         near = near_peak(self.curve)
         curve_path = self.output_dir / f"{self.name}_filling.png"
@@ -143,7 +153,8 @@ class CineView:
 class CineViews:
     """`CineView`s of the cine runs among the records of a `predict` call:
     `add(record, angiogram, vessel_mask, overlay)` for every frame in order,
-    then `close()`, which returns the summaries of the runs."""
+    then `close()`, which returns the summaries of the runs; or, when the
+    call stops early, `abandon()`."""
 
     def __init__(self, output_dir, fps=VIDEO_FPS):
         self.output_dir, self.fps = output_dir, fps
@@ -169,3 +180,10 @@ class CineViews:
     def close(self):
         self._finish()
         return self.summaries
+
+    def abandon(self):
+        """Finish the open run's video with the frames it has, and write no
+        curve or summary for it (its run was not read to the end)."""
+        if self.open is not None:
+            self.open.release()
+            self.open = None

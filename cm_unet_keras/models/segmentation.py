@@ -380,9 +380,12 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
     GIL), runs of up to `batch_size` same-sized frames go through one
     forward pass, and results are yielded as soon as their batch is done,
     so a caller can write them while the next batch runs.
+
+    A frame that cannot be read (an exception raised by `items`) or
+    normalised raises in its place: after every frame before it is yielded.
     """
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     workers = workers or min(4, os.cpu_count() or 1)
     ahead = deque()
@@ -395,6 +398,11 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
                 try:
                     key, frame = next(items)
                 except StopIteration:
+                    return
+                except Exception as error:  # raised where it stands, once the frames before it are through
+                    future = Future()
+                    future.set_exception(error)
+                    ahead.append((None, future))
                     return
                 ahead.append((key, pool.submit(_preprocessed, frame, clahe)))
 
@@ -409,6 +417,8 @@ def stream_probabilities(model, items, clahe, tta, batch_size=SEGMENT_BATCH, wor
             fill()
             while ahead:
                 key, future = ahead.popleft()
+                if future.exception() is not None and batch:
+                    yield from flush()  # the frames before a failing one are segmented first
                 prepared = future.result()
                 fill()
                 if batch and (prepared[0].shape != batch[0][1][0].shape or len(batch) == batch_size):
