@@ -25,6 +25,7 @@ from cm_unet_keras.export import export_model
 from cm_unet_keras.export.serving import METADATA_ASSET
 from cm_unet_keras.inference.predict import load_model, segment
 from cm_unet_keras.models.full_image import predict_normalized
+from cm_unet_keras.models.saving import float32_policy
 from cm_unet_keras.training.finetune import finetune
 from cm_unet_keras.training.losses import DiceBCELoss
 
@@ -42,7 +43,10 @@ def test_the_conventions_are_named_once_narrowest_first():
 def three_outputs(tmp_path_factory):
     """A tiny U-Net with one output per convention, saved as a `.keras` file."""
     keras.utils.set_random_seed(0)
-    model = CMUNet(base_filters=4, depth=2, conventions=THREE)
+    # In float32 whatever policy an earlier test in this worker left (a
+    # fine-tune leaves mixed_bfloat16): the tests compare it with float32 paths.
+    with float32_policy():
+        model = CMUNet(base_filters=4, depth=2, conventions=THREE)
     path = tmp_path_factory.mktemp("three") / "model.keras"
     model.save(path)
     return path, model
@@ -62,7 +66,8 @@ def test_one_output_per_convention_round_trips_and_single_output_is_its_channel(
     config = json.loads(json.dumps(model.get_config()))
     assert config["conventions"] == list(THREE)
     assert CMUNet.from_config(config).conventions == THREE
-    loaded = keras.models.load_model(path, safe_mode=True)
+    with float32_policy():  # as the fixture was built, whatever policy the worker has now
+        loaded = keras.models.load_model(path, safe_mode=True)
     assert loaded.conventions == THREE
     np.testing.assert_allclose(loaded(images).numpy(), outputs, atol=1e-6)
     for index, name in enumerate(THREE):

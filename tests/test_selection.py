@@ -179,7 +179,7 @@ def test_typical_falls_back_when_the_gap_blocks_a_whole_cluster():
 # channels, not the presets' 256, to keep it quick: what grew with the
 # square of the frames was the all-pairs array, whatever the channels.
 MEMORY_CHILD = textwrap.dedent("""
-    import json, resource
+    import json
     import numpy as np
     from cm_unet_keras.data.layouts import AngiogramRecord
     from cm_unet_keras.selection import strategies
@@ -199,7 +199,10 @@ MEMORY_CHILD = textwrap.dedent("""
         counts[f"coverage {count}"] = len(strategies.choose_coverage(candidates, features, records, count)[0])
         counts[f"peak {count}"] = len(strategies.choose_ranked(candidates, filling, records, count, "filling")[0])
         counts[f"random {count}"] = len(strategies.choose_random(candidates, records, count, 0)[0])
-    counts["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process image's own peak. ru_maxrss would carry the parent's
+    # (Linux keeps the larger across exec, and a vfork child shares the parent's memory).
+    peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    counts["peak_rss_mb"] = peak_kb / 1024
     print(json.dumps(counts))
 """)
 
