@@ -3,10 +3,23 @@ datasets written once per session, an nnU-Net dataset, DICOM cine runs,
 the recipe scripts as modules."""
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def float32_at_start():
+    """Every test starts under Keras' float32 policy: a fine-tune leaves
+    mixed_bfloat16 as the process's global policy, and the suite's workers
+    run test files in an order that varies between runs. A test that needs
+    another policy sets it itself."""
+    keras = sys.modules.get("keras")
+    if keras is not None:  # never imported here: a test that checks Keras stays unloaded keeps it so
+        keras.mixed_precision.set_global_policy("float32")
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from cm_unet_keras.data.views import TwoViewSampler, load_unlabeled
 from cm_unet_keras.models import layers
 from cm_unet_keras.models.loading import load_pretrainer
 from cm_unet_keras.models.pretrainer import ContrastiveMaskedPretrainer
+from cm_unet_keras.models.saving import float32_policy
 from cm_unet_keras.training.pretrain import make_optimizer
 from cm_unet_keras.training.schedules import WarmupCosine
 from cm_unet_keras.training.transfer import load_initial_weights
@@ -117,7 +118,10 @@ def both_steps(shared_data, recipe_module, tmp_path_factory):
     """(TensorFlow's step, JAX's `check-step` outputs) from the same weights, views and masks."""
     module = recipe_module("pretrain_jax")
     folder = tmp_path_factory.mktemp("jax_step")
-    reference = _tensorflow_step(module, shared_data, folder)
+    # In float32 whatever policy an earlier test in this worker left (a fine-tune
+    # leaves mixed_bfloat16): the JAX side computes in float32.
+    with float32_policy():
+        reference = _tensorflow_step(module, shared_data, folder)
     # XLA's unoptimised CPU code compiles these small programs in a fifth of the time.
     environment = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
                        XLA_FLAGS="--xla_backend_optimization_level=0")
