@@ -142,11 +142,10 @@ class KerasCase:
     def __init__(self, name, policy):
         import tensorflow as tf
 
-        from throughput import StepTimer
-        from train_step import build  # the width-16, depth-4 U-Net compiled as the package fine-tunes it
+        from cm_unet_keras.experiments.timing import StepTimer, compiled_unet
 
         self.name, self.StepTimer = name, StepTimer
-        self.model = build(policy)
+        self.model = compiled_unet(policy)  # the width-16, depth-4 U-Net compiled as the package fine-tunes it
         self.params = self.model.count_params() - sum(
             int(np.prod(w.shape)) for w in self.model.non_trainable_weights)
         self.data = tf.data.Dataset.from_tensors(batch()).repeat()
@@ -174,7 +173,6 @@ def main():
                  "cm-unet-keras)")
     import tensorflow as tf
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     threads = args.threads
     torch.set_num_threads(threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -189,7 +187,7 @@ def main():
     params = {case.params for case in cases}
     if len(params) != 1:
         sys.exit(f"the two U-Nets differ: trainable parameters {sorted(params)}")
-    from throughput import interleaved_rounds
+    from cm_unet_keras.experiments.timing import interleaved_rounds
 
     interleaved_rounds(cases, args.steps, args.rounds)
 

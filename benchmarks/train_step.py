@@ -39,13 +39,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from throughput import StepTimer, forward_flops, interleaved_rounds, matmul_ceiling  # noqa: E402
-
-from cm_unet_keras import CMUNet  # noqa: E402
-from cm_unet_keras.config import FinetuneConfig  # noqa: E402
-from cm_unet_keras.training.losses import DiceBCELoss  # noqa: E402
+from cm_unet_keras.experiments.timing import (  # noqa: E402
+    StepTimer, compiled_unet, forward_flops, interleaved_rounds, matmul_ceiling)
 from cm_unet_keras.models import unet  # noqa: E402
-from cm_unet_keras.training.finetune import make_optimizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "throughput"
 PIXELS = 8 * 128 * 128
@@ -67,14 +63,9 @@ def batchnorm_layer(layer):
 
 
 def build(policy, jit=False, batchnorm="fused"):
-    keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(0)
     layer = {"fused": unet.layers.BatchNormalization, "keras": keras.layers.BatchNormalization, None: identity}
     with batchnorm_layer(layer[batchnorm]):
-        model = CMUNet(base_filters=16, depth=4)
-    model.compile(optimizer=make_optimizer(FinetuneConfig(), 1000), loss=DiceBCELoss(), jit_compile=jit)
-    keras.mixed_precision.set_global_policy("float32")
-    return model
+        return compiled_unet(policy, jit=jit)
 
 
 def batch_of(size):

@@ -12,6 +12,8 @@ pieces the recipes and benchmarks share.
 - `runs`: fine-tune -> score on held-out pairs -> `holdout.json`, once per
   seed; a model scored on every source.
 - `store`: one JSON line per finished run (what a restart skips).
+- `timing`: what the speed benchmarks share: the matmul ceiling, FLOPs,
+  per-step times and interleaved rounds.
 - `report`: `results.json`, `results.md`, `dice_vs_labels.png`, and the
   machine, interval and over-seed summaries every results writer uses.
 
