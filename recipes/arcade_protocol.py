@@ -26,6 +26,14 @@ published metric, with clDice and centerline recall beside it), on CIMAT's
 10 validation pairs and on the 2 XCAD frames. Validation chooses between
 runs (width, budget), never an epoch: the last epoch is kept.
 
+`--conventions` gives the U-Net one output per mask convention
+(`data.conventions`: syntax, tree, tree_catheter) instead of one sigmoid
+asked to follow both sources: ARCADE's pairs teach the `syntax` output
+fully (side branches are background there) and the wider outputs only
+their labelled vessels; CIMAT's teach `tree_catheter` fully and the
+narrower outputs only their background. ARCADE is then scored on the
+`syntax` output, CIMAT on `tree_catheter`, XCAD on `tree`.
+
 The start is random by default (`--init` takes a preset or a pretraining
 run): the shipped `cmunet_small_pretrained` was pretrained on a pool that
 held ARCADE's stenosis test images, which no protocol run may build on.
@@ -36,6 +44,7 @@ scored run to `benchmarks/arcade_protocol/results.jsonl`, and
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,12 +61,29 @@ import numpy as np  # noqa: E402
 OUT = ROOT / "benchmarks" / "arcade_protocol"
 RUNS = ROOT / "runs" / "arcade_protocol"
 SCORED = ("arcade_val", "cimat", "xcad")
+# With --conventions: the convention each part is labelled in (and scored on),
+# and the one each training source's masks follow.
+SCORED_CONVENTIONS = {"arcade_val": "syntax", "cimat": "tree_catheter", "xcad": "tree"}
+CONVENTIONS = ("syntax", "tree", "tree_catheter")
 HEADLINE_KEYS = ("dice", "cldice", "centerline_recall", "sensitivity", "specificity")
 
 
-def run_name(base_filters, steps, init, seed):
+# The shipped presets' network and patches; a run names what it changes.
+DEFAULT_DEPTH, DEFAULT_PATCH, DEFAULT_BATCH = 4, 128, 8
+
+
+def run_name(base_filters, steps, init, seed, conventions=False, depth=DEFAULT_DEPTH, patch_size=DEFAULT_PATCH,
+             batch_size=DEFAULT_BATCH):
     start = "scratch" if init is None else Path(init).name
-    return f"w{base_filters}_s{steps}_{start}" + ("" if seed == 0 else f"_seed{seed}")
+    shape = "" if depth == DEFAULT_DEPTH else f"_d{depth}"
+    patches = "" if (patch_size, batch_size) == (DEFAULT_PATCH, DEFAULT_BATCH) else f"_p{patch_size}b{batch_size}"
+    return (f"w{base_filters}{shape}_s{steps}{patches}_{start}" + ("_conventions" if conventions else "")
+            + ("" if seed == 0 else f"_seed{seed}"))
+
+
+def name_of(args):
+    return run_name(args.base_filters, args.steps, args.init, args.seed, args.conventions, args.depth,
+                    args.patch_size, args.batch_size)
 
 
 def scored_records(name, data_root):
@@ -97,13 +123,24 @@ def check_disjoint(training, scored):
                                 "in the training set: the protocol trains on the syntax train split only")
 
 
-def training_parts(data_root, arcade_train):
-    """(CIMAT's 30 training pairs, the imported ARCADE syntax-train pairs)."""
+def training_parts(data_root, arcade_train, conventions=False):
+    """(CIMAT's 30 training pairs, the imported ARCADE syntax-train pairs);
+    with `conventions`, each record states its mask's convention."""
     from cm_unet_keras.data.layouts import index_images_masks
     from cm_unet_keras.experiments.data import cimat_parts
 
     arcade_train = Path(arcade_train)
-    return cimat_parts(data_root, ROOT / "recipes")[0], index_images_masks(arcade_train / "images", arcade_train / "masks")
+    cimat = cimat_parts(data_root, ROOT / "recipes")[0]
+    arcade = index_images_masks(arcade_train / "images", arcade_train / "masks")
+    if not conventions:
+        return cimat, arcade
+    return ([dataclasses.replace(r, convention="tree_catheter") for r in cimat],
+            [dataclasses.replace(r, convention="syntax") for r in arcade])
+
+
+def scored_convention(part, conventions):
+    """The output a part is scored on: its own convention's, or the only one."""
+    return SCORED_CONVENTIONS[part] if conventions else None
 
 
 def train_and_score(args, log):
@@ -115,22 +152,30 @@ def train_and_score(args, log):
     from cm_unet_keras.training.finetune import finetune
 
     started = time.perf_counter()
-    cimat, arcade = training_parts(args.data, args.arcade_train)
+    cimat, arcade = training_parts(args.data, args.arcade_train, args.conventions)
     check_disjoint(arcade + cimat, scored_records("arcade_val", args.data))
-    name = run_name(args.base_filters, args.steps, args.init, args.seed)
-    config = FinetuneConfig(base_filters=args.base_filters, depth=4, epochs=args.steps // 100, steps_per_epoch=100,
-                            seed=args.seed, init=args.init, select="last", val_fraction=0.0, partial_share=0.5)
+    name = name_of(args)
+    config = FinetuneConfig(base_filters=args.base_filters, depth=args.depth, patch_size=args.patch_size,
+                            batch_size=args.batch_size, epochs=args.steps // 100, steps_per_epoch=100,
+                            seed=args.seed, init=args.init, select="last", val_fraction=0.0, partial_share=0.5,
+                            conventions=CONVENTIONS if args.conventions else None)
     # CIMAT's 10 validation pairs give the curve only (small and quick); the last epoch is kept.
-    fit = finetune(config, cimat, Path(args.runs) / name, val_records=scored_records("cimat", args.data),
+    val = scored_records("cimat", args.data)
+    if args.conventions:
+        val = [dataclasses.replace(r, convention="tree_catheter") for r in val]
+    fit = finetune(config, cimat, Path(args.runs) / name, val_records=val,
                    partial_records=arcade, verbose=0, log=log)
     trained = time.perf_counter() - started
     model = load_model(fit["model_path"])
     threshold, clahe, _ = resolve_settings(fit["model_path"])
-    reports = {part: evaluate_model(model, scored_records(part, args.data), threshold=threshold, clahe=clahe)
+    reports = {part: evaluate_model(model, scored_records(part, args.data), threshold=threshold, clahe=clahe,
+                                    convention=scored_convention(part, args.conventions))
                for part in SCORED}
     from cm_unet_keras.models.precision import resolve_precision
 
-    return {"run": name, "base_filters": args.base_filters, "steps": args.steps, "init": args.init,
+    return {"run": name, "base_filters": args.base_filters, "depth": args.depth, "patch_size": args.patch_size,
+            "batch_size": args.batch_size, "steps": args.steps, "init": args.init,
+            "conventions": list(CONVENTIONS) if args.conventions else None,
             "seed": args.seed, "parameters": int(model.count_params()), "n_arcade_train": len(arcade),
             "n_cimat_train": len(cimat), "train_seconds": round(trained, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, precision {resolve_precision('auto')}",
@@ -151,21 +196,26 @@ def write_report(rows, out=OUT):
         "# ARCADE by its own protocol (issue 31)",
         "",
         "Written by `python recipes/arcade_protocol.py --report` from `results.jsonl`. Each run trains on ARCADE's",
-        "1,000 syntax-train pairs (main segments, partially labelled, half the patches) and CIMAT's 30 training pairs,",
-        "never on ARCADE's 200 validation pairs (checked by pixel content), batch 8 of 128 px patches, AdamW 2e-3,",
-        "Dice + BCE, last epoch kept; then it is scored on all 200 ARCADE validation pairs (Dice of the binary union of",
-        "the 25 SYNTAX segments: the published metric; side branches are unlabelled, so they count against Dice), on",
-        "CIMAT's 10 validation pairs and on the 2 XCAD frames. Mean +- sd over images.",
+        "1,000 syntax-train pairs (main segments, partially labelled, half the patches) and CIMAT's 30 training",
+        "pairs, never on ARCADE's 200 validation pairs (checked by pixel content), AdamW 2e-3, Dice + BCE, last",
+        "epoch kept; then it is scored on all 200 ARCADE validation pairs (Dice of the binary union of the 25 SYNTAX",
+        "segments: the published metric; side branches are unlabelled, so they count against Dice), on CIMAT's 10",
+        "validation pairs and on the 2 XCAD frames. Mean +- sd over images. Outputs: 1 (one sigmoid for both",
+        "sources' masks) or one per convention (`--conventions`: ARCADE scored on `syntax`, CIMAT on",
+        "`tree_catheter`, XCAD on `tree`). Patches: batch x side.",
         "",
-        "| run | width | parameters | steps | start | ARCADE Dice | ARCADE clDice | ARCADE centerline recall | "
-        "ARCADE sensitivity | ARCADE specificity | CIMAT Dice | XCAD Dice | training h | machine | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | width | depth | parameters | outputs | patches | steps | start | ARCADE Dice | ARCADE clDice | "
+        "ARCADE centerline recall | ARCADE sensitivity | ARCADE specificity | CIMAT Dice | XCAD Dice | training h | "
+        "machine | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m, s = row["mean"], row["std"]
         arcade = " | ".join(f"{m['arcade_val'][key]:.3f} +- {s['arcade_val'][key]:.3f}" for key in HEADLINE_KEYS)
         lines.append(
-            f"| {row['run']} | {row['base_filters']} | {row['parameters']:,} | {row['steps']} | "
+            f"| {row['run']} | {row['base_filters']} | {row.get('depth', DEFAULT_DEPTH)} | {row['parameters']:,} | "
+            f"{' / '.join(row.get('conventions') or ['1'])} | {row.get('batch_size', DEFAULT_BATCH)} x "
+            f"{row.get('patch_size', DEFAULT_PATCH)} px | {row['steps']} | "
             f"{row['init'] or 'random'} | {arcade} | {m['cimat']['dice']:.3f} +- {s['cimat']['dice']:.3f} | "
             f"{m['xcad']['dice']:.3f} | {row['train_seconds'] / 3600:.2f} | {row['machine']} | {row.get('note', '')} |")
     lines += ["", "Published on the same validation split (binary union Dice): 0.767 (MedSAM2, fine-tuned). "
@@ -177,11 +227,18 @@ def write_report(rows, out=OUT):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arcade-train", help="ARCADE syntax train split as imported by recipes/import_arcade_syntax.py")
+    parser.add_argument("--arcade-train",
+                        help="ARCADE syntax train split as imported by recipes/import_arcade_syntax.py")
     parser.add_argument("--base-filters", type=int, default=16, help="U-Net width")
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="U-Net levels")
+    parser.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="side of the training patches")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="patches per step")
     parser.add_argument("--steps", type=int, default=4000, help="fine-tuning steps (a multiple of 100)")
     parser.add_argument("--init", default=None, help="start: a preset or pretraining run (default: random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conventions", action="store_true",
+                        help="one output per mask convention; ARCADE scored on 'syntax', CIMAT on 'tree_catheter', "
+                             "XCAD on 'tree'")
     parser.add_argument("--note", default="", help="what else the machine was doing (kept in the row)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--report", action="store_true", help="write results.md from results.jsonl")
@@ -189,7 +246,7 @@ def main(argv=None):
     parser.add_argument("--runs", default=str(RUNS), help="run folders (resumable)")
     args = parser.parse_args(argv)
     if args.arcade_train:
-        name = run_name(args.base_filters, args.steps, args.init, args.seed)
+        name = name_of(args)
         if name not in finished(args.out):
             from cm_unet_keras.experiments.store import append_jsonl
 

@@ -36,3 +36,22 @@ def test_protocol_scores_all_200_validation_pairs_and_trains_on_none(recipe_modu
     holdout = {r.name for r in protocol.scored_records("cimat", shared_data)}
     assert len(cimat) == 30 and not holdout & {r.name for r in cimat}
     assert protocol.run_name(32, 4000, None, 0) == "w32_s4000_scratch"
+
+
+def test_run_names_say_what_differs_from_the_presets_network(recipe_module):
+    protocol = recipe_module("arcade_protocol")
+    assert protocol.run_name(16, 4000, None, 0, conventions=True) == "w16_s4000_scratch_conventions"
+    name = protocol.run_name(16, 4000, None, 1, depth=5, patch_size=256, batch_size=2)
+    assert name == "w16_d5_s4000_p256b2_scratch_seed1"
+    assert protocol.run_name(16, 4000, None, 0, patch_size=128, batch_size=4) == "w16_s4000_p128b4_scratch"
+
+
+def test_with_conventions_each_source_states_its_own_and_each_part_is_scored_on_it(recipe_module, shared_data):
+    protocol = recipe_module("arcade_protocol")
+    val = shared_data / "arcade_vessels" / "val"
+    cimat, arcade = protocol.training_parts(shared_data, val, conventions=True)
+    assert {r.convention for r in cimat} == {"tree_catheter"} and {r.convention for r in arcade} == {"syntax"}
+    plain_cimat, plain_arcade = protocol.training_parts(shared_data, val)
+    assert {r.convention for r in plain_cimat + plain_arcade} == {None}
+    assert [protocol.scored_convention(part, True) for part in protocol.SCORED] == ["syntax", "tree_catheter", "tree"]
+    assert protocol.scored_convention("xcad", False) is None

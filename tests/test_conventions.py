@@ -196,8 +196,10 @@ def _tiny(**overrides):
 def test_finetune_trains_one_output_per_convention_and_records_them(labelled, tmp_path):
     # ARCADE-like partially labelled pairs (their own loss weights) train beside them.
     partial = [dataclasses.replace(record, name=f"partial_{record.name}", convention="syntax") for record in labelled[:2]]
+    lines = []
     result = finetune(_tiny(partial_ignore_vessel_like=True), labelled, tmp_path / "run", verbose=0,
-                      partial_records=partial)
+                      partial_records=partial, log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")]  # every output has pairs of its own
     assert result["epochs_done"] == 1 and result["n_val"] == 2 and np.isfinite(result["best_val_dice"])
     assert len(json.loads((tmp_path / "run" / "split.json").read_text())["partial"]) == 2
     model = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
@@ -211,6 +213,15 @@ def test_finetune_trains_one_output_per_convention_and_records_them(labelled, tm
         finetune(_tiny(conventions=("syntax",)), labelled, tmp_path / "other", verbose=0)
     with pytest.raises(ValueError, match="no mask convention"):
         finetune(_tiny(convention=None, val_fraction=0.0), labelled, tmp_path / "unstated", verbose=0)
+
+
+def test_an_output_no_pair_follows_is_named_in_a_warning(labelled, tmp_path):
+    # The unstated pairs become tree_catheter: no pair follows `tree`, as in the ARCADE protocol's run.
+    lines = []
+    finetune(_tiny(convention="tree_catheter", epochs=1, steps_per_epoch=1), labelled, tmp_path / "run", verbose=0,
+             log=lines.append)
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert len(warned) == 1 and "'tree' convention" in warned[0]
 
 
 def test_finetune_flags_name_the_outputs_and_the_pairs_convention(synthetic_dataset, tmp_path, capsys):

@@ -384,6 +384,10 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         train_records = split_records(records, 0.0, config.seed, config.limit)[0]
     train_records, val_records, partial_records = records_with_conventions(
         config, train_records, val_records, partial_records)
+    for name in outputs_without_own_pairs(config, train_records + (partial_records or [])):
+        log(f"warning: no training pair follows the '{name}' convention, so its output learns only what the other "
+            "masks imply; where each convention comes from one source it learns the source instead "
+            "(docs/usage.md#mask-conventions)")
     split = {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]}
     if partial_records:
         split["partial"] = [str(r.image_path) for r in partial_records]
@@ -447,6 +451,12 @@ def records_with_conventions(config, train_records, val_records, partial_records
                              f"({', '.join(config.conventions)})")
         check_convention(record.convention, config.conventions, what="the model's outputs (--conventions)")
     return stated(train_records), val_records, stated(partial_records) or None
+
+
+def outputs_without_own_pairs(config, records):
+    """The conventions of `config.conventions` that no record follows."""
+    own = {record.convention for record in records}
+    return [name for name in config.conventions or () if name not in own]
 
 
 def patch_sampler(config, train_records, partial_records=None):
