@@ -183,7 +183,7 @@ def run_check(config, records, budgets=None, log=print):
         per_fold.items(), key=lambda entry: (entry[0][0], -(entry[0][1] or 0)))]
     chosen, reason, warning = choose(candidates)
     return {"pairs": [item.name for item in items], "method": method_note(len(items), len(folds)),
-            "threshold": config.threshold, "precision": precision, "folds": record_folds,
+            "threshold": config.threshold, "precision": precision, "near_tie": NEAR_TIE, "folds": record_folds,
             "candidates": candidates, "chosen": {"steps": chosen["steps"], "lr": chosen["lr"]},
             "reason": reason, "warning": warning, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -292,8 +292,9 @@ def choose_settings(config, records, given=(), run_dir=None, check=True, budgets
     train_records = split_records(records, config.val_fraction, config.seed, config.limit)[0]
     ruled, message = few_label.apply_few_label_rule(config, len(train_records), given, recorded_config)
     why_not = why_no_check(config, len(train_records), given, check, recorded_config)
-    if why_not is not None:
-        return ruled, message + (f" (no adaptation check: {why_not})" if config.init else ""), None
+    if why_not is not None:  # the rule's message already names a budget the user gave
+        told = config.init and not set(few_label.OVERRIDES) & set(given)
+        return ruled, message + (f" (no adaptation check: {why_not})" if told else ""), None
     if len(train_records) < 2:
         reason = ("1 training pair leaves none to score: the few-label rule's budget is used, unchecked "
                   "(label a second frame to check it)")
@@ -397,7 +398,8 @@ def adapt(config, records, run_dir, given=(), check=True, budgets=None, note=pri
     if record is not None:
         write_record(run_dir, {"start": config.init, **record})
     if config.epochs == 0:
-        result = keep_start(config, records, run_dir, log=finetune_options.get("log", print))
+        result = keep_start(config, records, run_dir, log=finetune_options.get("log", print),
+                            skipped_inputs=finetune_options.get("skipped_inputs"))
     else:
         result = finetune(config, records, run_dir, **finetune_options)
     return {**result, "message": message}
