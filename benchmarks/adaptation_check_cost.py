@@ -91,7 +91,8 @@ def main(argv=None):
             append_jsonl(runs, row)
             print(f"{n_pairs} pairs: {row['seconds']:.0f} s ({row['folds']} folds, {row['precision']}), "
                   f"load {row['load_before']} -> {row['load_after']}", flush=True)
-    rows = list(read_jsonl(runs, key=lambda row: (row["pairs"], row["date"])).values())
+    rows = sorted(read_jsonl(runs, key=lambda row: (row["pairs"], row["date"])).values(),
+                  key=lambda row: (row["pairs"], row["date"]))
     (OUT / "results.md").write_text(results_markdown(rows))
     print(f"wrote {OUT / 'results.md'}")
 
