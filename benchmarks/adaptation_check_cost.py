@@ -6,7 +6,7 @@ score every fold at every candidate budget, choose) from
 `cmunet_small_general` on 2, 3, 5 and 10 CIMAT training pairs (the first
 k of a seed-0 permutation of the 30 training pairs of
 `recipes/xca_split.json`; its 10 validation pairs are never read), with the
-package's defaults (batch 8 of 128 px patches, precision `auto`). Each
+package's defaults (batch 8 of 128 px patches, precision `auto`), under `nice -n 10`. Each
 count's row, with the machine's load before and after (`os.getloadavg`),
 is appended to `runs.jsonl`; `results.md` is written from it.
 
@@ -58,8 +58,8 @@ def results_markdown(rows):
              "untouched, 50/100/200 steps at lr 2e-3 and 50/100 at 5e-4), on the first k of a seed-0 permutation "
              "of the 30 CIMAT training pairs of `recipes/xca_split.json`; the time includes decoding the pairs, "
              "loading and scoring the start, every fold's training and scoring, and the choice. Produced by "
-             "`python benchmarks/adaptation_check_cost.py`; every run is in `runs.jsonl`. One run per row: a "
-             "single timing on a shared machine, so read the load beside it (1, 5 and 15 minute load averages "
+             "`nice -n 10 python benchmarks/adaptation_check_cost.py`; every run is in `runs.jsonl`. One run per "
+             "row: a single timing on a shared machine, so read the load beside it (1, 5 and 15 minute load averages "
              "before and after; 2 cores).", "",
              "| pairs | folds | seconds | minutes | under 10 min | precision | load before | load after | "
              "chosen | machine, note |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -71,9 +71,19 @@ def results_markdown(rows):
                      f"{' '.join(f'{v:.2f}' for v in row['load_before'])} | "
                      f"{' '.join(f'{v:.2f}' for v in row['load_after'])} | {name} | "
                      f"{row['machine']}{'; ' + row['note'] if row['note'] else ''} ({row['date']}) |")
-    lines += ["", "The choices are those of the check on these CIMAT training pairs: a cost measurement, not a "
-              "measurement of what the check is worth (issue 34, item 4).", ""]
-    return "\n".join(lines)
+    lines += ["", "What each run estimated (mean Dice over its folds; clDice after the slash) and chose. These are "
+              "the check's own estimates on the pairs it trains on: a cost measurement, not a measurement of what "
+              "the check is worth on pairs it never saw (issue 34, item 4). `cmunet_small_general` was itself "
+              "trained on these 30 CIMAT training pairs, so its untouched scores here are on pairs it learned: "
+              "the choices say nothing of the check's worth on a new source.", ""]
+    names = list(dict.fromkeys(name for row in rows for name in row["candidates"]))
+    lines += ["| pairs | date | " + " | ".join(names) + " | warning |", "|---|---|" + "---|" * (len(names) + 1)]
+    for row in rows:
+        cells = [f"{row['candidates'][name][0]:.3f} / {row['candidates'][name][1]:.3f}"
+                 if name in row["candidates"] else "-" for name in names]
+        warned = "yes" if row["warning"] else "no"
+        lines.append(f"| {row['pairs']} | {row['date']} | " + " | ".join(cells) + f" | {warned} |")
+    return "\n".join(lines + [""])
 
 
 def main(argv=None):

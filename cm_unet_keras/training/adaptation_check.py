@@ -68,6 +68,10 @@ MAX_FOLDS = 5
 # Mean Dice within this of the best counts as a tie, and the fewer steps win
 # (the few-label screen took the shortest budget within 0.005).
 NEAR_TIE = 0.005
+# What a shorter budget's estimate is, said in the record and the card.
+SHARED_RUN_NOTE = ("each learning rate's budgets share one fine-tune per fold, run to the largest with its "
+                   "warm-up + cosine schedule and scored on the way: a shorter budget is scored before its "
+                   "learning rate has decayed to 0, as its own run's would")
 RECORD = "adaptation.json"
 CARD = "README.md"
 
@@ -183,7 +187,8 @@ def run_check(config, records, budgets=None, log=print):
         per_fold.items(), key=lambda entry: (entry[0][0], -(entry[0][1] or 0)))]
     chosen, reason, warning = choose(candidates)
     return {"pairs": [item.name for item in items], "method": method_note(len(items), len(folds)),
-            "threshold": config.threshold, "precision": precision, "near_tie": NEAR_TIE, "folds": record_folds,
+            "note": SHARED_RUN_NOTE, "threshold": config.threshold, "precision": precision, "near_tie": NEAR_TIE,
+            "folds": record_folds,
             "candidates": candidates, "chosen": {"steps": chosen["steps"], "lr": chosen["lr"]},
             "reason": reason, "warning": warning, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -370,7 +375,8 @@ def render_card(record, run_name):
     if not record["checked"]:
         return "\n".join(lines + [f"Not checked: {record['reason']}.", ""])
     lines += [f"Estimated by {record['method']}: Dice and clDice of each held-out angiogram, whole, at "
-              f"threshold {record['threshold']:g} ({record['precision']}; {record['seconds']:.0f} s).", "",
+              f"threshold {record['threshold']:g} ({record['precision']}; {record['seconds']:.0f} s); "
+              f"{record['note']}.", "",
               "| candidate | Dice per fold | Dice mean [range] | clDice mean [range] |", "|---|---|---|---|"]
     for entry in record["candidates"]:
         lines.append(f"| {entry['name']} | {', '.join(f'{value:.3f}' for value in entry['dice'])} | "
