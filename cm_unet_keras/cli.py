@@ -300,27 +300,28 @@ def add_finetune(command):
                              out="run folder (rerun to resume; only --epochs may change)",
                              config="recipe file (YAML/JSON) of FinetuneConfig fields; flags override it")
     _config_flags(finetune, FinetuneConfig, FINETUNE_FLAGS)
+    finetune.add_argument("--no-check", dest="check", action="store_false",
+                          help="with at most 10 pairs and a start that segments, skip the adaptation check "
+                               "(leave-one-out over the pairs) and take the few-label rule's budget")
     _add_verbosity(finetune)
     finetune.set_defaults(run=cmd_finetune)
 
 
 def cmd_finetune(args):
-    from cm_unet_keras.training.few_label import apply_few_label_rule, training_pair_count
-    from cm_unet_keras.training.finetune import finetune
+    from cm_unet_keras.training.adaptation_check import adapt
 
     flags = _flag_values(args, FINETUNE_FLAGS)
     config = build_config(FinetuneConfig, args.config, **flags)
     records, skipped = _records_from_layout(args)
-    # The budget and learning rate measured best for this kind of start,
-    # unless the user (a flag or the recipe file) set them; a run folder's
-    # record says whether a larger --epochs extends a run made under the rule.
+    # The budget the adaptation check (or the few-label rule) chooses, unless
+    # the user (a flag or the recipe file) set it; a run folder's record says
+    # what a rerun or a larger --epochs continues.
     given = {name for name, value in flags.items() if value is not None} | set(read_recipe(args.config) if args.config else ())
-    record = Path(args.out) / "config.yaml"
-    config, message = apply_few_label_rule(config, training_pair_count(config, records), given,
-                                           recorded=read_recipe(record) if record.is_file() else None)
-    print(message, file=sys.stderr)
-    result = finetune(config, records, args.out, verbose=args.verbose, skipped_inputs=skipped)
-    if result["n_val"]:
+    result = adapt(config, records, args.out, given, check=args.check,
+                   note=lambda line: print(line, file=sys.stderr), verbose=args.verbose, skipped_inputs=skipped)
+    if result["epochs_done"] == 0:
+        kept = "the start kept unchanged (adaptation.json)"
+    elif result["n_val"]:
         kept = f"validation Dice {result['best_val_dice']:.4f} at the kept epoch {result['best_epoch']} ({config.select})"
     else:
         kept = f"kept epoch {result['best_epoch']} (no validation pairs)"

@@ -26,6 +26,7 @@ REPORTS = [
       "cimat_k10_general_no_cimat/results.md", "cimat_k10_general_no_cimat/results.json",
       "cimat_k3_general_no_cimat/results.md", "cimat_k3_general_no_cimat/results.json"]),
     ("benchmarks/adaptation.py", "benchmarks/adaptation", [[]], ["results.md", "results.json"]),
+    ("benchmarks/adaptation_check_cost.py", "benchmarks/adaptation_check_cost", [[]], ["results.md"]),
     ("benchmarks/batchnorm_screen.py", "benchmarks/batchnorm_screen", [[]], ["results.md"]),
     ("benchmarks/cldice_screen.py", "benchmarks/cldice_screen", [["--seeds", "0", "1", "2", "3"]], ["results.md"]),
     ("benchmarks/finetune_budget.py", "benchmarks/finetune_budget", [[]], ["results.md"]),

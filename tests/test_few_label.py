@@ -146,11 +146,12 @@ def _read(run, name):
 
 def test_finetune_under_the_rule_then_extended(shared_data, tiny_segmenter, tmp_path, capsys):
     # 3 pairs with a tenth for validation: 1 validates, 2 train, so the
-    # segmenting start gets the 1-2 pair row (100 steps at 5e-4).
+    # segmenting start gets the 1-2 pair row (100 steps at 5e-4); --no-check:
+    # the rule, not the adaptation check (tests/test_adaptation_check.py).
     run = tmp_path / "rule"
     base = ["finetune", "--pairs", str(shared_data / "xca_vessels" / "train"), "--limit", "3",
             "--val-fraction", "0.1", "--base-filters", "4", "--depth", "2", "--patch-size", "32",
-            "--init", str(tiny_segmenter), "--out", str(run), "--quiet"]
+            "--init", str(tiny_segmenter), "--out", str(run), "--quiet", "--no-check"]
     assert main(base) == 0
     assert "few-label rule: 2 labelled pairs from a start that already segments: 100 steps at lr 0.0005 " \
            "(docs/adaptation.md" in capsys.readouterr().err

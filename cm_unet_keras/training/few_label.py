@@ -5,7 +5,9 @@ budget depends on the start: a random start needs its 2,000 steps, a
 pretrained one peaks early and then over-fits the few pairs, and a start
 that already segments vessels needs only a short nudge. `cm-unet finetune`
 applies the rule when `--epochs`, `--steps-per-epoch` and `--lr` are not
-given (on the command line or in a recipe) and prints what it chose; a
+given (on the command line or in a recipe) and the adaptation check
+(`training/adaptation_check.py`: a start that segments, 2-10 pairs) does
+not choose instead, and prints what it chose; a
 larger `--epochs` on a run folder made under the rule extends that run at
 the rule's learning rate.
 

@@ -29,6 +29,8 @@ Run folder:
     config.yaml           the configuration the run started with
     transfer_report.json  what `init` loaded (when given)
     logs/                 TensorBoard
+    adaptation.json, README.md   the adaptation check's estimate and choice,
+                          and the run's card (`training/adaptation_check.py`)
 """
 
 import dataclasses
@@ -371,11 +373,7 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
             (any field but `epochs`) or other pairs; the message names them.
     """
     started = time.perf_counter()
-    check_config(config)
-    run = FinetuneRun(config, run_dir, log)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    if skipped_inputs is not None and run.chief:
-        atomic_write_json(run.run_dir / "skipped_inputs.json", skipped_inputs)
+    run = _new_run(config, run_dir, log, skipped_inputs)
     policy, strategy = start_job(config.precision, config.seed, config.deterministic)
 
     if val_records is None:
@@ -415,6 +413,48 @@ def finetune(config, records, run_dir, val_records=None, log=print, verbose="aut
         "n_val": len(val_records),
         "model": run.model,
     }
+
+
+def keep_start(config, records, run_dir, log=print, skipped_inputs=None):
+    """Write a run folder whose model is the start (`config.init`) unchanged.
+
+    What the adaptation check (`training/adaptation_check.py`) writes when no
+    budget it tried beat the start: `model.keras` (the start, loaded as
+    `finetune` loads it, as a float32 U-Net), `config.yaml`, `split.json` and
+    `transfer_report.json`, so that `predict`, `evaluate` and `export` read it
+    as any run folder; no step trains. A rerun checks the record as
+    `finetune` does. `skipped_inputs` as in `finetune`.
+
+    Returns:
+        the dict `finetune` returns, with `epochs_done` 0 and `best_epoch` None.
+    """
+    started = time.perf_counter()
+    run = _new_run(config, run_dir, log, skipped_inputs)
+    train_records, val_records = split_records(records, config.val_fraction, config.seed, config.limit)
+    split = {"seed": config.seed, "train": [r.name for r in train_records], "val": [r.name for r in val_records]}
+    if (run.run_dir / "config.yaml").is_file():
+        run.check_record(split)
+    elif run.chief:
+        run.write_record(**{"split.json": split})
+    model_path = run.run_dir / "model.keras"
+    with float32_policy():
+        run.new_model()
+        if run.chief:
+            save_model_atomic(run.model, model_path)
+    log(f"kept the start {config.init} unchanged: no step trained")
+    return {"best_val_dice": -1.0, "best_epoch": None, "epochs_done": 0, "seconds": time.perf_counter() - started,
+            "model_path": str(model_path), "n_train": len(train_records), "n_val": len(val_records),
+            "model": run.model}
+
+
+def _new_run(config, run_dir, log, skipped_inputs):
+    """A checked `config`'s `FinetuneRun` in `run_dir` (made), with the skipped inputs written."""
+    check_config(config)
+    run = FinetuneRun(config, run_dir, log)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if skipped_inputs is not None and run.chief:
+        atomic_write_json(run.run_dir / "skipped_inputs.json", skipped_inputs)
+    return run
 
 
 def check_config(config):
@@ -470,11 +510,17 @@ def patch_sampler(config, train_records, partial_records=None):
         partial_items = load_labelled(partial_records, clahe=config.clahe, partial=partial)
         image_weights = partial_image_weights(len(train_items), len(partial_items), config.partial_share)
         train_items = train_items + partial_items
+    return item_sampler(config, train_items, image_weights)
+
+
+def item_sampler(config, items, image_weights=None):
+    """The stream of training patches of decoded `items` (`LabelledAngiogram`s)
+    under `config`'s patch size, seed, foreground share and augmentation."""
     augment = None
     if config.augment_strength >= 0:
         augment = AugmentConfig(strength=config.augment_strength, scale=tuple(config.augment_scale),
                                 border_probability=config.augment_borders)
-    return PatchSampler(train_items, config.patch_size, config.seed, config.foreground_fraction, augment,
+    return PatchSampler(items, config.patch_size, config.seed, config.foreground_fraction, augment,
                         image_weights, config.conventions)
 
 
