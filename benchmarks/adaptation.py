@@ -130,20 +130,21 @@ def budget(start, k):
 
 # --- runs -------------------------------------------------------------------
 
-def finished(name):
+def finished(name, out=None):
     from cm_unet_keras.experiments.store import read_jsonl
 
-    return read_jsonl(OUT / name, lambda row: row["key"])
+    return read_jsonl(Path(out or OUT) / name, lambda row: row["key"])
 
 
-def record(name, row):
+def record(name, row, out=None):
     from cm_unet_keras.experiments.report import machine
     from cm_unet_keras.experiments.store import append_jsonl
 
     if row.get("ran", "this benchmark") == "this benchmark":  # a reused run keeps its own record
         row = dict(row, machine=machine())
-    OUT.mkdir(parents=True, exist_ok=True)
-    append_jsonl(OUT / name, row)
+    out = Path(out or OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    append_jsonl(out / name, row)
 
 
 def screen_run(start, k, steps, lr, seed, data_root, log=print):
@@ -270,6 +271,123 @@ def xcad_run(fold, data_root, log=print):
                           "seconds": round(time.perf_counter() - started, 1), "ran": "this benchmark"})
     log(f"{key}: Dice {before['dice']:.4f} untouched -> {report['mean']['dice']:.4f} after {steps} steps on "
         f"{labelled[0].name}")
+
+
+# --- the adaptation check, measured (issue 34, item 4) ------------------------
+
+CHECK_FILE, CHECK_REPORT = "check.jsonl", "check.md"
+CHECK_KS = (1, 2, 3, 5)
+CHECK_DRAWS = 5
+# Each target's start: one that never saw a label of the target.
+CHECK_STARTS = {"cimat": "general_no_cimat", "arcade": "xca", "xcad": "general"}
+ARMS = ("start", "rule", "checked")
+WORST_DRAW = -0.015  # issue 34: no draw more than 0.015 Dice below the start
+
+
+def select_choice(start, train, k):
+    """The k of `train`'s images `cm-unet select --model START --count k`
+    proposes with its defaults (typical, seed 0, float32): images only."""
+    import warnings
+
+    from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.selection import choose_frames
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(start)
+    names = {choice["record"].name for choice in choose_frames(model, train, k)}
+    return sorted((record for record in train if record.name in names), key=lambda record: record.name)
+
+
+def check_draws(target, k, draws, data_root, start, select=True, out=None):
+    """`[(draw, labelled, scored)]` for one target and k: seeds 0..draws-1 of
+    `labelled_subset` (nested across k at a seed) and `select`'s choice, each
+    scored on the target's validation part; XCAD (k = 1 only): each of its 2
+    frames trains once and the other scores."""
+    from cm_unet_keras.experiments.data import labelled_subset, target_parts, xcad_pairs
+
+    if target == "xcad":
+        if k != 1:
+            raise SystemExit(f"XCAD has 2 labelled frames: k = 1 only (one adapts, the other scores), not k = {k}")
+        pairs = xcad_pairs(data_root)
+        return [(f"fold{fold}", [pairs[fold]], [pairs[1 - fold]]) for fold in (0, 1)]
+    train, scored = target_parts(target, data_root, RECIPES)
+    plan = [(f"seed{seed}", labelled_subset(train, k, seed), scored) for seed in range(draws)]
+    if select:
+        made = [row for row in finished(CHECK_FILE, out).values()
+                if (row["target"], row["k"], row["draw"]) == (target, k, "select")]
+        labelled = [r for r in train if r.name in made[0]["labelled"]] if made else select_choice(start, train, k)
+        plan.append(("select", labelled, scored))
+    return plan
+
+
+def arm_model(arm, start, labelled, run_dir, overrides, budgets, log):
+    """`(model path, chosen, reason, warning)` of one arm: the start as it is,
+    or `adapt` (the adaptation check's entry point) with the check off (the
+    few-label rule) or on, as `cm-unet finetune --init START` runs it."""
+    from cm_unet_keras.config import FinetuneConfig
+    from cm_unet_keras.training.adaptation_check import adapt, read_record
+    from cm_unet_keras.training.few_label import apply_few_label_rule
+
+    if arm == "start":
+        return start, {"steps": 0, "lr": None}, "the start untouched", None
+    config = FinetuneConfig(init=start, val_fraction=0.0, **(overrides or {}))
+    fit = adapt(config, labelled, run_dir, check=arm == "checked", budgets=budgets, note=log, verbose=0, log=log)
+    recorded = read_record(run_dir)
+    if recorded is not None:
+        return fit["model_path"], recorded["chosen"], recorded["reason"], recorded.get("warning")
+    ruled, message = apply_few_label_rule(config, len(labelled))
+    return fit["model_path"], {"steps": ruled.epochs * ruled.steps_per_epoch, "lr": ruled.lr}, message, None
+
+
+def check_run(target, arm, k, draw, labelled, scored, start, runs, out, overrides=None, budgets=None, log=print):
+    """One arm on one draw, scored on `scored`; a line of `check.jsonl`. The
+    start is scored once per scored set (its key names no draw but XCAD's)."""
+    import os
+
+    import keras
+
+    from cm_unet_keras.evaluation.evaluate import evaluate_model
+    from cm_unet_keras.inference.predict import load_model
+
+    key = f"{target}_start" + (f"_{draw}" if target == "xcad" else "") if arm == "start" else \
+        f"{target}_k{k}_{draw}_{arm}"
+    if key in finished(CHECK_FILE, out):
+        return
+    load, started = os.getloadavg(), time.perf_counter()
+    model_path, chosen, reason, warning = arm_model(arm, start, labelled, Path(runs) / key, overrides, budgets,
+                                                    lambda line: log(f"[{key}] {line}"))
+    report = evaluate_model(load_model(model_path), scored, threshold=0.5)
+    record(CHECK_FILE, {
+        "key": key, "target": target, "arm": arm, "k": None if arm == "start" else k,
+        "draw": draw if arm != "start" or target == "xcad" else None, "start": str(start),
+        "labelled": [] if arm == "start" else sorted(r.name for r in labelled), "scored": [r.name for r in scored],
+        "metrics": report["mean"], "per_image_dice": [row["dice"] for row in report["per_image"]],
+        "chosen": chosen, "reason": reason, "warning": warning,
+        "precision": keras.mixed_precision.global_policy().name, "seconds": round(time.perf_counter() - started, 1),
+        "load_before": [round(value, 2) for value in load], "load_after": [round(v, 2) for v in os.getloadavg()],
+        "ran": "this benchmark"}, out)
+    log(f"{key}: Dice {report['mean']['dice']:.4f}, clDice {report['mean']['cldice']:.4f} ({reason})")
+
+
+def check_stage(target, ks=CHECK_KS, draws=CHECK_DRAWS, data_root=DATA, start=None, select=True, runs=None,
+                out=None, overrides=None, budgets=None, log=print):
+    """Every draw of `target` at each k, the three arms on the same pairs.
+
+    `start` (default: `CHECK_STARTS[target]`), `runs` and `out` (the run
+    folders and `check.jsonl`'s folder), `overrides` (FinetuneConfig fields:
+    a small network for a test) and `budgets` (the check's candidates) may
+    be changed; the pairs are checked apart before anything trains.
+    """
+    start = start or start_init(CHECK_STARTS[target])
+    runs = Path(runs or RUNS / "check")
+    for k in ks:
+        for draw, labelled, scored in check_draws(target, k, draws, data_root, start, select, out):
+            shared = {r.name for r in labelled} & {r.name for r in scored}
+            if shared:
+                raise SystemExit(f"{target} k={k} {draw}: {sorted(shared)} would both train and score")
+            for arm in ARMS:
+                check_run(target, arm, k, draw, labelled, scored, start, runs, out, overrides, budgets, log)
 
 
 # --- plans ------------------------------------------------------------------
@@ -406,9 +524,127 @@ def write_report(command):
     print("\n".join(lines))
 
 
+def check_dice(rows, target, k):
+    """`{draw: {arm: Dice}}` of the draws of `target` at `k` that have all
+    three arms; the start's Dice is the one on the draw's own scored pairs."""
+    starts = {tuple(r["scored"]): r["metrics"]["dice"] for r in rows if r["target"] == target and r["arm"] == "start"}
+    draws = {}
+    for r in rows:
+        if r["target"] == target and r["k"] == k and r["arm"] != "start":
+            draws.setdefault(r["draw"], {"start": starts.get(tuple(r["scored"]))})[r["arm"]] = r["metrics"]["dice"]
+    return {draw: arms for draw, arms in draws.items() if all(arms.get(arm) is not None for arm in ARMS)}
+
+
+def check_verdicts(dice):
+    """The issue's three targets at one k from `check_dice`'s draws: mean
+    checked - start >= 0 over the random draws; no draw (select's included)
+    below the start by more than 0.015; where the rule gains on average,
+    mean checked - rule >= 0 (None: the rule does not gain)."""
+    random = [arms for draw, arms in dice.items() if draw != "select"]
+    gain = np.mean([arms["checked"] - arms["start"] for arms in random])
+    worst = min(arms["checked"] - arms["start"] for arms in dice.values())
+    rule_gain = np.mean([arms["rule"] - arms["start"] for arms in random])
+    over_rule = np.mean([arms["checked"] - arms["rule"] for arms in random])
+    return {"average": bool(gain >= 0), "worst": bool(worst >= WORST_DRAW),
+            "rule_gain": bool(over_rule >= 0) if rule_gain > 0 else None}
+
+
+def interval_cell(differences):
+    from cm_unet_keras.experiments.report import mean_interval
+
+    mean, low, high = mean_interval(differences)
+    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+    return f"{mean:+.3f}{interval} ({sum(d > 0 for d in differences)}/{len(differences)})"
+
+
+def check_table(rows, target):
+    """The lines of one target's table, and `{k: verdicts}`."""
+    lines = ["| k | draws | Dice start | Dice rule | Dice checked | checked - start | checked - rule | "
+             "worst draw, checked - start | select: checked - start | targets 1, 2, 3 |", "|---" * 10 + "|"]
+    verdicts = {}
+    word = {True: "met", False: "missed", None: "n/a"}
+    for k in sorted({r["k"] for r in rows if r["target"] == target and r["k"]}):
+        dice = check_dice(rows, target, k)
+        random = {draw: arms for draw, arms in dice.items() if draw != "select"}
+        if not random:
+            continue
+        verdicts[k] = check_verdicts(dice)
+        means = [np.mean([arms[arm] for arms in random.values()]) for arm in ARMS]
+        worst = min(dice, key=lambda draw: dice[draw]["checked"] - dice[draw]["start"])
+        chosen = dice.get("select")
+        select_cell = f"{chosen['checked'] - chosen['start']:+.3f}" if chosen else "-"
+        lines.append(
+            f"| {k} | {len(random)} | {means[0]:.3f} | {means[1]:.3f} | {means[2]:.3f} | "
+            f"{interval_cell([a['checked'] - a['start'] for a in random.values()])} | "
+            f"{interval_cell([a['checked'] - a['rule'] for a in random.values()])} | "
+            f"{dice[worst]['checked'] - dice[worst]['start']:+.3f} ({worst}) | {select_cell} | "
+            f"{', '.join(word[verdicts[k][name]] for name in ('average', 'worst', 'rule_gain'))} |")
+    return lines, verdicts
+
+
+def verdict_lines(verdicts):
+    """One line per target of the issue: met at every k, or where missed."""
+    texts = {"average": "1. at no k worse than the start on average (mean checked - start >= 0)",
+             "worst": f"2. no draw more than {-WORST_DRAW:g} Dice below the start",
+             "rule_gain": "3. at least the rule's gain where the rule gains (mean checked - rule >= 0 there)"}
+    lines = []
+    for name, text in texts.items():
+        missed = [k for k, verdict in verdicts.items() if verdict[name] is False]
+        judged = [k for k, verdict in verdicts.items() if verdict[name] is not None]
+        state = "n/a (the rule gains at no k)" if not judged else \
+            f"**missed** at k = {', '.join(map(str, missed))}" if missed else \
+            f"met (k = {', '.join(map(str, judged))})"
+        lines.append(f"- {text}: {state}")
+    return lines
+
+
+def check_report_lines(rows, command):
+    """`check.md`: per target and k, the three arms' Dice, paired differences
+    over draws with Student-t 95% intervals, the worst draw and the targets."""
+    from cm_unet_keras.experiments.report import recorded
+
+    lines = ["# The adaptation check, measured leave-one-source-out (issue 34, item 4)", "",
+             f"Written by `{command}`; machine: {recorded(rows, 'machine', FIRST_MACHINE)}; precision: "
+             f"{recorded(rows, 'precision', 'unrecorded')}. Three arms on the same k training pairs of a draw: "
+             "the start untouched, today's few-label rule (`adapt(..., check=False)`, `--no-check`) and the checked "
+             "fine-tune (`adapt(..., check=True)`, `cm-unet finetune`'s default), each scored with Dice on the "
+             "target's validation pairs (XCAD: the other frame). Draws: seeds of the study's nested subsets, and "
+             "`select` (`cm-unet select --model START --count k`'s choice). Paired differences over the random "
+             "draws: mean [Student-t 95% interval] (draws where the first arm is higher / draws); the worst draw "
+             "and target 2 include `select`'s.", "",
+             "Targets (issue 34): 1. at no k worse than the start on average; 2. no draw more than "
+             f"{-WORST_DRAW:g} Dice below the start; 3. at least today's rule's gain where the rule gains (n/a: "
+             "the rule does not gain at that k).", ""]
+    for target in CHECK_STARTS:
+        starts = sorted({r["start"] for r in rows if r["target"] == target})
+        table, verdicts = check_table(rows, target)
+        if not verdicts:
+            continue
+        seconds = [r["seconds"] for r in rows if r["target"] == target]
+        lines += [f"## Target {target.upper()}, from {', '.join(f'`{s}`' for s in starts)}", ""] + table + [""]
+        lines += verdict_lines(verdicts) + ["", f"{len(seconds)} runs, {sum(seconds) / 3600:.2f} h in all.", ""]
+    return lines
+
+
+def write_check_report(command, out=None):
+    """`check.md` from `check.jsonl` (nothing when no check run is recorded)."""
+    rows = list(finished(CHECK_FILE, out).values())
+    if not rows:
+        return None
+    text = "\n".join(check_report_lines(rows, command)) + "\n"
+    (Path(out or OUT) / CHECK_REPORT).write_text(text)
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("starts", "screen", "cimat", "arcade", "xcad"), action="append", default=[])
+    parser.add_argument("--stage", choices=("starts", "screen", "cimat", "arcade", "xcad", "check"), action="append",
+                        default=[])
+    parser.add_argument("--target", choices=tuple(CHECK_STARTS), action="append", default=[],
+                        help="--stage check: the target(s) left out")
+    parser.add_argument("--draws", type=int, default=CHECK_DRAWS, help="--stage check: random draws per k")
+    parser.add_argument("--no-select", dest="select", action="store_false",
+                        help="--stage check: no draw of `cm-unet select`'s choice")
     parser.add_argument("--arcade-train", help="ARCADE syntax train split imported by recipes/import_arcade_syntax.py")
     parser.add_argument("--starts", nargs="+", help="only these starts (default: every start of the target)")
     parser.add_argument("--k", type=int, nargs="+", help="only these k")
@@ -435,8 +671,16 @@ def main(argv=None):
     if "xcad" in args.stage:
         for fold in (0, 1):
             xcad_run(fold, args.data, log)
+    if "check" in args.stage:
+        if not args.target:
+            parser.error("--stage check needs --target cimat, arcade or xcad")
+        for target in args.target:
+            ks = args.k or ((1,) if target == "xcad" else CHECK_KS)
+            check_stage(target, ks, args.draws, args.data, select=args.select, log=log)
     if args.report:
-        write_report("python benchmarks/adaptation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        command = "python benchmarks/adaptation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_report(command)
+        write_check_report(command)
     return 0
 
 
