@@ -4,7 +4,8 @@
     python benchmarks/adaptation.py --stage screen                      # budgets, on the selection pairs
     python benchmarks/adaptation.py --stage cimat                       # target CIMAT, k = 0, 1, 3, 10
     python benchmarks/adaptation.py --stage arcade                      # target ARCADE, k = 3, 10
-    python benchmarks/adaptation.py --report                            # results.md, results.json
+    python benchmarks/adaptation.py --stage check --target cimat        # the adaptation check, measured
+    python benchmarks/adaptation.py --report                            # results.md, results.json, check.md
 
 A lab with a new scanner annotates k frames and fine-tunes a start on them.
 Each target source is left out of the starts it is scored against:
@@ -38,6 +39,25 @@ repeating them; they are marked as such in the results.
 
 Runs go to `runs/adaptation/` (each resumes); one JSON line per finished
 run in `benchmarks/adaptation/runs.jsonl`.
+
+`--stage check --target cimat|arcade|xcad [--k 1 2 3 5] [--draws 5]
+[--no-select]` measures the adaptation check (issue 34, item 4): for each
+k and draw of k training pairs of the target (seeds 0..draws-1 of
+`labelled_subset`, plus the k frames `cm-unet select --model START --count
+k` proposes from the training images), three arms on the same pairs: the
+start untouched (`CHECK_STARTS`: CIMAT from `general_no_cimat`, ARCADE
+from `xca`, XCAD from `general`; scored once), today's few-label rule
+(`adapt(..., check=False)`) and the checked fine-tune (`adapt(...,
+check=True)`), each scored on the target's validation pairs (XCAD, k = 1
+only: each of its 2 frames adapts, the other scores). One line per arm in
+`check.jsonl` (pairs, scores, what was chosen and why, wall time, load,
+precision); `--report` writes `check.md` from it: per target and k the
+arms' mean Dice, checked - start and checked - rule paired by draw with
+95% intervals, the worst draw, and the issue's three targets met or
+missed. `check_stage` takes the runs and results folders, the start, the
+network's settings and the check's budgets as arguments (a test runs it on
+a tiny U-Net). The budgets are chosen by the check on the training pairs
+only; the scored pairs never enter a draw (checked before anything trains).
 """
 
 import argparse
