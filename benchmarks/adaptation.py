@@ -365,10 +365,10 @@ def check_run(target, arm, k, draw, labelled, scored, start, runs, out, override
     start is scored once per scored set (its key names no draw but XCAD's)."""
     import os
 
-    import keras
-
+    from cm_unet_keras.config import FinetuneConfig
     from cm_unet_keras.evaluation.evaluate import evaluate_model
     from cm_unet_keras.inference.predict import load_model
+    from cm_unet_keras.models.precision import resolve_precision
 
     key = f"{target}_start" + (f"_{draw}" if target == "xcad" else "") if arm == "start" else \
         f"{target}_k{k}_{draw}_{arm}"
@@ -377,14 +377,17 @@ def check_run(target, arm, k, draw, labelled, scored, start, runs, out, override
     load, started = os.getloadavg(), time.perf_counter()
     model_path, chosen, reason, warning = arm_model(arm, start, labelled, Path(runs) / key, overrides, budgets,
                                                     lambda line: log(f"[{key}] {line}"))
-    report = evaluate_model(load_model(model_path), scored, threshold=0.5)
+    model = load_model(model_path)
+    report = evaluate_model(model, scored, threshold=0.5)
     record(CHECK_FILE, {
         "key": key, "target": target, "arm": arm, "k": None if arm == "start" else k,
         "draw": draw if arm != "start" or target == "xcad" else None, "start": str(start),
         "labelled": [] if arm == "start" else sorted(r.name for r in labelled), "scored": [r.name for r in scored],
         "metrics": report["mean"], "per_image_dice": [row["dice"] for row in report["per_image"]],
         "chosen": chosen, "reason": reason, "warning": warning,
-        "precision": keras.mixed_precision.global_policy().name, "seconds": round(time.perf_counter() - started, 1),
+        # The policy it trained in (None: the start), and the one its layers scored in (as saved).
+        "precision": None if arm == "start" else resolve_precision(FinetuneConfig(**(overrides or {})).precision),
+        "scored_in": model.dtype_policy.name, "seconds": round(time.perf_counter() - started, 1),
         "load_before": [round(value, 2) for value in load], "load_after": [round(v, 2) for v in os.getloadavg()],
         "ran": "this benchmark"}, out)
     log(f"{key}: Dice {report['mean']['dice']:.4f}, clDice {report['mean']['cldice']:.4f} ({reason})")
@@ -477,9 +480,16 @@ def summary_table(rows, target, keys):
     return lines
 
 
-def paired_table(rows, target, key):
+def interval_cell(differences):
+    """Paired differences: mean [Student-t 95% interval] (wins / pairs)."""
     from cm_unet_keras.experiments.report import mean_interval
 
+    mean, low, high = mean_interval(differences)
+    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+    return f"{mean:+.3f}{interval} ({sum(d > 0 for d in differences)}/{len(differences)})"
+
+
+def paired_table(rows, target, key):
     starts = STARTS[target]
     pairs = [(a, b) for i, a in enumerate(starts) for b in starts[i + 1:]]
     lines = ["| k | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
@@ -490,10 +500,7 @@ def paired_table(rows, target, key):
             if not differences:
                 cells.append("-")
                 continue
-            mean, low, high = mean_interval(differences)
-            wins = sum(d > 0 for d in differences)
-            interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
-            cells.append(f"{mean:+.3f}{interval} ({wins}/{len(differences)})")
+            cells.append(interval_cell(differences))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return lines
 
@@ -569,14 +576,6 @@ def check_verdicts(dice):
             "rule_gain": bool(over_rule >= 0) if rule_gain > 0 else None}
 
 
-def interval_cell(differences):
-    from cm_unet_keras.experiments.report import mean_interval
-
-    mean, low, high = mean_interval(differences)
-    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
-    return f"{mean:+.3f}{interval} ({sum(d > 0 for d in differences)}/{len(differences)})"
-
-
 def check_table(rows, target):
     """The lines of one target's table, and `{k: verdicts}`."""
     lines = ["| k | draws | Dice start | Dice rule | Dice checked | checked - start | checked - rule | "
@@ -625,7 +624,8 @@ def check_report_lines(rows, command):
 
     lines = ["# The adaptation check, measured leave-one-source-out (issue 34, item 4)", "",
              f"Written by `{command}`; machine: {recorded(rows, 'machine', FIRST_MACHINE)}; precision: "
-             f"{recorded(rows, 'precision', 'unrecorded')}. Three arms on the same k training pairs of a draw: "
+             f"{recorded([r for r in rows if r['arm'] != 'start'], 'precision', 'unrecorded')} (training), "
+             f"{recorded(rows, 'scored_in', 'unrecorded')} (scoring). Three arms on the same k training pairs of a draw: "
              "the start untouched, today's few-label rule (`adapt(..., check=False)`, `--no-check`) and the checked "
              "fine-tune (`adapt(..., check=True)`, `cm-unet finetune`'s default), each scored with Dice on the "
              "target's validation pairs (XCAD: the other frame). Draws: seeds of the study's nested subsets, and "

@@ -61,6 +61,7 @@ def test_the_check_stage_runs_three_arms_on_the_same_pairs_and_scores_others(ben
         == validation_names
     assert not set(rule["labelled"]) & set(validation_names)
     assert rule["chosen"] == {"steps": 100, "lr": 5e-4}  # today's rule for 2 pairs from a segmenting start
+    assert (rule["precision"], checked["precision"], by_key["cimat_start"]["precision"]) == ("float32", "float32", None)
     assert checked["chosen"] in ({"steps": 0, "lr": None}, {"steps": 2, "lr": 2e-3}, {"steps": 4, "lr": 2e-3})
     draws = benchmark.check_draws("cimat", 2, 1, cropped_cimat, str(start), select=True, out=out)
     assert [name for name, _, _ in draws] == ["seed0", "select"]
