@@ -143,6 +143,22 @@ def scored_convention(part, conventions):
     return SCORED_CONVENTIONS[part] if conventions else None
 
 
+def run_seconds(run_dir, fallback):
+    """Training time of a run over every sitting: its epochs' train and
+    validation seconds in `history.csv` (a resumed run's process saw only its
+    own part); `fallback` when there is no history."""
+    import csv
+
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return fallback
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return fallback
+    return sum(float(row.get("train_seconds") or 0) + float(row.get("val_seconds") or 0) for row in rows)
+
+
 def train_and_score(args, log):
     """Fine-tune one run (resumable) and score it on every scored part: the results row."""
     from cm_unet_keras.config import FinetuneConfig
@@ -165,7 +181,7 @@ def train_and_score(args, log):
         val = [dataclasses.replace(r, convention="tree_catheter") for r in val]
     fit = finetune(config, cimat, Path(args.runs) / name, val_records=val,
                    partial_records=arcade, verbose=0, log=log)
-    trained = time.perf_counter() - started
+    trained = run_seconds(Path(args.runs) / name, time.perf_counter() - started)
     model = load_model(fit["model_path"])
     threshold, clahe, _ = resolve_settings(fit["model_path"])
     reports = {part: evaluate_model(model, scored_records(part, args.data), threshold=threshold, clahe=clahe,

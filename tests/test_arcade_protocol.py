@@ -55,3 +55,15 @@ def test_with_conventions_each_source_states_its_own_and_each_part_is_scored_on_
     assert {r.convention for r in plain_cimat + plain_arcade} == {None}
     assert [protocol.scored_convention(part, True) for part in protocol.SCORED] == ["syntax", "tree_catheter", "tree"]
     assert protocol.scored_convention("xcad", False) is None
+
+
+def test_a_resumed_runs_time_counts_every_sitting_from_its_history(recipe_module, tmp_path):
+    protocol = recipe_module("arcade_protocol")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert protocol.run_seconds(run, 12.5) == 12.5  # no history yet: the process's own time
+    # Epochs 1-2 in one sitting, 3 after a resume: the columns TrainingRun writes.
+    (run / "history.csv").write_text(
+        "epoch,loss,val_dice,lr,train_seconds,val_seconds\n"
+        "1,0.68,0.37,0.001,22.5,1.0\n2,0.48,0.38,0.002,15.0,0.5\n3,0.40,0.45,0.002,16.0,\n")
+    assert protocol.run_seconds(run, 12.5) == pytest.approx(22.5 + 1.0 + 15.0 + 0.5 + 16.0)
