@@ -36,7 +36,11 @@ narrower outputs only their background. ARCADE is then scored on the
 
 The start is random by default (`--init` takes a preset or a pretraining
 run): the shipped `cmunet_small_pretrained` was pretrained on a pool that
-held ARCADE's stenosis test images, which no protocol run may build on.
+held ARCADE's stenosis test images, which no protocol run may build on. A
+pretraining run is taken only if its `images.json` (written by `cm-unet
+pretrain`) lists no file of a `test` folder; the row keeps the pool's size.
+`recipes/pretrain_arcade.yaml` pretrains on every unlabelled angiogram the
+rules allow.
 
 Runs go to `runs/arcade_protocol/<name>` (resumable); one JSON line per
 scored run to `benchmarks/arcade_protocol/results.jsonl`, and
@@ -123,6 +127,29 @@ def check_disjoint(training, scored):
                                 "in the training set: the protocol trains on the syntax train split only")
 
 
+def check_pretraining_pool(init):
+    """The number of angiograms a pretraining-run start (`--init FOLDER`)
+    drew from, after refusing one whose pool held a file of a `test` folder
+    (ARCADE's stenosis test split, XCAD's labelled frames) or that does not
+    say what it drew from (`images.json`, written by `cm-unet pretrain`).
+    None for a random start or a preset (its card states its pool)."""
+    from cm_unet_keras.core.errors import InvalidInputError
+    from cm_unet_keras.training.pretrain import POOL_RECORD
+
+    if init is None or not Path(init).is_dir():
+        return None
+    record = Path(init) / POOL_RECORD
+    if not record.is_file():
+        raise InvalidInputError(record, "not found: the pretraining run does not say which angiograms it drew "
+                                "from, so it cannot show that no test split was among them")
+    images = json.loads(record.read_text())["images"]
+    tested = [path for path in images if "test" in (part.lower() for part in Path(path.split("#")[0]).parts)]
+    if tested:
+        raise InvalidInputError(tested[0], f"is in a test folder, as are {len(tested)} of the {len(images)} "
+                                "angiograms the pretraining run drew from: no test split enters a pretraining pool")
+    return len(images)
+
+
 def training_parts(data_root, arcade_train, conventions=False):
     """(CIMAT's 30 training pairs, the imported ARCADE syntax-train pairs);
     with `conventions`, each record states its mask's convention."""
@@ -168,6 +195,7 @@ def train_and_score(args, log):
     from cm_unet_keras.training.finetune import finetune
 
     started = time.perf_counter()
+    pool = check_pretraining_pool(args.init)
     cimat, arcade = training_parts(args.data, args.arcade_train, args.conventions)
     check_disjoint(arcade + cimat, scored_records("arcade_val", args.data))
     name = name_of(args)
@@ -191,6 +219,7 @@ def train_and_score(args, log):
 
     return {"run": name, "base_filters": args.base_filters, "depth": args.depth, "patch_size": args.patch_size,
             "batch_size": args.batch_size, "steps": args.steps, "init": args.init,
+            "pretraining_pool": pool,
             "conventions": list(CONVENTIONS) if args.conventions else None,
             "seed": args.seed, "parameters": int(model.count_params()), "n_arcade_train": len(arcade),
             "n_cimat_train": len(cimat), "train_seconds": round(trained, 1),

@@ -1,5 +1,6 @@
 """ARCADE by its own protocol (recipes/arcade_protocol.py): nothing scored is trained on (issue 31)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -67,3 +68,20 @@ def test_a_resumed_runs_time_counts_every_sitting_from_its_history(recipe_module
         "epoch,loss,val_dice,lr,train_seconds,val_seconds\n"
         "1,0.68,0.37,0.001,22.5,1.0\n2,0.48,0.38,0.002,15.0,0.5\n3,0.40,0.45,0.002,16.0,\n")
     assert protocol.run_seconds(run, 12.5) == pytest.approx(22.5 + 1.0 + 15.0 + 0.5 + 16.0)
+
+
+def test_a_pretraining_start_must_show_a_pool_without_a_test_split(recipe_module, tmp_path):
+    protocol = recipe_module("arcade_protocol")
+    assert protocol.check_pretraining_pool(None) is None
+    assert protocol.check_pretraining_pool("cmunet_small_xca") is None  # a preset: its card states its pool
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    with pytest.raises(InvalidInputError, match="does not say which angiograms"):
+        protocol.check_pretraining_pool(run)
+    clean = ["data/arcade_stenosis/train/images/1.png", "data/arcade_syntax_train/images/7.png", "cine.dcm#frame=3"]
+    (run / "images.json").write_text(json.dumps({"count": 3, "images": clean}))
+    assert protocol.check_pretraining_pool(run) == 3
+    (run / "images.json").write_text(json.dumps({"count": 4, "images": clean + ["data/arcade_stenosis/test/images/9.png"]}))
+    with pytest.raises(InvalidInputError, match="1 of the 4 angiograms") as refused:
+        protocol.check_pretraining_pool(run)
+    assert "arcade_stenosis/test/images/9.png" in str(refused.value)

@@ -280,6 +280,10 @@ def test_pretrain_resumes_without_repeating_finished_epochs(tmp_path, shared_dat
     state = json.loads((run_dir / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2]
     weights_mtime = (run_dir / PRETRAINED_WEIGHTS).stat().st_mtime_ns
+    # The run records the 8 angiograms it draws from, and a rerun never rewrites that.
+    pool = json.loads((run_dir / "images.json").read_text())
+    assert pool["count"] == len(pool["images"]) == 8 and all(Path(path).is_file() for path in pool["images"])
+    pool_mtime = (run_dir / "images.json").stat().st_mtime_ns
 
     assert main(arguments + ["--epochs", "3"]) == 0
     state = json.loads((run_dir / "state.json").read_text())
@@ -291,6 +295,7 @@ def test_pretrain_resumes_without_repeating_finished_epochs(tmp_path, shared_dat
     assert (run_dir / "grids" / "epoch_0003.png").is_file()
     assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
     assert (run_dir / "history.csv").read_text().count("\n") == 4
+    assert (run_dir / "images.json").stat().st_mtime_ns == pool_mtime
 
     # Asking again for 3 epochs trains nothing.
     assert main(arguments + ["--epochs", "3"]) == 0

@@ -167,3 +167,20 @@ def test_recipe_files_match_the_built_in_recipes():
         from_file = build_config(PretrainConfig, recipes / f"pretrain_{name}.yaml")
         built_in = build_config(PretrainConfig, (name, PRETRAIN_RECIPES[name]))
         assert from_file == built_in, name
+
+
+def test_the_arcade_scale_recipe_is_the_cpu_recipe_with_native_scale_crops():
+    import dataclasses
+    from pathlib import Path
+
+    from cm_unet_keras.config import build_config
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    arcade = build_config(PretrainConfig, recipes / "pretrain_arcade.yaml")
+    cpu = build_config(PretrainConfig, ("cpu", PRETRAIN_RECIPES["cpu"]))
+    changed = {f.name for f in dataclasses.fields(PretrainConfig) if getattr(arcade, f.name) != getattr(cpu, f.name)}
+    assert changed == {"working_size", "crop_area"}
+    # Decoded at native size, crops of 128-256 px of a 512 px frame shown at 128 px: vessels at 0.5-1x native width.
+    assert not arcade.working_size
+    sides = [512 * area ** 0.5 for area in arcade.crop_area]
+    assert [arcade.image_size / side for side in sides] == [1.0, 0.5]

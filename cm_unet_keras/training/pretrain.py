@@ -24,6 +24,7 @@ Run folder:
     curves.png             reconstruction and contrastive loss per epoch
     grids/epoch_NNNN.png   original / masked / reconstructed views
     config.yaml            the configuration the run started with
+    images.json            the angiograms it draws from (count, paths)
     cache/                 decoded angiograms (delete to re-decode)
     logs/                  TensorBoard
 
@@ -127,6 +128,18 @@ def measure_costs(config, dataset, strategy, steps=5, warm_steps=2):
         write_curves([{"epoch": 1, **{column: 0.0 for column, _, _ in CURVES}}], Path(folder) / "curves.png", CURVES)
         epoch_end = time.perf_counter() - started
     return step_seconds, tracing, epoch_end
+
+
+POOL_RECORD = "images.json"
+
+
+def pool_record(config, records):
+    """What the run pretrains on, for `images.json`: every angiogram file
+    (and frame) it draws from, so a model built on the run can show that its
+    pool held no test split."""
+    chosen = select_records(records, config.max_images, config.seed)
+    return {"count": len(chosen),
+            "images": [r.image_path if r.frame is None else f"{r.image_path}#frame={r.frame}" for r in chosen]}
 
 
 def select_records(records, max_images, seed):
@@ -393,7 +406,7 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
             log(f"resuming after epoch {run.state['epochs_done']} from {run.run_dir / run.state['checkpoint']}")
     if run.chief:
         if not resumed:  # the run's record: a rerun never rewrites it
-            run.write_record()
+            run.write_record(**{POOL_RECORD: pool_record(config, records)})
         atomic_write_json(run.run_dir / PRETRAINER_CONFIG, run.model.get_config())
 
     first_epoch = run.state["epochs_done"]
