@@ -186,3 +186,69 @@ def test_tta_flag_reaches_evaluate_and_predict(shared_data, tmp_path, monkeypatc
     written = cv2.imread(str(tmp_path / "p" / "1_prob.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
     expected = segment_angiogram(model, read_angiogram(train / "1.png"), tta=True) * 255.0
     assert np.abs(written - expected).max() <= 0.51
+
+
+def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_numbers(
+        shared_data, tmp_path, recipe_module, capsys):
+    from cm_unet_keras.config import FinetuneConfig, write_recipe
+    from cm_unet_keras.experiments.store import append_jsonl
+
+    build = recipe_module("build_presets")
+    protocol = recipe_module("arcade_protocol")
+    # A run folder as arcade_protocol leaves it (a real model, its recipe), scored on real frames of each part.
+    run = tmp_path / "runs" / "w16_s4000_p384b2_scratch"
+    run.mkdir(parents=True)
+    (run / "model.keras").write_bytes((SHIPPED / "cmunet_small_xca" / "model.keras").read_bytes())
+    write_recipe(FinetuneConfig(patch_size=384, batch_size=2, epochs=40, steps_per_epoch=100), run / "config.yaml")
+    model = load_preset("cmunet_small_xca", SHIPPED)
+    reports = {part: evaluate_model(model, protocol.scored_records(part, shared_data)[:2]) for part in protocol.SCORED}
+    row = {"run": run.name, "base_filters": 16, "depth": 4, "patch_size": 384, "batch_size": 2, "steps": 4000,
+           "init": None, "conventions": None, "seed": 0, "train_seconds": 1367.2,
+           "machine": "x86_64, 2 CPUs, precision mixed_bfloat16", "note": "",
+           "mean": {part: r["mean"] for part, r in reports.items()},
+           "std": {part: r["std"] for part, r in reports.items()},
+           "per_image": {part: r["per_image"] for part, r in reports.items()}}
+    results = tmp_path / "results.jsonl"
+    root = tmp_path / "saved_models"
+
+    with pytest.raises(InvalidInputError, match="not a scored run"):
+        build.build_general_v2(run, root, False, results=results)
+    append_jsonl(results, {**row, "run": "other"})
+    append_jsonl(results, {**row, "conventions": ["syntax", "tree", "tree_catheter"]})
+    with pytest.raises(InvalidInputError, match="one output per convention"):
+        build.build_general_v2(run, root, False, results=results)
+    append_jsonl(results, row)  # the last row of a run wins, as the protocol's reader keeps it
+    card_path = build.build_general_v2(run, root, False, results=results, failure_modes="It misses X on 1 of 2.")
+
+    card = json.loads(card_path.read_text())
+    sources = card["validation_metrics"]["sources"]
+    for part, report in reports.items():
+        assert sources[part]["images"] == 2
+        assert sources[part]["mean"]["dice"] == pytest.approx(report["mean"]["dice"], abs=1e-4)
+    assert "It misses X on 1 of 2." in card["limitations"]
+    assert card["conventions"] == ["tree_catheter"] and "unlabeled" not in card["data"]
+    assert "--patch-size 384 --batch-size 2 --steps 4000 --seed 0" in card["rebuild"]
+    assert presets.verified_preset_path("cmunet_small_general_v2", root).read_bytes() == (run / "model.keras").read_bytes()
+    # `cm-unet presets` reads ARCADE by the protocol's metric, Dice, not sensitivity.
+    summary = presets.validation_summary(card)
+    assert f"arcade_val dice {reports['arcade_val']['mean']['dice']:.3f}" in summary
+    with pytest.raises(InvalidInputError, match="preset exists"):
+        build.build_general_v2(run, root, False, results=results)
+
+
+def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_shape_and_seed(recipe_module):
+    build = recipe_module("build_presets")
+
+    def row(name, init, seed, arcade, patch=384, steps=4000):
+        scores = {"arcade_val": {"dice": arcade}, "cimat": {"dice": 0.74}, "xcad": {"dice": 0.70}}
+        return name, {"run": name, "base_filters": 16, "depth": 4, "patch_size": patch, "batch_size": 2,
+                      "steps": steps, "seed": seed, "init": init, "conventions": None, "mean": scores}
+
+    rows = dict([row("pre0", "/runs/pretrain_arcade", 0, 0.70), row("scr0", None, 0, 0.68),
+                 row("pre1", "/runs/pretrain_arcade", 1, 0.66), row("scr1", None, 1, 0.67),
+                 row("scr1_256", None, 1, 0.60, patch=256), row("other", "/runs/pretrain_old", 0, 0.50)])
+    pairs = build.ablation_rows(rows, "runs/pretrain_arcade")
+    assert [(seed, a["run"], b["run"]) for seed, a, b in pairs] == [(0, "pre0", "scr0"), (1, "pre1", "scr1")]
+    text = build.ablation_summary(rows, "runs/pretrain_arcade")
+    assert "paired over seeds +0.005 (per seed +0.020, -0.010)" in text and "seeds (0, 1)" in text
+    assert "unmeasured" in build.ablation_summary(rows, "runs/pretrain_new")

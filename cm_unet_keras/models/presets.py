@@ -224,8 +224,9 @@ def validation_summary(card):
     if "sources" in metrics:
         parts = []
         for source, result in metrics["sources"].items():
-            # Sources with partial masks are read by their sensitivity (see the card).
-            key = "sensitivity" if "arcade" in source else "dice"
+            # Sources with partial masks are read by their sensitivity (see the card),
+            # unless the card names the metric (ARCADE's protocol: the published Dice).
+            key = metrics.get("headline", {}).get(source) or ("sensitivity" if "arcade" in source else "dice")
             parts.append(f"{source} {key} {result['mean'][key]:.3f}")
         return "validation " + ", ".join(parts)
     dice = metrics.get("mean", {}).get("dice")
