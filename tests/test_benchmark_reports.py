@@ -33,6 +33,8 @@ REPORTS = [
     ("benchmarks/pretrain_screen.py", "benchmarks/pretrain_screen", [[]], ["results.md", "pretrainings.json"]),
     ("recipes/general.py", "benchmarks/cross_source", [[]], ["training.md"]),
     ("recipes/arcade_protocol.py", "benchmarks/arcade_protocol", [[]], ["results.md"]),
+    ("benchmarks/failure_modes.py", "benchmarks/failure_modes", [["--label", "w16_s4000_p384b2_scratch"]],
+     ["w16_s4000_p384b2_scratch.md", "w16_s4000_p384b2_scratch_card.txt"]),
 ]
 
 
