@@ -26,6 +26,11 @@ published metric, with clDice and centerline recall beside it), on CIMAT's
 10 validation pairs and on the 2 XCAD frames. Validation chooses between
 runs (width, budget), never an epoch: the last epoch is kept.
 
+`--sources arcade` trains on ARCADE's syntax-train pairs alone, labelled
+in full by their own convention (the catheter and unlabelled side
+branches are background): what published ARCADE results do. CIMAT's
+frames are still scored, in a convention the run never saw.
+
 `--conventions` gives the U-Net one output per mask convention
 (`data.conventions`: syntax, tree, tree_catheter) instead of one sigmoid
 asked to follow both sources: ARCADE's pairs teach the `syntax` output
@@ -77,17 +82,17 @@ DEFAULT_DEPTH, DEFAULT_PATCH, DEFAULT_BATCH = 4, 128, 8
 
 
 def run_name(base_filters, steps, init, seed, conventions=False, depth=DEFAULT_DEPTH, patch_size=DEFAULT_PATCH,
-             batch_size=DEFAULT_BATCH):
+             batch_size=DEFAULT_BATCH, arcade_only=False):
     start = "scratch" if init is None else Path(init).name
     shape = "" if depth == DEFAULT_DEPTH else f"_d{depth}"
     patches = "" if (patch_size, batch_size) == (DEFAULT_PATCH, DEFAULT_BATCH) else f"_p{patch_size}b{batch_size}"
     return (f"w{base_filters}{shape}_s{steps}{patches}_{start}" + ("_conventions" if conventions else "")
-            + ("" if seed == 0 else f"_seed{seed}"))
+            + ("_arcadeonly" if arcade_only else "") + ("" if seed == 0 else f"_seed{seed}"))
 
 
 def name_of(args):
     return run_name(args.base_filters, args.steps, args.init, args.seed, args.conventions, args.depth,
-                    args.patch_size, args.batch_size)
+                    args.patch_size, args.batch_size, args.sources == "arcade")
 
 
 def scored_records(name, data_root):
@@ -199,16 +204,22 @@ def train_and_score(args, log):
     cimat, arcade = training_parts(args.data, args.arcade_train, args.conventions)
     check_disjoint(arcade + cimat, scored_records("arcade_val", args.data))
     name = name_of(args)
+    arcade_only = args.sources == "arcade"
+    counts = {"n_arcade_train": len(arcade), "n_cimat_train": 0 if arcade_only else len(cimat)}
+    # ARCADE's pairs alone are labelled in full by its own convention (background is background);
+    # with CIMAT's, they are the partially labelled half of each step.
+    labelled, partial = (arcade, None) if arcade_only else (cimat, arcade)
     config = FinetuneConfig(base_filters=args.base_filters, depth=args.depth, patch_size=args.patch_size,
                             batch_size=args.batch_size, epochs=args.steps // 100, steps_per_epoch=100,
-                            seed=args.seed, init=args.init, select="last", val_fraction=0.0, partial_share=0.5,
+                            seed=args.seed, init=args.init, select="last", val_fraction=0.0,
+                            partial_share=None if arcade_only else 0.5,
                             conventions=CONVENTIONS if args.conventions else None)
     # CIMAT's 10 validation pairs give the curve only (small and quick); the last epoch is kept.
     val = scored_records("cimat", args.data)
     if args.conventions:
         val = [dataclasses.replace(r, convention="tree_catheter") for r in val]
-    fit = finetune(config, cimat, Path(args.runs) / name, val_records=val,
-                   partial_records=arcade, verbose=0, log=log)
+    fit = finetune(config, labelled, Path(args.runs) / name, val_records=val,
+                   partial_records=partial, verbose=0, log=log)
     trained = run_seconds(Path(args.runs) / name, time.perf_counter() - started)
     model = load_model(fit["model_path"])
     threshold, clahe, _ = resolve_settings(fit["model_path"])
@@ -217,12 +228,13 @@ def train_and_score(args, log):
                for part in SCORED}
     from cm_unet_keras.models.precision import resolve_precision
 
-    return {"run": name, "base_filters": args.base_filters, "depth": args.depth, "patch_size": args.patch_size,
+    return {"run": name, "sources": args.sources, "base_filters": args.base_filters, "depth": args.depth,
+            "patch_size": args.patch_size,
             "batch_size": args.batch_size, "steps": args.steps, "init": args.init,
             "pretraining_pool": pool,
             "conventions": list(CONVENTIONS) if args.conventions else None,
-            "seed": args.seed, "parameters": int(model.count_params()), "n_arcade_train": len(arcade),
-            "n_cimat_train": len(cimat), "train_seconds": round(trained, 1),
+            "seed": args.seed, "parameters": int(model.count_params()), **counts,
+            "train_seconds": round(trained, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, precision {resolve_precision('auto')}",
             "load_average_at_end": round(os.getloadavg()[0], 1), "note": args.note,
             "mean": {part: report["mean"] for part, report in reports.items()},
@@ -281,6 +293,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4000, help="fine-tuning steps (a multiple of 100)")
     parser.add_argument("--init", default=None, help="start: a preset or pretraining run (default: random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sources", choices=("both", "arcade"), default="both",
+                        help="train on ARCADE's syntax-train pairs and CIMAT's 30 (both), or ARCADE's alone")
     parser.add_argument("--conventions", action="store_true",
                         help="one output per mask convention; ARCADE scored on 'syntax', CIMAT on 'tree_catheter', "
                              "XCAD on 'tree'")
@@ -290,6 +304,8 @@ def main(argv=None):
     parser.add_argument("--out", default=str(OUT), help="results folder (results.jsonl, results.md)")
     parser.add_argument("--runs", default=str(RUNS), help="run folders (resumable)")
     args = parser.parse_args(argv)
+    if args.conventions and args.sources == "arcade":
+        parser.error("--conventions needs both sources: ARCADE alone teaches one convention")
     if args.arcade_train:
         name = name_of(args)
         if name not in finished(args.out):

@@ -85,3 +85,11 @@ def test_a_pretraining_start_must_show_a_pool_without_a_test_split(recipe_module
     with pytest.raises(InvalidInputError, match="1 of the 4 angiograms") as refused:
         protocol.check_pretraining_pool(run)
     assert "arcade_stenosis/test/images/9.png" in str(refused.value)
+
+
+def test_arcade_alone_is_named_and_refused_with_conventions(recipe_module):
+    protocol = recipe_module("arcade_protocol")
+    assert protocol.run_name(16, 4000, None, 1, patch_size=384, batch_size=2, arcade_only=True) == \
+        "w16_s4000_p384b2_scratch_arcadeonly_seed1"
+    with pytest.raises(SystemExit):
+        protocol.main(["--arcade-train", "unused", "--sources", "arcade", "--conventions"])
