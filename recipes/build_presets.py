@@ -225,13 +225,32 @@ def machine():
     return f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown'})"
 
 
-def pretraining_summary(config, history, n_images):
-    """One sentence: how long the pretraining ran, on what, with which views."""
+def pretraining_summary(config, history, n_images, sittings=None):
+    """One sentence: how long the pretraining ran, on what, with which views,
+    in the precision its sittings resolved (`state.json`; older runs: the recipe's)."""
     steps = len(history) * int(config["steps_per_epoch"])
     hours = sum(float(row["seconds"]) for row in history) / 3600.0
+    precision = (", ".join(sorted({s["precision"] for s in sittings})) if sittings
+                 else config.get("precision", "auto"))
+    where = "; ".join(sorted({s["machine"] for s in sittings})) if sittings else machine()
     return (f"{steps:,} steps of batch {config['batch_size']} ({steps * int(config['batch_size']):,} view pairs) "
             f"on {config['image_size']} px \"{config.get('views', 'shift')}\" views of {n_images:,} unlabeled angiograms, "
-            f"{hours:.1f} h on {machine()} in {config.get('precision', 'auto')} precision")
+            f"{hours:.1f} h on {where} in {precision} precision")
+
+
+def pretraining_record(config, history, n_images, sittings=None):
+    """A pretrained card's `training` and `final_losses`, from the run's recipe, history and sittings."""
+    steps = len(history) * int(config["steps_per_epoch"])
+    return {
+        "training": {"pretrain_config": config, "epochs_done": len(history), "steps": steps,
+                     "views_seen": steps * int(config["batch_size"]),
+                     "summary": pretraining_summary(config, history, n_images, sittings),
+                     **({"sittings": sittings} if sittings else {}),
+                     "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
+        "final_losses": {k: round(float(history[-1][k]), 4) for k in
+                         ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
+                         if k in history[-1]},
+    }
 
 
 def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PRETRAINED):
@@ -249,12 +268,14 @@ def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PR
     with float32_policy():
         unet = load_model_file(weights)
     history = list(csv.DictReader((pretrain_run / "history.csv").read_text().splitlines()))
+    state = pretrain_run / "state.json"
+    sittings = json.loads(state.read_text()).get("sittings") if state.is_file() else None
     config = read_recipe(pretrain_run / "config.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         unet.save(path)
         keras.models.load_model(path, safe_mode=True, compile=False)  # what users will do
-        card = pretrained_v2_card(pretrain_run, unet, config, history, n_images) if name == PRETRAINED_V2 else {
+        card = pretrained_v2_card(pretrain_run, unet, config, history, n_images, sittings) if name == PRETRAINED_V2 else {
             "name": PRETRAINED,
             "kind": "pretrained",
             "file": "model.keras",
@@ -269,14 +290,7 @@ def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PR
                              "parameters": int(unet.count_params())},
             "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
                      "(the 10 validation angiograms were never seen)."},
-            "training": {"pretrain_config": config, "epochs_done": len(history),
-                         "steps": len(history) * int(config["steps_per_epoch"]),
-                         "views_seen": len(history) * int(config["steps_per_epoch"]) * int(config["batch_size"]),
-                         "summary": pretraining_summary(config, history, n_images),
-                         "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
-            "final_losses": {k: round(float(history[-1][k]), 4) for k in
-                             ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
-                             if k in history[-1]},
+            **pretraining_record(config, history, n_images),
             "validation_metrics": "none by itself (no head); see benchmarks/label_efficiency/results.md for the "
                                   "held-out Dice of models fine-tuned from this pretraining",
             "input": INPUT,
@@ -449,9 +463,9 @@ def ablation_summary(rows, pretrain_run):
             "(benchmarks/arcade_protocol/results.md).")
 
 
-def pretrained_v2_card(pretrain_run, unet, config, history, n_images):
+def pretrained_v2_card(pretrain_run, unet, config, history, n_images, sittings=None):
     """The card of `cmunet_small_pretrained_v2`: the pool, the views' scale, its worth on ARCADE's protocol."""
-    summary = pretraining_summary(config, history, n_images)
+    summary = pretraining_summary(config, history, n_images, sittings)
     return {
         "name": PRETRAINED_V2,
         "kind": "pretrained",
@@ -478,12 +492,7 @@ def pretrained_v2_card(pretrain_run, unet, config, history, n_images):
         "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
                          "parameters": int(unet.count_params())},
         "data": {"unlabeled": DATA_V2["unlabeled"]},
-        "training": {"pretrain_config": config, "epochs_done": len(history),
-                     "steps": len(history) * int(config["steps_per_epoch"]), "summary": summary,
-                     "seconds": round(sum(float(row["seconds"]) for row in history), 1), "machine": machine()},
-        "final_losses": {k: round(float(history[-1][k]), 4) for k in
-                         ("loss", "reconstruction_loss", "contrastive_loss", "contrastive_accuracy")
-                         if k in history[-1]},
+        **pretraining_record(config, history, n_images, sittings),
         "validation_metrics": "none by itself (no head); see benchmarks/arcade_protocol/results.md for the "
                               "validation Dice of models fine-tuned from this pretraining",
         "input": INPUT,

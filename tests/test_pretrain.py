@@ -296,6 +296,10 @@ def test_pretrain_resumes_without_repeating_finished_epochs(tmp_path, shared_dat
     assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
     assert (run_dir / "history.csv").read_text().count("\n") == 4
     assert (run_dir / "images.json").stat().st_mtime_ns == pool_mtime
+    # Each sitting records where it ran and the precision `auto` resolved to there.
+    sittings = json.loads((run_dir / "state.json").read_text())["sittings"]
+    assert [sitting["after_epoch"] for sitting in sittings] == [0, 2]
+    assert {sitting["precision"] for sitting in sittings} <= {"float32", "mixed_bfloat16", "mixed_float16"}
 
     # Asking again for 3 epochs trains nothing.
     assert main(arguments + ["--epochs", "3"]) == 0

@@ -43,6 +43,8 @@ parameters, linear warm-up from 1e-4 x lr, then cosine to 0. Deviations:
 """
 
 import dataclasses
+import os
+import platform
 import shutil
 import tempfile
 import time
@@ -385,6 +387,10 @@ def pretrain(config, records, run_dir, log=print, verbose="auto"):
     resumed = run.load_state()
     if resumed:
         run.check_resumable()
+    # Each sitting's machine and the precision `auto` resolved to there (saved with the next epoch).
+    run.state.setdefault("sittings", []).append({
+        "after_epoch": run.state["epochs_done"], "precision": str(getattr(policy, "name", policy)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "replicas": strategy.num_replicas_in_sync})
     angiograms = load_angiograms(config, records, run.run_dir / "cache", log)
     log(f"{unlabeled_summary(angiograms, config.working_size)}; precision {policy}; "
         f"{strategy.num_replicas_in_sync} replica(s)")
