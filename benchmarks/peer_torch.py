@@ -23,7 +23,8 @@ default; `peer_torch_threads1.md` for one).
 
     python benchmarks/peer_torch.py [--steps 8] [--rounds 3] [--threads 1]
 
-Writes `benchmarks/throughput/peer_torch.json` and `peer_torch.md`.
+Writes `benchmarks/throughput/peer_torch.json` and `peer_torch.md` (with
+`--batch-size B --patch-size S` other than 8 and 128: `peer_torch_bBpS.*`).
 """
 
 import argparse
@@ -164,8 +165,15 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="intra-op threads of both frameworks (default: every core); 1 compares them core for "
                              "core on a busy machine, where OpenMP threads that spin for a core are slowed most")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="patches a step (default 8, the presets')")
+    parser.add_argument("--patch-size", type=int, default=SIZE,
+                        help="patch side (default 128; the ARCADE protocol's best runs: --batch-size 2 "
+                             "--patch-size 384)")
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
+    global BATCH, SIZE  # read by batch() and the cases: the step's shape
+    BATCH, SIZE = args.batch_size, args.patch_size
+    shape = "" if (BATCH, SIZE) == (8, 128) else f"_b{BATCH}p{SIZE}"
     try:
         import torch
     except ImportError:
@@ -205,7 +213,7 @@ def main():
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if threads == os.cpu_count() else f"_threads{threads}"
+    suffix = ("" if threads == os.cpu_count() else f"_threads{threads}") + shape
     (out / f"peer_torch{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"peer_torch{suffix}.md").write_text(markdown(result))
     print(markdown(result))
@@ -218,7 +226,10 @@ def markdown(result):
         "",
         f"Machine: {machine['processor']}, {machine['cpus']} CPUs, TensorFlow {machine['tensorflow']}, PyTorch "
         f"{machine['torch']}. `python benchmarks/peer_torch.py --steps {result['steps']} --rounds "
-        f"{result['rounds']} --threads {machine['threads']}`: width-16 U-Net ({result['trainable_parameters']:,} trainable parameters on both "
+        f"{result['rounds']} --threads {machine['threads']}"
+        + ("" if (result["batch"], result["size"]) == (8, 128) else
+           f" --batch-size {result['batch']} --patch-size {result['size']}")
+        + f"`: width-16 U-Net ({result['trainable_parameters']:,} trainable parameters on both "
         f"sides), {result['batch']} x {result['size']}^2 a step, 0.5 Dice + 0.5 BCE, AdamW; interleaved rounds, "
         "best round's median step.",
         "",
