@@ -159,6 +159,7 @@ class KerasCase:
 
 
 def main():
+    global BATCH, SIZE  # the step's shape, read by batch() and the cases
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
@@ -171,7 +172,6 @@ def main():
                              "--patch-size 384)")
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
-    global BATCH, SIZE  # read by batch() and the cases: the step's shape
     BATCH, SIZE = args.batch_size, args.patch_size
     shape = "" if (BATCH, SIZE) == (8, 128) else f"_b{BATCH}p{SIZE}"
     try:
