@@ -25,7 +25,7 @@ REPORTS = [
      ["results.md", "results.json", "arcade/results.md", "arcade/results.json",
       "cimat_k10_general_no_cimat/results.md", "cimat_k10_general_no_cimat/results.json",
       "cimat_k3_general_no_cimat/results.md", "cimat_k3_general_no_cimat/results.json"]),
-    ("benchmarks/adaptation.py", "benchmarks/adaptation", [[]], ["results.md", "results.json"]),
+    ("benchmarks/adaptation.py", "benchmarks/adaptation", [[]], ["results.md", "results.json", "check.md"]),
     ("benchmarks/adaptation_check_cost.py", "benchmarks/adaptation_check_cost", [[]], ["results.md"]),
     ("benchmarks/batchnorm_screen.py", "benchmarks/batchnorm_screen", [[]], ["results.md"]),
     ("benchmarks/cldice_screen.py", "benchmarks/cldice_screen", [["--seeds", "0", "1", "2", "3"]], ["results.md"]),
