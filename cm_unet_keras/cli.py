@@ -302,7 +302,8 @@ def add_finetune(command):
     _config_flags(finetune, FinetuneConfig, FINETUNE_FLAGS)
     finetune.add_argument("--no-check", dest="check", action="store_false",
                           help="with at most 10 pairs and a start that segments, skip the adaptation check "
-                               "(leave-one-out over the pairs) and take the few-label rule's budget")
+                               "(leave-one-out over the pairs; with one pair it keeps the start) and take the "
+                               "few-label rule's budget")
     _add_verbosity(finetune)
     finetune.set_defaults(run=cmd_finetune)
 

@@ -183,14 +183,22 @@ def _finetune(crops, start, run, *more):
                  *more])
 
 
-def test_one_pair_falls_back_to_the_rule_unchecked(crops, tiny_start, tmp_path, capsys):
+def test_one_pair_keeps_the_start_unchecked_unless_told(crops, tiny_start, tmp_path, capsys):
     run = tmp_path / "one"
     assert _finetune(crops, tiny_start, run, "--limit", "1") == 0
-    assert "1 training pair leaves none to score" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 training pair leaves none to score" in err and "--no-check" in err
     record = json.loads((run / "adaptation.json").read_text())
-    assert record["checked"] is False and record["chosen"] == {"steps": 100, "lr": 5e-4}
-    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+    assert record["checked"] is False and record["chosen"]["steps"] == 0
     assert "Not checked: 1 training pair" in (run / "README.md").read_text()
+    # The kept model is the start, weight for weight.
+    kept, start = load_model(str(run / "model.keras")), load_model(str(tiny_start))
+    assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), start.get_weights()))
+    # --no-check trains the rule's budget on the one pair.
+    ruled = tmp_path / "one_rule"
+    assert _finetune(crops, tiny_start, ruled, "--limit", "1", "--no-check") == 0
+    assert json.loads((ruled / "state.json").read_text())["epochs_done"] == 1
+    assert not (ruled / "adaptation.json").exists()
 
 
 def test_no_check_on_the_command_line_trains_the_rule(crops, tiny_start, tmp_path, capsys):
