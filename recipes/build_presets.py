@@ -429,18 +429,19 @@ def protocol_rows(results=PROTOCOL_RESULTS):
     return read_jsonl(Path(results), lambda row: row["run"])
 
 
+def run_shape(row):
+    """What a protocol run trains besides its start: network, patches, steps,
+    seed and sources (rows older than a setting hold the protocol's default)."""
+    return (row["base_filters"], row.get("depth", 4), row.get("patch_size", 128), row.get("batch_size", 8),
+            row["steps"], row["seed"], row.get("sources", "both"), bool(row.get("conventions")))
+
+
 def ablation_rows(rows, pretrain_run):
     """(seed, pretrained row, random-start row) for every seed where a start
-    from `pretrain_run` and a random start share patches, batch and steps."""
+    from `pretrain_run` and a random start share everything else (`run_shape`)."""
     starts = [row for row in rows.values() if row.get("init") and Path(row["init"]).name == Path(pretrain_run).name]
-    pairs = []
-    for row in starts:
-        shape = (row["base_filters"], row["depth"], row["patch_size"], row["batch_size"], row["steps"], row["seed"])
-        for other in rows.values():
-            if other.get("init") is None and not other.get("conventions") and (
-                    other["base_filters"], other["depth"], other["patch_size"], other["batch_size"], other["steps"],
-                    other["seed"]) == shape:
-                pairs.append((row["seed"], row, other))
+    random = [row for row in rows.values() if row.get("init") is None]
+    pairs = [(row["seed"], row, other) for row in starts for other in random if run_shape(other) == run_shape(row)]
     return sorted(pairs, key=lambda pair: pair[0])
 
 

@@ -252,3 +252,15 @@ def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_sh
     text = build.ablation_summary(rows, "runs/pretrain_arcade")
     assert "paired over seeds +0.005 (per seed +0.020, -0.010)" in text and "seeds (0, 1)" in text
     assert "unmeasured" in build.ablation_summary(rows, "runs/pretrain_new")
+
+
+def test_the_ablation_pairs_only_runs_that_differ_by_their_start(recipe_module):
+    build = recipe_module("build_presets")
+    scores = {part: {"dice": 0.7} for part in ("arcade_val", "cimat", "xcad")}
+    old = {"run": "w16_s4000_scratch", "base_filters": 16, "steps": 4000, "seed": 0, "init": None,
+           "conventions": None, "mean": scores}  # an early row: the protocol's default network and patches
+    pretrained = {**old, "run": "pre", "init": "/runs/pretrain_arcade"}
+    arcade_alone = {**old, "run": "alone", "sources": "arcade", "depth": 4, "patch_size": 128, "batch_size": 8}
+    rows = {row["run"]: row for row in (old, pretrained, arcade_alone)}
+    assert [(a["run"], b["run"]) for _, a, b in build.ablation_rows(rows, "pretrain_arcade")] == \
+        [("pre", "w16_s4000_scratch")]
