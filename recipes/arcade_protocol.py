@@ -273,7 +273,8 @@ def write_report(rows, out=OUT):
             f"| {row['run']} | {row['base_filters']} | {row.get('depth', DEFAULT_DEPTH)} | {row['parameters']:,} | "
             f"{' / '.join(row.get('conventions') or ['1'])} | {row.get('batch_size', DEFAULT_BATCH)} x "
             f"{row.get('patch_size', DEFAULT_PATCH)} px | {row['steps']} | "
-            f"{Path(row['init']).name if row['init'] else 'random'} | {arcade} | {m['cimat']['dice']:.3f} +- {s['cimat']['dice']:.3f} | "
+            f"{Path(row['init']).name if row['init'] else 'random'} | {arcade} | "
+            f"{m['cimat']['dice']:.3f} +- {s['cimat']['dice']:.3f} | "
             f"{m['xcad']['dice']:.3f} | {row['train_seconds'] / 3600:.2f} | {row['machine']} | {row.get('note', '')} |")
     lines += ["", "Published on the same validation split (binary union Dice): 0.767 (MedSAM2, fine-tuned). "
               "Issue 31's target: >= 0.80.", ""]

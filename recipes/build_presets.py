@@ -253,10 +253,37 @@ def pretraining_record(config, history, n_images, sittings=None):
     }
 
 
+def pretrained_card(pretrain_run, unet, config, history, n_images, sittings=None):
+    """The card of `cmunet_small_pretrained` (the study's pretraining; its
+    runs recorded no sittings, so `sittings` is not read)."""
+    return {
+        "name": PRETRAINED,
+        "kind": "pretrained",
+        "file": "model.keras",
+        "description": (
+            "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining "
+            f"({pretraining_summary(config, history, n_images)}): encoder and decoder pretrained, segmentation head "
+            "untrained. Fine-tune it on your labelled angiograms: `cm-unet finetune --init "
+            "cmunet_small_pretrained ...`."
+        ),
+        **CARD_TEXT[PRETRAINED],
+        "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
+                         "parameters": int(unet.count_params())},
+        "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
+                 "(the 10 validation angiograms were never seen)."},
+        **pretraining_record(config, history, n_images),
+        "validation_metrics": "none by itself (no head); see benchmarks/label_efficiency/results.md for the "
+                              "held-out Dice of models fine-tuned from this pretraining",
+        "input": INPUT,
+        "rebuild": COMMAND,
+        "package_version": __version__,
+    }
+
+
 def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PRETRAINED):
     """Extract the U-Net of a pretraining run into a pretrained preset:
-    `cmunet_small_pretrained`, or `cmunet_small_pretrained_v2` (its card
-    from `pretrained_v2_card`)."""
+    `cmunet_small_pretrained` (card: `pretrained_card`) or
+    `cmunet_small_pretrained_v2` (`pretrained_v2_card`)."""
     import csv
 
     import keras
@@ -275,28 +302,8 @@ def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PR
         path = Path(tmp) / "model.keras"
         unet.save(path)
         keras.models.load_model(path, safe_mode=True, compile=False)  # what users will do
-        card = pretrained_v2_card(pretrain_run, unet, config, history, n_images, sittings) if name == PRETRAINED_V2 else {
-            "name": PRETRAINED,
-            "kind": "pretrained",
-            "file": "model.keras",
-            "description": (
-                "Small CM-UNet (U-Net width 16, 4 levels, 1.95M parameters) after contrastive masked pretraining "
-                f"({pretraining_summary(config, history, n_images)}): encoder and decoder pretrained, segmentation head "
-                "untrained. Fine-tune it on your labelled angiograms: `cm-unet finetune --init "
-                "cmunet_small_pretrained ...`."
-            ),
-            **CARD_TEXT[PRETRAINED],
-            "architecture": {"class": "CMUNet", "base_filters": unet.base_filters, "depth": unet.depth,
-                             "parameters": int(unet.count_params())},
-            "data": {"unlabeled": DATA["unlabeled"] + " Plus the 30 XCA training angiograms without their masks "
-                     "(the 10 validation angiograms were never seen)."},
-            **pretraining_record(config, history, n_images),
-            "validation_metrics": "none by itself (no head); see benchmarks/label_efficiency/results.md for the "
-                                  "held-out Dice of models fine-tuned from this pretraining",
-            "input": INPUT,
-            "rebuild": COMMAND,
-            "package_version": __version__,
-        }
+        make_card = pretrained_v2_card if name == PRETRAINED_V2 else pretrained_card
+        card = make_card(pretrain_run, unet, config, history, n_images, sittings)
         card_path = presets.write_preset(name, [path], card, root, overwrite)
     log(f"wrote {card_path}")
     return card_path
