@@ -28,6 +28,7 @@ The v2 presets (issue 31), built by name only:
     python recipes/build_presets.py --only pretrained_v2 --pretrain-run runs/pretrain_arcade
     python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train ...   # the chosen run
     python recipes/build_presets.py --only general_v2 --protocol-run runs/arcade_protocol/<run>
+    python recipes/build_presets.py --only arcade_v2 --protocol-run runs/arcade_protocol/<run>   # --sources arcade
 
 - `cmunet_small_pretrained_v2`: the U-Net of a pretraining run whose pool
   (its `images.json`) holds no test split; its card pairs the protocol's
@@ -37,6 +38,9 @@ The v2 presets (issue 31), built by name only:
   validation pairs), its card's numbers read from its row of
   `benchmarks/arcade_protocol/results.jsonl`; `--failure-modes FILE` adds
   the line on what it still gets wrong.
+- `cmunet_small_arcade_v2`: a protocol run on ARCADE's pairs alone
+  (`--sources arcade`), so one convention, `syntax`: the main SYNTAX
+  segments, side branches and catheter background, as ARCADE labels them.
 
 Each preset folder holds `model.keras` (float32, loads with
 `safe_mode=True`), `card.json` (intended use, limitations, data and what
@@ -408,6 +412,7 @@ def build_general(data_root, runs, root, overwrite, log=print):
 # --- The v2 presets (issue 31): ARCADE by its own protocol, a pool without a test split ---
 PRETRAINED_V2 = "cmunet_small_pretrained_v2"
 GENERAL_V2 = "cmunet_small_general_v2"
+ARCADE_V2 = "cmunet_small_arcade_v2"
 PROTOCOL_RESULTS = ROOT / "benchmarks" / "arcade_protocol" / "results.jsonl"
 DATA_V2 = {
     "unlabeled": (
@@ -519,17 +524,82 @@ def protocol_command(row):
     init = "" if init is None else f" --init {init}"
     return (f"python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train --base-filters "
             f"{row['base_filters']} --depth {row['depth']} --patch-size {row['patch_size']} --batch-size "
-            f"{row['batch_size']} --steps {row['steps']} --seed {row['seed']}{init}")
+            f"{row['batch_size']} --steps {row['steps']} --seed {row['seed']}{init}"
+            + (" --sources arcade" if row.get("sources", "both") == "arcade" else ""))
 
 
-def build_general_v2(protocol_run, root, overwrite, results=PROTOCOL_RESULTS, failure_modes=None, log=print):
+# The sources each protocol preset is trained on (the protocol's `--sources`),
+# and the one convention its output follows.
+PROTOCOL_PRESETS = {GENERAL_V2: ("both", "tree_catheter"), ARCADE_V2: ("arcade", "syntax")}
+
+
+def protocol_preset_text(name, row, start, mean):
+    """What differs between the protocol presets' cards: description, use,
+    first limitations, convention and data, from the run's `row`."""
+    schedule = f"{row['steps']:,} steps of {row['batch_size']} x {row['patch_size']} px native-resolution patches"
+    chosen = (f"One run of seed {row['seed']}: a second seed of one setting of the protocol moved ARCADE validation "
+              "Dice by 0.018 (docs/results.md), and the setting was chosen on these validation pairs among the "
+              "protocol's runs (benchmarks/arcade_protocol/results.md), so its numbers are optimistic for new data "
+              "by about that much.")
+    below = (f"Below the field's published results on ARCADE's validation split (Dice {mean['arcade_val']:.3f} here, "
+             "0.767 for MedSAM2 fine-tuned) and issue 31's targets (ARCADE 0.80, CIMAT 0.80, XCAD 0.78): see "
+             "docs/results.md.")
+    data = DATA_V2 if row.get("init") else {k: v for k, v in DATA_V2.items() if k != "unlabeled"}
+    if name == GENERAL_V2:
+        return {
+            "description": (
+                "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms, "
+                f"trained by ARCADE's own protocol (recipes/arcade_protocol.py): from {start}, {schedule}, half "
+                "from ARCADE's 1,000 syntax-train pairs (main segments) and half from 30 CIMAT pairs (full "
+                "trees), last epoch kept; chosen on ARCADE's 200 validation pairs."),
+            "intended_use": CARD_TEXT[GENERAL]["intended_use"].replace(GENERAL, GENERAL_V2),
+            "limitations": [
+                "Trained on two public sources only: 1,000 ARCADE syntax-train pairs whose masks hold the main "
+                "coronary segments only (side branches visible but unlabelled, trained as background) and 30 CIMAT "
+                "pairs with full trees; other scanners, centres, projections and patient groups are untested.",
+                chosen, below],
+            "mask_convention": V2_CONVENTION,
+            "data": data,
+        }
+    return {
+        "description": (
+            "Small CM-UNet (U-Net width 16, 4 levels) that segments the main coronary segments the way ARCADE's "
+            "syntax task labels them (the union of the 25 SYNTAX segments; side branches and the catheter left "
+            f"out), trained by ARCADE's own protocol (recipes/arcade_protocol.py --sources arcade): from {start}, "
+            f"{schedule}, all from ARCADE's 1,000 syntax-train pairs, last epoch kept; chosen on ARCADE's 200 "
+            "validation pairs."),
+        "intended_use": (
+            "Research on the main coronary segments of X-ray angiograms as ARCADE labels them: comparisons with "
+            "results published on ARCADE's syntax task, and a start for SYNTAX-segment work on 512x512 cine frames. "
+            f"It is not a whole-tree segmenter: for every visible vessel use {GENERAL_V2}."),
+        "limitations": [
+            "Trained on one public source only: 1,000 ARCADE syntax-train pairs (512x512); other scanners, centres, "
+            "projections and patient groups are untested.",
+            "It leaves side branches out by design, so its Dice against whole-tree masks is low (CIMAT "
+            f"{mean['cimat']:.3f}, XCAD {mean['xcad']:.3f} on this card): those numbers measure the convention, "
+            "not a failure.",
+            chosen, below],
+        "mask_convention": (
+            "ARCADE syntax (`syntax`): the 25 SYNTAX main segments only. Visible side branches, the guiding "
+            "catheter and everything else are background, as in ARCADE's syntax masks; `--convention syntax` is "
+            "the only one it accepts."),
+        "data": {k: (v.replace("half of each step's patches", "every patch") if k == "partially_labelled" else v)
+                 for k, v in data.items() if k != "labelled"},
+    }
+
+
+def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_RESULTS, failure_modes=None,
+                          log=print):
     """Publish an ARCADE protocol run (`recipes/arcade_protocol.py`), scored in
-    `results`, as `cmunet_small_general_v2`; its card takes the run's numbers
-    from its row and, when given, the failure modes looked at on its frames."""
+    `results`, as the protocol preset `name` (`PROTOCOL_PRESETS`: the run's
+    sources must be that preset's); its card takes the run's numbers from its
+    row and, when given, the failure modes looked at on its frames."""
     import keras
 
     from cm_unet_keras.core.errors import InvalidInputError
 
+    if name not in PROTOCOL_PRESETS:
+        raise ValueError(f"unknown protocol preset {name!r}: choose one of {', '.join(PROTOCOL_PRESETS)}")
     run = Path(protocol_run)
     rows = protocol_rows(results)
     if run.name not in rows:
@@ -537,29 +607,26 @@ def build_general_v2(protocol_run, root, overwrite, results=PROTOCOL_RESULTS, fa
                                 "recipes/arcade_protocol.py first")
     row = rows[run.name]
     if row.get("conventions"):
-        raise InvalidInputError(run, "has one output per convention; the general preset has one output")
+        raise InvalidInputError(run, f"has one output per convention; {name} has one output")
+    sources, convention = PROTOCOL_PRESETS[name]
+    if row.get("sources", "both") != sources:
+        other = next(n for n, (s, _) in PROTOCOL_PRESETS.items() if s == row.get("sources", "both"))
+        raise InvalidInputError(run, f"was trained on sources {row.get('sources', 'both')!r}, {name} on "
+                                f"{sources!r}: publish it as {other}")
     model_path = run / "model.keras"
     if not model_path.is_file():
         raise InvalidInputError(model_path, "not found: the run has not finished")
     model = keras.models.load_model(model_path, safe_mode=True, compile=False)  # what users will do
     names = {"arcade_val": "ARCADE syntax validation (200, main segments)", "cimat": "CIMAT validation (10)",
              "xcad": "XCAD sample (2)"}
-    sources = {part: {"images": len(row["per_image"][part]),
-                      "mean": {k: round(float(v), 4) for k, v in row["mean"][part].items()},
-                      "std": {k: round(float(v), 4) for k, v in row["std"][part].items()}}
-               for part in ("arcade_val", "cimat", "xcad")}
-    mean = {part: sources[part]["mean"]["dice"] for part in sources}
+    scored = {part: {"images": len(row["per_image"][part]),
+                     "mean": {k: round(float(v), 4) for k, v in row["mean"][part].items()},
+                     "std": {k: round(float(v), 4) for k, v in row["std"][part].items()}}
+              for part in ("arcade_val", "cimat", "xcad")}
+    mean = {part: scored[part]["mean"]["dice"] for part in scored}
     start = "a random start" if row.get("init") is None else f"{PRETRAINED_V2} (pretraining run {Path(row['init']).name})"
-    limitations = [
-        "Trained on two public sources only: 1,000 ARCADE syntax-train pairs whose masks hold the main coronary "
-        "segments only (side branches visible but unlabelled, trained as background) and 30 CIMAT pairs with full "
-        "trees; other scanners, centres, projections and patient groups are untested.",
-        f"One run of seed {row['seed']}: a second seed of one setting of the protocol moved ARCADE validation Dice "
-        "by 0.018 (docs/results.md), and the setting was chosen on these validation pairs among about ten, so "
-        "its numbers are optimistic for new data by about that much.",
-        f"Below the field's published results on ARCADE's validation split (Dice {mean['arcade_val']:.3f} here, "
-        "0.767 for MedSAM2 fine-tuned) and issue 31's targets (ARCADE 0.80, CIMAT 0.80, XCAD 0.78): see "
-        "docs/results.md.",
+    text = protocol_preset_text(name, row, start, mean)
+    limitations = text["limitations"] + [
         "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the detected "
         "field of view.",
     ]
@@ -567,25 +634,19 @@ def build_general_v2(protocol_run, root, overwrite, results=PROTOCOL_RESULTS, fa
         limitations.append(failure_modes)
     limitations += SHARED_LIMITATIONS[1:] if failure_modes else SHARED_LIMITATIONS
     card = {
-        "name": GENERAL_V2,
+        "name": name,
         "kind": "finetuned",
         "file": "model.keras",
-        "description": (
-            "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms, "
-            "trained by ARCADE's own protocol (recipes/arcade_protocol.py): from "
-            f"{start}, {row['steps']:,} steps of {row['batch_size']} x {row['patch_size']} px native-resolution "
-            "patches, half from ARCADE's 1,000 syntax-train pairs (main segments) and half from 30 CIMAT pairs "
-            "(full trees), last epoch kept; chosen on ARCADE's 200 validation pairs."
-        ),
-        "intended_use": CARD_TEXT[GENERAL]["intended_use"].replace(GENERAL, GENERAL_V2),
+        "description": text["description"],
+        "intended_use": text["intended_use"],
         "not_intended_for": NOT_INTENDED_FOR,
         "limitations": limitations,
-        "mask_convention": V2_CONVENTION,
-        "conventions": ["tree_catheter"],
+        "mask_convention": text["mask_convention"],
+        "conventions": [convention],
         "licences": LICENCES,
         "architecture": {"class": "CMUNet", "base_filters": row["base_filters"], "depth": row["depth"],
                          "parameters": int(model.count_params())},
-        "data": DATA_V2 if row.get("init") else {k: v for k, v in DATA_V2.items() if k != "unlabeled"},
+        "data": text["data"],
         "training": {"finetune_config": read_recipe(run / "config.yaml"), "protocol_run": run.name,
                      "seconds": row["train_seconds"], "machine": row["machine"],
                      "load_average_at_end": row.get("load_average_at_end"), "note": row.get("note", "")},
@@ -595,15 +656,16 @@ def build_general_v2(protocol_run, root, overwrite, results=PROTOCOL_RESULTS, fa
                   "Dice (the published metric) counts found side branches as errors",
             "caveat": "the run was chosen among the protocol's runs on ARCADE's validation pairs (the last epoch "
                       "is kept, no epoch was chosen); no test split was used",
-            "headline": {part: "dice" for part in sources},
-            "sources": sources,
+            "headline": {part: "dice" for part in scored},
+            "sources": scored,
         },
         "input": INPUT,
-        "rebuild": protocol_command(row) + f" && python recipes/build_presets.py --only general_v2 "
-                                           f"--protocol-run runs/arcade_protocol/{run.name}",
+        "rebuild": protocol_command(row) + f" && python recipes/build_presets.py --only "
+                                           f"{name.removeprefix('cmunet_small_')} --protocol-run "
+                                           f"runs/arcade_protocol/{run.name}",
         "package_version": __version__,
     }
-    card_path = presets.write_preset(GENERAL_V2, [model_path], card, root, overwrite)
+    card_path = presets.write_preset(name, [model_path], card, root, overwrite)
     log(f"wrote {card_path}: " + ", ".join(f"{part} Dice {value:.3f}" for part, value in mean.items()))
     return card_path
 
@@ -617,10 +679,11 @@ def main(argv=None):
     parser.add_argument("--root", default=str(ROOT / "saved_models"), help="presets folder")
     parser.add_argument("--general-runs", default=str(ROOT / "runs/presets/cmunet_small_general"),
                         help="fine-tuning run folder of the general preset")
-    parser.add_argument("--only", choices=["pretrained", "xca", "general", "pretrained_v2", "general_v2"],
+    parser.add_argument("--only", choices=["pretrained", "xca", "general", "pretrained_v2", "general_v2", "arcade_v2"],
                         help="build one preset (default the first three, in order; the v2 presets by name)")
-    parser.add_argument("--protocol-run", help="general_v2: the ARCADE protocol run folder to publish")
-    parser.add_argument("--failure-modes", help="general_v2: a file with the line on what it still gets wrong")
+    parser.add_argument("--protocol-run", help="general_v2, arcade_v2: the ARCADE protocol run folder to publish")
+    parser.add_argument("--failure-modes", help="general_v2, arcade_v2: a file with the line on what it still gets "
+                        "wrong")
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
     args = parser.parse_args(argv)
     if args.only in (None, "pretrained"):
@@ -633,11 +696,12 @@ def main(argv=None):
     if args.only == "pretrained_v2":
         pool = json.loads((Path(args.pretrain_run) / "images.json").read_text())
         build_pretrained(args.pretrain_run, args.root, args.overwrite, pool["count"], name=PRETRAINED_V2)
-    if args.only == "general_v2":
+    if args.only in ("general_v2", "arcade_v2"):
         if not args.protocol_run:
-            parser.error("--only general_v2 needs --protocol-run")
+            parser.error(f"--only {args.only} needs --protocol-run")
         failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
-        build_general_v2(args.protocol_run, args.root, args.overwrite, failure_modes=failure_modes)
+        build_protocol_preset(f"cmunet_small_{args.only}", args.protocol_run, args.root, args.overwrite,
+                              failure_modes=failure_modes)
     return 0
 
 

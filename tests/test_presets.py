@@ -212,13 +212,16 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     root = tmp_path / "saved_models"
 
     with pytest.raises(InvalidInputError, match="not a scored run"):
-        build.build_general_v2(run, root, False, results=results)
+        build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results)
     append_jsonl(results, {**row, "run": "other"})
     append_jsonl(results, {**row, "conventions": ["syntax", "tree", "tree_catheter"]})
     with pytest.raises(InvalidInputError, match="one output per convention"):
-        build.build_general_v2(run, root, False, results=results)
+        build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results)
     append_jsonl(results, row)  # the last row of a run wins, as the protocol's reader keeps it
-    card_path = build.build_general_v2(run, root, False, results=results, failure_modes="It misses X on 1 of 2.")
+    with pytest.raises(InvalidInputError, match="publish it as cmunet_small_general_v2"):
+        build.build_protocol_preset(build.ARCADE_V2, run, root, False, results=results)
+    card_path = build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results,
+                                            failure_modes="It misses X on 1 of 2.")
 
     card = json.loads(card_path.read_text())
     sources = card["validation_metrics"]["sources"]
@@ -228,12 +231,33 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     assert "It misses X on 1 of 2." in card["limitations"]
     assert card["conventions"] == ["tree_catheter"] and "unlabeled" not in card["data"]
     assert "--patch-size 384 --batch-size 2 --steps 4000 --seed 0" in card["rebuild"]
+    assert "--sources" not in card["rebuild"] and "--only general_v2 --protocol-run" in card["rebuild"]
     assert presets.verified_preset_path("cmunet_small_general_v2", root).read_bytes() == (run / "model.keras").read_bytes()
     # `cm-unet presets` reads ARCADE by the protocol's metric, Dice, not sensitivity.
     summary = presets.validation_summary(card)
     assert f"arcade_val dice {reports['arcade_val']['mean']['dice']:.3f}" in summary
     with pytest.raises(InvalidInputError, match="preset exists"):
-        build.build_general_v2(run, root, False, results=results)
+        build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results)
+
+    # A run on ARCADE's pairs alone is the syntax-convention preset, and only that one.
+    alone = run.with_name("w16_s4000_p384b2_scratch_arcadeonly")
+    alone.mkdir()
+    for file in ("model.keras", "config.yaml"):
+        (alone / file).write_bytes((run / file).read_bytes())
+    append_jsonl(results, {**row, "run": alone.name, "sources": "arcade", "init": "/work/runs/pretrain_arcade"})
+    with pytest.raises(InvalidInputError, match="publish it as cmunet_small_arcade_v2"):
+        build.build_protocol_preset(build.GENERAL_V2, alone, tmp_path / "other", False, results=results)
+    card = json.loads(build.build_protocol_preset(build.ARCADE_V2, alone, root, False, results=results).read_text())
+    assert card["conventions"] == ["syntax"] and "labelled" not in card["data"] and "unlabeled" in card["data"]
+    assert card["rebuild"].startswith("python recipes/arcade_protocol.py") and "--init runs/pretrain_arcade" in card["rebuild"]
+    assert "--sources arcade && python recipes/build_presets.py --only arcade_v2 --protocol-run" in card["rebuild"]
+    assert "every patch" in card["data"]["partially_labelled"]
+    from cm_unet_keras.models.segmentation import convention_model, load_preset as load_with_settings
+
+    unet = load_with_settings(str(presets.verified_preset_path(build.ARCADE_V2, root)))
+    assert unet.segmentation_settings.convention == "syntax" and convention_model(unet, "syntax") is unet
+    with pytest.raises(ValueError, match="not one of"):
+        convention_model(unet, "tree")
 
 
 def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_shape_and_seed(recipe_module):
