@@ -19,7 +19,8 @@ blue where only the reference does. The maps hold the data's pixels and
 stay out of the repository (`--out` is a run folder).
 
 The notes (`benchmarks/failure_modes/<label>.json`): `{"model": ...,
-"looked_at": date, "frames": {"<part>/<name>": [tags...]}}`; every frame of
+"looked_at": date, "looked_by": who (default `LOOKED_BY`), "frames":
+{"<part>/<name>": [tags...]}}`; every frame of
 the draw must be there (an empty list: none of the tags). `--report` writes
 `<label>.md` beside them: per part, the share of frames with each tag, and
 the card's line (`<label>_card.txt`, for `build_presets.py --failure-modes`).
@@ -53,6 +54,7 @@ TAGS = {
     "unlabelled_branch_marked": "a visible side branch that ARCADE's convention leaves unlabelled marked (its "
                                 "convention, not an anatomical error)",
 }
+LOOKED_BY = "a person who looked at the error map of each frame"
 RED, GREEN, BLUE = (0, 0, 255), (0, 200, 0), (255, 80, 0)  # BGR
 
 
@@ -168,7 +170,7 @@ def write_report(label, data_root, out=OUT):
     parts = [part for part in PARTS if part in table]
     lines = [f"# Failure modes of {label}, looked at (issue 31, item 7)", "",
              f"Written by `python benchmarks/failure_modes.py --report --label {label}` from `{label}.json`: the "
-             f"notes of a person who looked at the error map of each frame ({notes.get('model', '?')}; looked at "
+             f"notes of {notes.get('looked_by', LOOKED_BY)} ({notes.get('model', '?')}; looked at "
              f"{notes.get('looked_at', '?')}). Frames: a fixed draw of {ARCADE_FRAMES} of ARCADE's 200 syntax "
              "validation pairs (seed 0), CIMAT's 10 validation pairs, the 2 XCAD frames. Share of frames where "
              "each error is seen:", "",
