@@ -16,6 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NO_CIMAT_START = "runs/adaptation/starts/general_no_cimat/model.keras"
 
+# Every model whose failure maps were looked at: its notes, and the report and card line made of them.
+FAILURE_LABELS = sorted(path.stem for path in (ROOT / "benchmarks" / "failure_modes").glob("*.json"))
+assert "w16_s4000_p384b2_scratch" in FAILURE_LABELS, "the stored failure-mode notes are missing"
 # (script, its output folder, --report arguments as the stored report names them, files compared)
 REPORTS = [
     ("benchmarks/selection.py", "benchmarks/selection",
@@ -33,8 +36,8 @@ REPORTS = [
     ("benchmarks/pretrain_screen.py", "benchmarks/pretrain_screen", [[]], ["results.md", "pretrainings.json"]),
     ("recipes/general.py", "benchmarks/cross_source", [[]], ["training.md"]),
     ("recipes/arcade_protocol.py", "benchmarks/arcade_protocol", [[]], ["results.md"]),
-    ("benchmarks/failure_modes.py", "benchmarks/failure_modes", [["--label", "w16_s4000_p384b2_scratch"]],
-     ["w16_s4000_p384b2_scratch.md", "w16_s4000_p384b2_scratch_card.txt"]),
+    ("benchmarks/failure_modes.py", "benchmarks/failure_modes", [["--label", label] for label in FAILURE_LABELS],
+     [f"{label}{suffix}" for label in FAILURE_LABELS for suffix in (".md", "_card.txt")]),
 ]
 
 
