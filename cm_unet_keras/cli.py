@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 
 import cm_unet_keras  # noqa: F401  (sets the backend and log level first; imports no TensorFlow)
+from cm_unet_keras.annotate.prefill import DEFAULT_MODEL as DEFAULT_ANNOTATION_MODEL
 from cm_unet_keras.config import (
     PRECISIONS,
     PRETRAIN_RECIPES,
@@ -451,7 +452,7 @@ def add_annotate(command):
                        "beside N.png for finetune --pairs")
     annotate.add_argument("folder", help="folder of angiograms N.png (the output of `cm-unet select`, or any "
                           "folder of image files)")
-    annotate.add_argument("--model", default="cmunet_small_general",
+    annotate.add_argument("--model", default=DEFAULT_ANNOTATION_MODEL,
                           help="preset, .keras file or run folder whose mask (as `predict` writes it) frames without "
                           "N_gt.png open with; none: they open empty")
     annotate.add_argument("--host", default="127.0.0.1",
@@ -669,8 +670,9 @@ def cmd_presets(args):
     print(f"presets in {root}:")
     for name in names:
         card = presets.preset_card(name)
+        superseded = f"; superseded by {card['superseded_by']}" if card.get("superseded_by") else ""
         print(f"  {name:26s} {card.get('kind', '?'):10s} conventions {presets.conventions_summary(card)}; "
-              f"{presets.validation_summary(card)}")
+              f"{presets.validation_summary(card)}{superseded}")
         if args.verbose_cards:
             print("    " + card.get("description", ""))
             print("    rebuild: " + card.get("rebuild", "?"))

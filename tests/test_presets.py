@@ -23,7 +23,11 @@ from cm_unet_keras.models.unet import HEAD_PREFIXES
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
 SPLIT = ROOT / "recipes" / "xca_split.json"
-NAMES = ("cmunet_small_pretrained", "cmunet_small_xca", "cmunet_small_general")
+NAMES = ("cmunet_small_pretrained", "cmunet_small_xca", "cmunet_small_general", "cmunet_small_pretrained_v2",
+         "cmunet_small_xca_v2", "cmunet_small_general_v2", "cmunet_small_arcade_v2")
+# The presets published from ARCADE protocol runs, and the convention of each one's output.
+PROTOCOL_PRESETS = {"cmunet_small_general_v2": "tree_catheter", "cmunet_small_arcade_v2": "syntax"}
+PROTOCOL_RESULTS = ROOT / "benchmarks" / "arcade_protocol" / "results.jsonl"
 CARD_KEYS = {"name", "kind", "file", "sha256", "description", "intended_use", "not_intended_for", "limitations",
              "licences", "architecture", "data", "training", "validation_metrics", "input", "rebuild"}
 
@@ -34,6 +38,9 @@ def test_shipped_preset_is_small_verified_documented_and_safe(name):
     card = presets.preset_card(name, SHIPPED)
     assert CARD_KEYS <= set(card), f"card of {name} lacks {CARD_KEYS - set(card)}"
     assert "python recipes/build_presets.py" in card["rebuild"]
+    if "superseded_by" in card:  # a successor that ships, named first among the limits
+        assert card["superseded_by"] in presets.available_presets(SHIPPED)
+        assert card["limitations"][0].startswith(f"Superseded by {card['superseded_by']} ")
     for file in (SHIPPED / name).iterdir():
         assert file.stat().st_size <= presets.MAX_PRESET_BYTES, file
     path = presets.verified_preset_path(name, SHIPPED)
@@ -57,13 +64,39 @@ def test_card_readme_is_the_card_rendered_with_intended_use_and_limits(name):
     assert "CC BY 4.0" in card["licences"] and "BSD-3-Clause" in card["licences"] and card["licences"] in readme
 
 
-def test_xca_preset_reproduces_the_dice_on_its_card(shared_data):
-    card = presets.preset_card("cmunet_small_xca", SHIPPED)
+@pytest.mark.parametrize("name", ["cmunet_small_xca", "cmunet_small_xca_v2"])
+def test_xca_preset_reproduces_the_dice_on_its_card(shared_data, name):
+    card = presets.preset_card(name, SHIPPED)
     _, validation = study_data(shared_data, SPLIT)
-    report = evaluate_model(load_preset("cmunet_small_xca", SHIPPED), validation)
+    report = evaluate_model(load_preset(name, SHIPPED), validation)
     for key in ("dice", "cldice", "iou"):
         assert report["mean"][key] == pytest.approx(card["validation_metrics"]["mean"][key], abs=2e-3), key
     assert report["n_images"] == 10
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL_PRESETS))
+def test_protocol_preset_reproduces_its_card_and_its_protocol_row(shared_data, recipe_module, name):
+    # CIMAT's 10 and XCAD's 2 re-scored against the card's means; 8 of
+    # ARCADE's 200 validation pairs against the per-image Dice of the
+    # protocol run the card names (all 200 are the benchmark's to score).
+    from cm_unet_keras.experiments.store import read_jsonl
+
+    protocol = recipe_module("arcade_protocol")
+    card = presets.preset_card(name, SHIPPED)
+    assert card["conventions"] == [PROTOCOL_PRESETS[name]]
+    row = read_jsonl(PROTOCOL_RESULTS, lambda r: r["run"])[card["training"]["protocol_run"]]
+    sources = card["validation_metrics"]["sources"]
+    assert sources["arcade_val"]["images"] == 200
+    assert sources["arcade_val"]["mean"]["dice"] == pytest.approx(row["mean"]["arcade_val"]["dice"], abs=1e-4)
+    model = load_preset(name, SHIPPED)
+    for part in ("cimat", "xcad"):
+        report = evaluate_model(model, protocol.scored_records(part, shared_data))
+        assert report["n_images"] == sources[part]["images"]
+        assert report["mean"]["dice"] == pytest.approx(sources[part]["mean"]["dice"], abs=2e-3), part
+    arcade = protocol.scored_records("arcade_val", shared_data)[:8]
+    stored = {image["name"]: image["dice"] for image in row["per_image"]["arcade_val"]}
+    for image in evaluate_model(model, arcade)["per_image"]:
+        assert image["dice"] == pytest.approx(stored[image["name"]], abs=5e-3), image["name"]
 
 
 def test_pretrained_preset_transfers_encoder_and_decoder_not_head(shared_data, tmp_path, monkeypatch, capsys):
@@ -95,6 +128,8 @@ def test_xca_preset_in_evaluate_predict_and_export(shared_data, tmp_path, monkey
     assert main(["presets"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in NAMES) and "validation Dice" in listed
+    xca_line = next(line for line in listed.splitlines() if line.strip().startswith("cmunet_small_xca "))
+    assert xca_line.endswith("superseded by cmunet_small_xca_v2")
 
 
 def test_write_preset_is_atomic_and_refuses_to_overwrite(tmp_path):
@@ -276,6 +311,14 @@ def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_sh
     text = build.ablation_summary(rows, "runs/pretrain_arcade")
     assert "paired over seeds +0.005 (per seed +0.020, -0.010)" in text and "seeds (0, 1)" in text
     assert "unmeasured" in build.ablation_summary(rows, "runs/pretrain_new")
+    # A second setting (ARCADE's pairs alone) gets its own sentence, not a share of the first's mean.
+    name, alone = row("pre0_alone", "/runs/pretrain_arcade", 0, 0.74)
+    rows.update({name: {**alone, "sources": "arcade"}, "scr0_alone": {**row("scr0_alone", None, 0, 0.72)[1],
+                                                                      "sources": "arcade"}})
+    text = build.ablation_summary(rows, "runs/pretrain_arcade")
+    assert "paired over seeds +0.005 (per seed +0.020, -0.010)" in text
+    assert "on ARCADE's pairs alone (2 x 384 px patches, 4,000 steps)" in text and "seeds (0): ARCADE" in text
+    assert "paired over seeds +0.020 (per seed +0.020)" in text
 
 
 def test_the_ablation_pairs_only_runs_that_differ_by_their_start(recipe_module):
