@@ -54,6 +54,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -294,10 +295,13 @@ def pretrained_card(pretrain_run, unet, config, history, n_images, sittings=None
     }
 
 
-def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PRETRAINED):
+def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PRETRAINED, card_only=False):
     """Extract the U-Net of a pretraining run into a pretrained preset:
     `cmunet_small_pretrained` (card: `pretrained_card`) or
-    `cmunet_small_pretrained_v2` (`pretrained_v2_card`)."""
+    `cmunet_small_pretrained_v2` (`pretrained_v2_card`). `card_only`
+    rebuilds the card of the published preset (its ablation reads the
+    protocol's newer rows) and keeps its model file byte for byte: a saved
+    `.keras` file differs at each save, and a published one stays."""
     import csv
 
     import keras
@@ -306,20 +310,24 @@ def build_pretrained(pretrain_run, root, overwrite, n_images, log=print, name=PR
     weights = pretrain_run / "pretrained.weights.h5"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: run `cm-unet study --stage pretrain` first")
-    with float32_policy():
-        unet = load_model_file(weights)
     history = list(csv.DictReader((pretrain_run / "history.csv").read_text().splitlines()))
     state = pretrain_run / "state.json"
     sittings = json.loads(state.read_text()).get("sittings") if state.is_file() else None
     config = read_recipe(pretrain_run / "config.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        unet.save(path)
-        keras.models.load_model(path, safe_mode=True, compile=False)  # what users will do
+        if card_only:
+            shutil.copyfile(presets.verified_preset_path(name, root), path)
+            unet = keras.models.load_model(path, safe_mode=True, compile=False)
+        else:
+            with float32_policy():
+                unet = load_model_file(weights)
+            unet.save(path)
+            keras.models.load_model(path, safe_mode=True, compile=False)  # what users will do
         make_card = pretrained_v2_card if name == PRETRAINED_V2 else pretrained_card
         card = make_card(pretrain_run, unet, config, history, n_images, sittings)
-        card_path = presets.write_preset(name, [path], card, root, overwrite)
-    log(f"wrote {card_path}")
+        card_path = presets.write_preset(name, [path], card, root, overwrite or card_only)
+    log(f"wrote {card_path}" + (" (card only; model file kept)" if card_only else ""))
     return card_path
 
 
@@ -497,7 +505,7 @@ def ablation_summary(rows, pretrain_run):
         first = group[0][1]
         differences = {part: [row["mean"][part]["dice"] - other["mean"][part]["dice"] for _, row, other in group]
                        for part in ("arcade_val", "cimat", "xcad")}
-        per_seed = ", ".join(f"{d:+.3f}" for d in differences["arcade_val"])
+        per_seed = ", ".join(signed(d) for d in differences["arcade_val"])
         sources = " on ARCADE's pairs alone" if first.get("sources", "both") == "arcade" else ""
         sentences.append(
             f"Fine-tuned by the ARCADE protocol{sources} ({first['batch_size']} x {first['patch_size']} px "
@@ -505,9 +513,14 @@ def ablation_summary(rows, pretrain_run):
             f"({', '.join(str(seed) for seed, _, _ in group)}): ARCADE validation Dice "
             f"{np.mean([row['mean']['arcade_val']['dice'] for _, row, _ in group]):.3f} against "
             f"{np.mean([other['mean']['arcade_val']['dice'] for _, _, other in group]):.3f}, paired over seeds "
-            f"{np.mean(differences['arcade_val']):+.3f} (per seed {per_seed}); CIMAT "
-            f"{np.mean(differences['cimat']):+.3f}, XCAD {np.mean(differences['xcad']):+.3f}.")
-    return " ".join(sentences) + " (benchmarks/arcade_protocol/results.md)"
+            f"{signed(np.mean(differences['arcade_val']))} (per seed {per_seed}); CIMAT "
+            f"{signed(np.mean(differences['cimat']))}, XCAD {signed(np.mean(differences['xcad']))}.")
+    return " ".join(sentences) + " The runs: benchmarks/arcade_protocol/results.md."
+
+
+def signed(value):
+    """`value` to 3 decimals with its sign, +0.000 rather than -0.000."""
+    return f"{round(float(value), 3) + 0.0:+.3f}"
 
 
 def pretrained_v2_card(pretrain_run, unet, config, history, n_images, sittings=None):
@@ -720,6 +733,9 @@ def main(argv=None):
     parser.add_argument("--failure-modes", help="xca_v2, general_v2, arcade_v2: a file with the line on what it still "
                         "gets wrong (benchmarks/failure_modes/<label>_card.txt)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
+    parser.add_argument("--card-only", action="store_true",
+                        help="pretrained_v2: rebuild the published preset's card (its ablation from the protocol's "
+                        "newest rows), keeping its model file")
     args = parser.parse_args(argv)
     if args.only in (None, "pretrained"):
         train, _ = study_data(args.data, args.split)
@@ -730,7 +746,8 @@ def main(argv=None):
         build_general(args.data, args.general_runs, args.root, args.overwrite)
     if args.only == "pretrained_v2":
         pool = json.loads((Path(args.pretrain_run) / "images.json").read_text())
-        build_pretrained(args.pretrain_run, args.root, args.overwrite, pool["count"], name=PRETRAINED_V2)
+        build_pretrained(args.pretrain_run, args.root, args.overwrite, pool["count"], name=PRETRAINED_V2,
+                         card_only=args.card_only)
     if args.only == "xca_v2":
         runs = args.runs if args.runs != parser.get_default("runs") else str(ROOT / "runs/presets" / XCA_V2)
         failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
