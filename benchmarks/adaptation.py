@@ -97,6 +97,13 @@ def arcade_syntax_train(folder):
 
 # --- starts -----------------------------------------------------------------
 
+def start_name(start):
+    """A start as the reports name it: a preset's name, or a path inside the
+    checkout relative to it (never this machine's absolute path)."""
+    path = Path(str(start))
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(start)
+
+
 def general_no_cimat_path():
     return RUNS / "starts" / "general_no_cimat" / "model.keras"
 
@@ -381,7 +388,7 @@ def check_run(target, arm, k, draw, labelled, scored, start, runs, out, override
     report = evaluate_model(model, scored, threshold=0.5)
     record(CHECK_FILE, {
         "key": key, "target": target, "arm": arm, "k": None if arm == "start" else k,
-        "draw": draw if arm != "start" or target == "xcad" else None, "start": str(start),
+        "draw": draw if arm != "start" or target == "xcad" else None, "start": start_name(start),
         "labelled": [] if arm == "start" else sorted(r.name for r in labelled), "scored": [r.name for r in scored],
         "metrics": report["mean"], "per_image_dice": [row["dice"] for row in report["per_image"]],
         "chosen": chosen, "reason": reason, "warning": warning,
@@ -636,7 +643,7 @@ def check_report_lines(rows, command):
              f"{-WORST_DRAW:g} Dice below the start; 3. at least today's rule's gain where the rule gains (n/a: "
              "the rule does not gain at that k).", ""]
     for target in CHECK_STARTS:
-        starts = sorted({r["start"] for r in rows if r["target"] == target})
+        starts = sorted({start_name(r["start"]) for r in rows if r["target"] == target})
         table, verdicts = check_table(rows, target)
         if not verdicts:
             continue

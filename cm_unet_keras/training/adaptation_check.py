@@ -285,7 +285,7 @@ def why_no_check(config, n_pairs, given, check, recorded_config):
 # One pair leaves none to score, and one frame's fine-tune was measured to help or harm by source.
 ONE_PAIR = ("1 training pair leaves none to score, so nothing can show that fine-tuning on it helps here, and "
             "measured it went both ways: from cmunet_small_general one XCAD frame lowered the other's Dice by 0.105 "
-            "on average (both folds); one CIMAT pair moved a start without CIMAT by +0.005 (5 draws); one ARCADE "
+            "on average (both folds); one CIMAT pair moved a start without CIMAT by +0.003 on average but by -0.076 in one of 5 draws; one ARCADE "
             "pair lifted cmunet_small_xca by +0.016 on average (5 draws) but lowered it by 0.042 in one "
             "(docs/adaptation.md). The start is kept unchanged: label a second frame so the check can choose, "
             "or give --no-check to train the few-label rule's budget on this one")
