@@ -657,10 +657,11 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
     if row.get("conventions"):
         raise InvalidInputError(run, f"has one output per convention; {name} has one output")
     sources, convention = PROTOCOL_PRESETS[name]
-    if row.get("sources", "both") != sources:
-        other = next(n for n, (s, _) in PROTOCOL_PRESETS.items() if s == row.get("sources", "both"))
-        raise InvalidInputError(run, f"was trained on sources {row.get('sources', 'both')!r}, {name} on "
-                                f"{sources!r}: publish it as {other}")
+    trained_on = row.get("sources", "both")
+    if trained_on != sources:
+        other = next(n for n, (s, _) in PROTOCOL_PRESETS.items() if s == trained_on)
+        raise InvalidInputError(run, f"was trained on sources {trained_on!r}, {name} on {sources!r}: publish it "
+                                f"as {other}")
     model_path = run / "model.keras"
     if not model_path.is_file():
         raise InvalidInputError(model_path, "not found: the run has not finished")
@@ -672,7 +673,8 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
                      "std": {k: round(float(v), 4) for k, v in row["std"][part].items()}}
               for part in ("arcade_val", "cimat", "xcad")}
     mean = {part: scored[part]["mean"]["dice"] for part in scored}
-    start = "a random start" if row.get("init") is None else f"{PRETRAINED_V2} (pretraining run {Path(row['init']).name})"
+    start = ("a random start" if row.get("init") is None
+             else f"{PRETRAINED_V2} (pretraining run {Path(row['init']).name})")
     text = protocol_preset_text(name, row, start, mean)
     limitations = text["limitations"] + [
         "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the detected "
@@ -748,14 +750,13 @@ def main(argv=None):
         pool = json.loads((Path(args.pretrain_run) / "images.json").read_text())
         build_pretrained(args.pretrain_run, args.root, args.overwrite, pool["count"], name=PRETRAINED_V2,
                          card_only=args.card_only)
+    failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
     if args.only == "xca_v2":
         runs = args.runs if args.runs != parser.get_default("runs") else str(ROOT / "runs/presets" / XCA_V2)
-        failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
         build_xca(args.data, args.split, runs, args.root, args.overwrite, name=XCA_V2, failure_modes=failure_modes)
     if args.only in ("general_v2", "arcade_v2"):
         if not args.protocol_run:
             parser.error(f"--only {args.only} needs --protocol-run")
-        failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
         build_protocol_preset(f"cmunet_small_{args.only}", args.protocol_run, args.root, args.overwrite,
                               failure_modes=failure_modes)
     return 0

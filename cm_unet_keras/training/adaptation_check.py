@@ -25,9 +25,9 @@ would do:
   (`finetune.keep_start`). When the folds' per-fold differences spread
   wider than the mean difference chosen on, a warning says so.
 - One training pair leaves no pair to score, and one frame's fine-tune
-  was measured to harm (XCAD: -0.105 Dice on the other frame) about as
-  often as it helped (CIMAT: +0.005): the start is kept unchanged,
-  unchecked, and the record says so (`--no-check` trains the rule's budget).
+  was measured to help or harm by source (`ONE_PAIR` gives the numbers):
+  the start is kept unchanged, unchecked, and the record says so
+  (`--no-check` trains the rule's budget).
 
 The estimate, the choice, the reason and the check's wall time go to
 `adaptation.json` in the run folder and to its card (`README.md`); a rerun
@@ -285,10 +285,10 @@ def why_no_check(config, n_pairs, given, check, recorded_config):
 # One pair leaves none to score, and one frame's fine-tune was measured to help or harm by source.
 ONE_PAIR = ("1 training pair leaves none to score, so nothing can show that fine-tuning on it helps here, and "
             "measured it went both ways: from cmunet_small_general one XCAD frame lowered the other's Dice by 0.105 "
-            "on average (both folds); one CIMAT pair moved a start without CIMAT by +0.003 on average but by -0.076 in one of 5 draws; one ARCADE "
-            "pair lifted cmunet_small_xca by +0.016 on average (5 draws) but lowered it by 0.042 in one "
-            "(docs/adaptation.md). The start is kept unchanged: label a second frame so the check can choose, "
-            "or give --no-check to train the few-label rule's budget on this one")
+            "on average (both folds); one CIMAT pair moved a start without CIMAT by +0.003 on average but by "
+            "-0.076 in one of 5 draws; one ARCADE pair lifted cmunet_small_xca by +0.016 on average (5 draws) "
+            "but lowered it by 0.042 in one (docs/adaptation.md). The start is kept unchanged: label a second "
+            "frame so the check can choose, or give --no-check to train the few-label rule's budget on this one")
 
 
 def choose_settings(config, records, given=(), run_dir=None, check=True, budgets=None, log=print):
