@@ -357,14 +357,24 @@ def arm_model(arm, start, labelled, run_dir, overrides, budgets, log):
     from cm_unet_keras.training.few_label import apply_few_label_rule
 
     if arm == "start":
-        return start, {"steps": 0, "lr": None}, "the start untouched", None
+        return start, {"steps": 0, "lr": None}, "the start untouched", None, None
     config = FinetuneConfig(init=start, val_fraction=0.0, **(overrides or {}))
     fit = adapt(config, labelled, run_dir, check=arm == "checked", budgets=budgets, note=log, verbose=0, log=log)
     recorded = read_record(run_dir)
     if recorded is not None:
-        return fit["model_path"], recorded["chosen"], recorded["reason"], recorded.get("warning")
+        return (fit["model_path"], recorded["chosen"], recorded["reason"], recorded.get("warning"),
+                check_estimates(recorded))
     ruled, message = apply_few_label_rule(config, len(labelled))
-    return fit["model_path"], {"steps": ruled.epochs * ruled.steps_per_epoch, "lr": ruled.lr}, message, None
+    return fit["model_path"], {"steps": ruled.epochs * ruled.steps_per_epoch, "lr": ruled.lr}, message, None, None
+
+
+def check_estimates(record):
+    """The check's own estimate of each candidate (`adaptation.json`'s
+    candidates): steps, lr and the held-out Dice per fold; None when the
+    check did not run (one pair)."""
+    if not record.get("checked"):
+        return None
+    return [{"steps": c["steps"], "lr": c["lr"], "dice": c["dice"]} for c in record["candidates"]]
 
 
 def check_run(target, arm, k, draw, labelled, scored, start, runs, out, overrides=None, budgets=None, log=print):
@@ -382,8 +392,8 @@ def check_run(target, arm, k, draw, labelled, scored, start, runs, out, override
     if key in finished(CHECK_FILE, out):
         return
     load, started = os.getloadavg(), time.perf_counter()
-    model_path, chosen, reason, warning = arm_model(arm, start, labelled, Path(runs) / key, overrides, budgets,
-                                                    lambda line: log(f"[{key}] {line}"))
+    model_path, chosen, reason, warning, estimates = arm_model(
+        arm, start, labelled, Path(runs) / key, overrides, budgets, lambda line: log(f"[{key}] {line}"))
     model = load_model(model_path)
     report = evaluate_model(model, scored, threshold=0.5)
     record(CHECK_FILE, {
@@ -391,7 +401,7 @@ def check_run(target, arm, k, draw, labelled, scored, start, runs, out, override
         "draw": draw if arm != "start" or target == "xcad" else None, "start": start_name(start),
         "labelled": [] if arm == "start" else sorted(r.name for r in labelled), "scored": [r.name for r in scored],
         "metrics": report["mean"], "per_image_dice": [row["dice"] for row in report["per_image"]],
-        "chosen": chosen, "reason": reason, "warning": warning,
+        "chosen": chosen, "reason": reason, "warning": warning, "estimates": estimates,
         # The policy it trained in (None: the start), and the one its layers scored in (as saved).
         "precision": None if arm == "start" else resolve_precision(FinetuneConfig(**(overrides or {})).precision),
         "scored_in": model.dtype_policy.name, "seconds": round(time.perf_counter() - started, 1),
@@ -624,6 +634,41 @@ def verdict_lines(verdicts):
     return lines
 
 
+def estimated_gain(estimates, steps, lr):
+    """The check's held-out estimate of a budget's Dice minus the start's
+    (means over its folds); None when that budget was not a candidate."""
+    by_budget = {(c["steps"], c["lr"]): float(np.mean(c["dice"])) for c in estimates}
+    if (steps, lr) not in by_budget or (0, None) not in by_budget:
+        return None
+    return by_budget[(steps, lr)] - by_budget[(0, None)]
+
+
+def foresight_lines(rows, target):
+    """Does the check foresee what fine-tuning does to the scored pairs? Per
+    k, over the draws whose checked arm recorded its estimates: the check's
+    held-out estimate of the rule's budget minus the start, against what
+    the rule's arm measured on the scored pairs (rule - start), with their
+    Pearson r and the draws where the two have the same sign."""
+    by_arm = {(r["target"], r["k"], r["draw"], r["arm"]): r for r in rows}
+    lines = ["| k | draws | estimated rule - start | measured rule - start | r | same sign |", "|---" * 6 + "|"]
+    for k in sorted({r["k"] for r in rows if r["target"] == target and r["k"] and r["k"] > 1}):
+        pairs = []
+        for draw, arms in check_dice(rows, target, k).items():
+            checked, rule = by_arm[(target, k, draw, "checked")], by_arm[(target, k, draw, "rule")]
+            if not checked.get("estimates"):
+                continue
+            estimate = estimated_gain(checked["estimates"], rule["chosen"]["steps"], rule["chosen"]["lr"])
+            if estimate is not None:
+                pairs.append((estimate, arms["rule"] - arms["start"]))
+        if len(pairs) < 3:
+            continue
+        estimated, measured = (np.array(column) for column in zip(*pairs))
+        r = f"{np.corrcoef(estimated, measured)[0, 1]:+.2f}" if estimated.std() > 0 and measured.std() > 0 else "-"
+        lines.append(f"| {k} | {len(pairs)} | {estimated.mean():+.3f} | {measured.mean():+.3f} | {r} | "
+                     f"{int(np.sum(np.sign(estimated) * np.sign(measured) > 0))}/{len(pairs)} |")
+    return lines if len(lines) > 2 else []
+
+
 def check_report_lines(rows, command):
     """`check.md`: per target and k, the three arms' Dice, paired differences
     over draws with Student-t 95% intervals, the worst draw and the targets."""
@@ -649,7 +694,14 @@ def check_report_lines(rows, command):
             continue
         seconds = [r["seconds"] for r in rows if r["target"] == target]
         lines += [f"## Target {target.upper()}, from {', '.join(f'`{s}`' for s in starts)}", ""] + table + [""]
-        lines += verdict_lines(verdicts) + ["", f"{len(seconds)} runs, {sum(seconds) / 3600:.2f} h in all.", ""]
+        lines += verdict_lines(verdicts) + [""]
+        foresight = foresight_lines(rows, target)
+        if foresight:
+            lines += ["Does the check foresee the gain? Its held-out estimate (leave-one-out over the draw's own k "
+                      "pairs, mean over folds) of a budget's Dice minus the start's, against the same "
+                      "difference measured on the scored pairs, for the rule's budget (draws whose estimates are "
+                      "recorded):", ""] + foresight + [""]
+        lines += [f"{len(seconds)} runs, {sum(seconds) / 3600:.2f} h in all.", ""]
     return lines
 
 

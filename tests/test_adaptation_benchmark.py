@@ -73,6 +73,11 @@ def test_the_check_stage_runs_three_arms_on_the_same_pairs_and_scores_others(ben
     checked = by_key["cimat_k2_seed0_checked"]
     recorded = json.loads((tmp_path / "runs" / "cimat_k2_seed0_checked" / "adaptation.json").read_text())
     assert recorded["chosen"] == checked["chosen"] and sorted(recorded["pairs"]) == checked["labelled"]
+    # Its estimates travel with the row (the report asks whether they foresaw the gain); the rule has none.
+    assert checked["estimates"] == [{"steps": c["steps"], "lr": c["lr"], "dice": c["dice"]}
+                                    for c in recorded["candidates"]]
+    assert [(c["steps"], c["lr"]) for c in checked["estimates"]] == [(0, None), (2, 2e-3), (4, 2e-3)]
+    assert all(len(c["dice"]) == 2 for c in checked["estimates"]) and rule["estimates"] is None
     if not checked["chosen"]["steps"]:
         assert checked["metrics"]["dice"] == pytest.approx(by_key["cimat_start"]["metrics"]["dice"], abs=1e-6)
     # A rerun finds every row and trains nothing; the report is written from the rows.
@@ -125,3 +130,23 @@ def test_a_start_row_pairs_only_with_draws_scored_on_the_same_pairs(benchmark):
     assert dice == {"fold0": {"start": 0.70, "rule": 0.74, "checked": 0.74},
                     "fold1": {"start": 0.60, "rule": 0.58, "checked": 0.58}}
     assert benchmark.check_verdicts(dice) == {"average": True, "worst": False, "rule_gain": True}
+
+
+def test_the_report_asks_whether_the_checks_estimate_foresaw_the_rules_gain(benchmark):
+    rows = [_row("arcade", "start", None, None, 0.500)]
+    # The check's held-out estimate of the rule's budget (100 steps at 5e-4) minus the start, per draw,
+    # against what the rule measured on the scored pairs: +0.10/-0.05 (wrong sign), -0.02/+0.04 (wrong),
+    # +0.03/+0.06 (right).
+    for draw, estimate, rule in (("seed0", 0.10, 0.45), ("seed1", -0.02, 0.54), ("seed2", 0.03, 0.56)):
+        checked = dict(_row("arcade", "checked", draw, 2, 0.50), chosen={"steps": 0, "lr": None},
+                       estimates=[{"steps": 0, "lr": None, "dice": [0.4, 0.6]},
+                                  {"steps": 100, "lr": 5e-4, "dice": [0.4 + estimate, 0.6 + estimate]}])
+        rows += [dict(_row("arcade", "rule", draw, 2, rule), chosen={"steps": 100, "lr": 5e-4}), checked]
+    lines = benchmark.foresight_lines(rows, "arcade")
+    assert lines[2].startswith("| 2 | 3 | +0.037 | +0.017 | -0.") and lines[2].endswith(" | 1/3 |")
+    text = "\n".join(benchmark.check_report_lines(rows, "test"))
+    assert "Does the check foresee the gain?" in text and lines[2] in text
+    # Draws without recorded estimates (rows written before they were kept) are left out, not guessed.
+    for row in rows:
+        row.pop("estimates", None)
+    assert benchmark.foresight_lines(rows, "arcade") == []
