@@ -253,6 +253,10 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     with pytest.raises(InvalidInputError, match="one output per convention"):
         build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results)
     append_jsonl(results, row)  # the last row of a run wins, as the protocol's reader keeps it
+    # Another seed of the same setting is named on the card; a longer run of another setting is not.
+    other_seed = {**row["mean"], "arcade_val": {**row["mean"]["arcade_val"], "dice": 0.5}}
+    append_jsonl(results, {**row, "run": run.name + "_seed1", "seed": 1, "mean": other_seed})
+    append_jsonl(results, {**row, "run": "w16_s8000_p384b2_scratch_seed2", "seed": 2, "steps": 8000})
     with pytest.raises(InvalidInputError, match="publish it as cmunet_small_general_v2"):
         build.build_protocol_preset(build.ARCADE_V2, run, root, False, results=results)
     card_path = build.build_protocol_preset(build.GENERAL_V2, run, root, False, results=results,
@@ -264,6 +268,10 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
         assert sources[part]["images"] == 2
         assert sources[part]["mean"]["dice"] == pytest.approx(report["mean"]["dice"], abs=1e-4)
     assert "It misses X on 1 of 2." in card["limitations"]
+    seeds = next(line for line in card["limitations"] if line.startswith("One run of seed 0"))
+    ours = reports["arcade_val"]["mean"]["dice"]
+    assert f"its setting's 2 seeds scored ARCADE validation Dice {ours:.3f} (seed 0), 0.500 (seed 1): mean " \
+           f"{(ours + 0.5) / 2:.3f}" in seeds and "seed 2" not in seeds
     assert card["conventions"] == ["tree_catheter"] and "unlabeled" not in card["data"]
     assert "--patch-size 384 --batch-size 2 --steps 4000 --seed 0" in card["rebuild"]
     assert "--sources" not in card["rebuild"] and "--only general_v2 --protocol-run" in card["rebuild"]
@@ -284,6 +292,7 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
         build.build_protocol_preset(build.GENERAL_V2, alone, tmp_path / "other", False, results=results)
     card = json.loads(build.build_protocol_preset(build.ARCADE_V2, alone, root, False, results=results).read_text())
     assert card["conventions"] == ["syntax"] and "labelled" not in card["data"] and "unlabeled" in card["data"]
+    assert any(line.startswith("One run of seed 0: a second seed") for line in card["limitations"])  # alone in it
     assert card["rebuild"].startswith("python recipes/arcade_protocol.py") and "--init runs/pretrain_arcade" in card["rebuild"]
     assert "--sources arcade && python recipes/build_presets.py --only arcade_v2 --protocol-run" in card["rebuild"]
     assert "every patch" in card["data"]["partially_labelled"]
