@@ -22,13 +22,14 @@
   `GENERAL_STEPS` say (chosen there on the validation parts); scored on the
   validation part of each source (`benchmarks/cross_source.py`).
 
-The v2 presets (issue 31), built by name only:
+The v2 and v3 presets (issue 31), built by name only:
 
     cm-unet pretrain --config recipes/pretrain_arcade.yaml --out runs/pretrain_arcade --images ...
     python recipes/build_presets.py --only pretrained_v2 --pretrain-run runs/pretrain_arcade
     python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train ...   # the chosen run
     python recipes/build_presets.py --only general_v2 --protocol-run runs/arcade_protocol/<run>
     python recipes/build_presets.py --only arcade_v2 --protocol-run runs/arcade_protocol/<run>   # --sources arcade
+    python recipes/build_presets.py --only arcade_v3 --protocol-run runs/arcade_protocol/<run>   # --sources arcade
 
 - `cmunet_small_pretrained_v2`: the U-Net of a pretraining run whose pool
   (its `images.json`) holds no test split; its card pairs the protocol's
@@ -41,6 +42,10 @@ The v2 presets (issue 31), built by name only:
 - `cmunet_small_arcade_v2`: a protocol run on ARCADE's pairs alone
   (`--sources arcade`), so one convention, `syntax`: the main SYNTAX
   segments, side branches and catheter background, as ARCADE labels them.
+- `cmunet_small_arcade_v3`: the same network, protocol and sources as
+  `cmunet_small_arcade_v2`, trained longer on larger batches; publishing it
+  names it on v2's card (`superseded_by`, first limitation), leaving v2's
+  model file as it is.
 
 Each preset folder holds `model.keras` (float32, loads with
 `safe_mode=True`), `card.json` (intended use, limitations, data and what
@@ -67,6 +72,7 @@ import numpy as np  # noqa: E402
 
 from cm_unet_keras.experiments.data import study_data, unlabeled_pool  # noqa: E402
 from cm_unet_keras.config import FinetuneConfig, config_to_dict, read_recipe  # noqa: E402
+from cm_unet_keras.core.files import atomic_write  # noqa: E402
 from cm_unet_keras.models import presets  # noqa: E402
 from cm_unet_keras.models.loading import load_model_file  # noqa: E402
 from cm_unet_keras.models.saving import float32_policy  # noqa: E402
@@ -446,6 +452,7 @@ def build_general(data_root, runs, root, overwrite, log=print):
 PRETRAINED_V2 = "cmunet_small_pretrained_v2"
 GENERAL_V2 = "cmunet_small_general_v2"
 ARCADE_V2 = "cmunet_small_arcade_v2"
+ARCADE_V3 = "cmunet_small_arcade_v3"
 XCA_V2 = "cmunet_small_xca_v2"
 PROTOCOL_RESULTS = ROOT / "benchmarks" / "arcade_protocol" / "results.jsonl"
 DATA_V2 = {
@@ -563,11 +570,20 @@ def pretrained_v2_card(pretrain_run, unet, config, history, n_images, sittings=N
     }
 
 
+def portable_init(init):
+    """A start as another checkout names it: a pretraining run by its folder
+    under `runs/` (never this machine's absolute path), a preset by its name."""
+    return f"runs/{Path(init).name}" if init is not None and Path(init).is_absolute() else init
+
+
+def portable_config(config):
+    """A run's fine-tuning recipe as a card records it (`portable_init`)."""
+    return {**config, "init": portable_init(config.get("init"))} if "init" in config else config
+
+
 def protocol_command(row):
     """The `recipes/arcade_protocol.py` command that trains the run of `row`."""
-    init = row.get("init")
-    if init is not None:  # a pretraining run (named by its folder, under runs/) or a preset
-        init = f"runs/{Path(init).name}" if Path(init).is_absolute() else init
+    init = portable_init(row.get("init"))
     init = "" if init is None else f" --init {init}"
     return (f"python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train --base-filters "
             f"{row['base_filters']} --depth {row['depth']} --patch-size {row['patch_size']} --batch-size "
@@ -577,7 +593,10 @@ def protocol_command(row):
 
 # The sources each protocol preset is trained on (the protocol's `--sources`),
 # and the one convention its output follows.
-PROTOCOL_PRESETS = {GENERAL_V2: ("both", "tree_catheter"), ARCADE_V2: ("arcade", "syntax")}
+PROTOCOL_PRESETS = {GENERAL_V2: ("both", "tree_catheter"), ARCADE_V2: ("arcade", "syntax"),
+                    ARCADE_V3: ("arcade", "syntax")}
+# The protocol preset each one replaces: publishing it names it on the old card (`mark_superseded`).
+PREDECESSORS = {ARCADE_V3: ARCADE_V2}
 
 
 SETTING = ("sources", "base_filters", "depth", "patch_size", "batch_size", "steps", "conventions")
@@ -612,20 +631,20 @@ def protocol_preset_text(name, row, start, mean, seeds=None):
     """What differs between the protocol presets' cards: description, use,
     first limitations, convention and data, from the run's `row` and its
     setting's `seeds` (`setting_seeds`)."""
-    schedule = f"{row['steps']:,} steps of {row['batch_size']} x {row['patch_size']} px native-resolution patches"
+    schedule = schedule_words(row).replace(" px patches", " px native-resolution patches")
     chosen = seeds_limitation(row, seeds or {})
     below = (f"Below the field's published results on ARCADE's validation split (Dice {mean['arcade_val']:.3f} here, "
              "0.767 for MedSAM2 fine-tuned) and issue 31's targets (ARCADE 0.80, CIMAT 0.80, XCAD 0.78): see "
              "docs/results.md.")
     data = DATA_V2 if row.get("init") else {k: v for k, v in DATA_V2.items() if k != "unlabeled"}
-    if name == GENERAL_V2:
+    if PROTOCOL_PRESETS[name][0] == "both":
         return {
             "description": (
                 "Small CM-UNet (U-Net width 16, 4 levels) for coronary vessel segmentation in X-ray angiograms, "
                 f"trained by ARCADE's own protocol (recipes/arcade_protocol.py): from {start}, {schedule}, half "
                 "from ARCADE's 1,000 syntax-train pairs (main segments) and half from 30 CIMAT pairs (full "
                 "trees), last epoch kept; chosen on ARCADE's 200 validation pairs."),
-            "intended_use": CARD_TEXT[GENERAL]["intended_use"].replace(GENERAL, GENERAL_V2),
+            "intended_use": CARD_TEXT[GENERAL]["intended_use"].replace(GENERAL, name),
             "limitations": [
                 "Trained on two public sources only: 1,000 ARCADE syntax-train pairs whose masks hold the main "
                 "coronary segments only (side branches visible but unlabelled, trained as background) and 30 CIMAT "
@@ -685,9 +704,9 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
     sources, convention = PROTOCOL_PRESETS[name]
     trained_on = row.get("sources", "both")
     if trained_on != sources:
-        other = next(n for n, (s, _) in PROTOCOL_PRESETS.items() if s == trained_on)
+        others = " or ".join(n for n, (s, _) in PROTOCOL_PRESETS.items() if s == trained_on)
         raise InvalidInputError(run, f"was trained on sources {trained_on!r}, {name} on {sources!r}: publish it "
-                                f"as {other}")
+                                f"as {others}")
     model_path = run / "model.keras"
     if not model_path.is_file():
         raise InvalidInputError(model_path, "not found: the run has not finished")
@@ -721,7 +740,7 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
         "architecture": {"class": "CMUNet", "base_filters": row["base_filters"], "depth": row["depth"],
                          "parameters": int(model.count_params())},
         "data": text["data"],
-        "training": {"finetune_config": read_recipe(run / "config.yaml"), "protocol_run": run.name,
+        "training": {"finetune_config": portable_config(read_recipe(run / "config.yaml")), "protocol_run": run.name,
                      "seconds": row["train_seconds"], "machine": row["machine"],
                      "load_average_at_end": row.get("load_average_at_end"), "note": row.get("note", "")},
         "validation_metrics": {
@@ -742,7 +761,37 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
     }
     card_path = presets.write_preset(name, [model_path], card, root, overwrite)
     log(f"wrote {card_path}: " + ", ".join(f"{part} Dice {value:.3f}" for part, value in mean.items()))
+    old = PREDECESSORS.get(name)
+    if old is not None and (Path(root) / old / "card.json").is_file():
+        before = presets.preset_card(old, root)["validation_metrics"]["sources"]["arcade_val"]["mean"]["dice"]
+        reason = (f"{name} is trained by the same protocol on the same sources for {schedule_words(row)} and "
+                  f"scores ARCADE validation Dice {mean['arcade_val']:.3f} against its {before:.3f}.")
+        log(f"marked {mark_superseded(old, name, root, reason)} superseded by {name}")
     return card_path
+
+
+def schedule_words(row):
+    """A protocol run's schedule in the words of its card."""
+    return f"{row['steps']:,} steps of {row['batch_size']} x {row['patch_size']} px patches"
+
+
+def mark_superseded(name, successor, root, reason):
+    """Name `successor` on the card of preset `name` (`superseded_by`, and the
+    first limitation, with `reason`), leaving its model file as it is. Its
+    fine-tuning recipe's start is written as another checkout names it
+    (`portable_config`). Returns the card's path."""
+    path = Path(root) / name / "card.json"
+    card = json.loads(path.read_text())
+    training = card.get("training", {})
+    if "finetune_config" in training:
+        training = {**training, "finetune_config": portable_config(training["finetune_config"])}
+    limitations = [line for line in card["limitations"] if not line.startswith("Superseded by ")]
+    card = {**card, "training": training, "superseded_by": successor, "limitations": [
+        f"Superseded by {successor} (issue 31): {reason} It stays only so that results made with it can be "
+        "reproduced.", *limitations]}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(path.with_name(presets.CARD_README), lambda tmp: Path(tmp).write_text(presets.render_card(card)))
+    return path
 
 
 def main(argv=None):
@@ -755,11 +804,12 @@ def main(argv=None):
     parser.add_argument("--general-runs", default=str(ROOT / "runs/presets/cmunet_small_general"),
                         help="fine-tuning run folder of the general preset")
     parser.add_argument("--only", choices=["pretrained", "xca", "general", "pretrained_v2", "xca_v2", "general_v2",
-                                                "arcade_v2"],
-                        help="build one preset (default the first three, in order; the v2 presets by name)")
-    parser.add_argument("--protocol-run", help="general_v2, arcade_v2: the ARCADE protocol run folder to publish")
-    parser.add_argument("--failure-modes", help="xca_v2, general_v2, arcade_v2: a file with the line on what it still "
-                        "gets wrong (benchmarks/failure_modes/<label>_card.txt)")
+                                                "arcade_v2", "arcade_v3"],
+                        help="build one preset (default the first three, in order; the v2 and v3 presets by name)")
+    parser.add_argument("--protocol-run", help="general_v2, arcade_v2, arcade_v3: the ARCADE protocol run folder to "
+                        "publish")
+    parser.add_argument("--failure-modes", help="xca_v2 and the protocol presets: a file with the line on what it "
+                        "still gets wrong (benchmarks/failure_modes/<label>_card.txt)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")
     parser.add_argument("--card-only", action="store_true",
                         help="pretrained_v2: rebuild the published preset's card (its ablation from the protocol's "
@@ -780,7 +830,7 @@ def main(argv=None):
     if args.only == "xca_v2":
         runs = args.runs if args.runs != parser.get_default("runs") else str(ROOT / "runs/presets" / XCA_V2)
         build_xca(args.data, args.split, runs, args.root, args.overwrite, name=XCA_V2, failure_modes=failure_modes)
-    if args.only in ("general_v2", "arcade_v2"):
+    if f"cmunet_small_{args.only}" in PROTOCOL_PRESETS:
         if not args.protocol_run:
             parser.error(f"--only {args.only} needs --protocol-run")
         build_protocol_preset(f"cmunet_small_{args.only}", args.protocol_run, args.root, args.overwrite,

@@ -303,6 +303,35 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     with pytest.raises(ValueError, match="not one of"):
         convention_model(unet, "tree")
 
+    # A longer run on the same sources is published as v3, which names itself on v2's card; v2's model stays.
+    v2_model = presets.verified_preset_path(build.ARCADE_V2, root).read_bytes()
+    longer = run.with_name("w16_s8000_p384b4_pretrained_arcadeonly")
+    longer.mkdir()
+    (longer / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    write_recipe(FinetuneConfig(patch_size=384, batch_size=4, epochs=80, steps_per_epoch=100,
+                                init="/work/runs/pretrain_arcade"), longer / "config.yaml")
+    better = {**row["mean"], "arcade_val": {**row["mean"]["arcade_val"], "dice": 0.9}}
+    append_jsonl(results, {**row, "run": longer.name, "sources": "arcade", "steps": 8000, "batch_size": 4,
+                           "init": "/work/runs/pretrain_arcade", "mean": better})
+    with pytest.raises(InvalidInputError, match="publish it as cmunet_small_arcade_v2 or cmunet_small_arcade_v3"):
+        build.build_protocol_preset(build.GENERAL_V2, longer, tmp_path / "other", False, results=results)
+    card = json.loads(build.build_protocol_preset(build.ARCADE_V3, longer, root, False, results=results).read_text())
+    assert card["training"]["finetune_config"]["init"] == "runs/pretrain_arcade"  # no machine's absolute path
+    assert "8,000 steps of 4 x 384 px native-resolution patches" in card["description"]
+    old = presets.preset_card(build.ARCADE_V2, root)
+    assert old["superseded_by"] == build.ARCADE_V3
+    assert old["limitations"][0] == (
+        "Superseded by cmunet_small_arcade_v3 (issue 31): cmunet_small_arcade_v3 is trained by the same protocol "
+        "on the same sources for 8,000 steps of 4 x 384 px patches and scores ARCADE validation Dice 0.900 against "
+        f"its {ours:.3f}. It stays only so that results made with it can be reproduced.")
+    assert sum(line.startswith("Superseded by") for line in old["limitations"]) == 1
+    assert (root / build.ARCADE_V2 / "README.md").read_text() == presets.render_card(old)
+    assert presets.verified_preset_path(build.ARCADE_V2, root).read_bytes() == v2_model  # its SHA-256 checked too
+    # Published again, the successor's line replaces the old one rather than stacking.
+    build.build_protocol_preset(build.ARCADE_V3, longer, root, True, results=results)
+    old = presets.preset_card(build.ARCADE_V2, root)
+    assert sum(line.startswith("Superseded by") for line in old["limitations"]) == 1
+
 
 def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_shape_and_seed(recipe_module):
     build = recipe_module("build_presets")
