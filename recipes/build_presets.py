@@ -719,6 +719,7 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
               for part in ("arcade_val", "cimat", "xcad")}
     mean = {part: scored[part]["mean"]["dice"] for part in scored}
     start = ("a random start" if row.get("init") is None
+             else f"{PRETRAINED_V2} (the shipped preset)" if Path(row["init"]).name == PRETRAINED_V2
              else f"{PRETRAINED_V2} (pretraining run {Path(row['init']).name})")
     text = protocol_preset_text(name, row, start, mean, setting_seeds(rows, row))
     limitations = text["limitations"] + [
@@ -756,7 +757,8 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
                                                                 "512x512 ARCADE frames"),
         "rebuild": protocol_command(row) + f" && python recipes/build_presets.py --only "
                                            f"{name.removeprefix('cmunet_small_')} --protocol-run "
-                                           f"runs/arcade_protocol/{run.name}",
+                                           f"runs/arcade_protocol/{run.name}"
+                   + (f" --failure-modes benchmarks/failure_modes/{run.name}_card.txt" if failure_modes else ""),
         "package_version": __version__,
     }
     card_path = presets.write_preset(name, [model_path], card, root, overwrite)

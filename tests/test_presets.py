@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
 SPLIT = ROOT / "recipes" / "xca_split.json"
 NAMES = ("cmunet_small_pretrained", "cmunet_small_xca", "cmunet_small_general", "cmunet_small_pretrained_v2",
-         "cmunet_small_xca_v2", "cmunet_small_general_v2", "cmunet_small_arcade_v2")
+         "cmunet_small_xca_v2", "cmunet_small_general_v2", "cmunet_small_arcade_v2", "cmunet_small_arcade_v3")
 # The presets published from ARCADE protocol runs, and the convention of each one's output.
-PROTOCOL_PRESETS = {"cmunet_small_general_v2": "tree_catheter", "cmunet_small_arcade_v2": "syntax"}
+PROTOCOL_PRESETS = {"cmunet_small_general_v2": "tree_catheter", "cmunet_small_arcade_v2": "syntax",
+                    "cmunet_small_arcade_v3": "syntax"}
 PROTOCOL_RESULTS = ROOT / "benchmarks" / "arcade_protocol" / "results.jsonl"
 CARD_KEYS = {"name", "kind", "file", "sha256", "description", "intended_use", "not_intended_for", "limitations",
              "licences", "architecture", "data", "training", "validation_metrics", "input", "rebuild"}
@@ -275,6 +276,7 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     assert card["conventions"] == ["tree_catheter"] and "unlabeled" not in card["data"]
     assert "--patch-size 384 --batch-size 2 --steps 4000 --seed 0" in card["rebuild"]
     assert "--sources" not in card["rebuild"] and "--only general_v2 --protocol-run" in card["rebuild"]
+    assert card["rebuild"].endswith(f"{run.name} --failure-modes benchmarks/failure_modes/{run.name}_card.txt")
     assert presets.verified_preset_path("cmunet_small_general_v2", root).read_bytes() == (run / "model.keras").read_bytes()
     # `cm-unet presets` reads ARCADE by the protocol's metric, Dice, not sensitivity.
     summary = presets.validation_summary(card)
@@ -318,6 +320,7 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     card = json.loads(build.build_protocol_preset(build.ARCADE_V3, longer, root, False, results=results).read_text())
     assert card["training"]["finetune_config"]["init"] == "runs/pretrain_arcade"  # no machine's absolute path
     assert "8,000 steps of 4 x 384 px native-resolution patches" in card["description"]
+    assert card["rebuild"].endswith(longer.name)  # no failure modes looked at, none to rebuild with
     old = presets.preset_card(build.ARCADE_V2, root)
     assert old["superseded_by"] == build.ARCADE_V3
     assert old["limitations"][0] == (
