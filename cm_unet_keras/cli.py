@@ -481,9 +481,9 @@ def cmd_annotate(args):
     if not server.loopback:
         log(f"warning: serving on {args.host}: anyone who can reach it can read and overwrite the masks")
     saved = sum(frame.mask_path.is_file() for frame in folder.frames.values())
-    print(f"annotating {len(folder.frames)} frames of {folder.folder} ({saved} saved): open {server.url}"
-          "  (Ctrl-C stops)", flush=True)
-    try:
+    try:  # from the line on: a Ctrl-C right after it (a busy machine may not run this thread on) stops cleanly
+        print(f"annotating {len(folder.frames)} frames of {folder.folder} ({saved} saved): open {server.url}"
+              "  (Ctrl-C stops)", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("stopped; the saved masks are N_gt.png in the folder, the log annotations.csv")
