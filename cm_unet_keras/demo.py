@@ -4,7 +4,7 @@ Three parts, on the public angiograms shipped in `cm_unet_keras/demo_data/`
 (5 CIMAT pairs, 3 ARCADE frames with main-segment masks; their sources and
 licences in its README.md):
 
-1. **Segment**: the shipped `cmunet_small_general_v2` preset segments every
+1. **Segment**: the shipped `cmunet_small_general_v3` preset segments every
    angiogram; overlays and Dice per frame go into `report.md`.
 2. **Adapt with a few masks**: a short fine-tune of that preset on 3 CIMAT
    pairs, every other shipped pair scored before and after. It shows the
@@ -30,7 +30,7 @@ from cm_unet_keras.training.pretrain import pretrain
 from cm_unet_keras.training.runtime import resolve_precision
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
-PRESET = "cmunet_small_general_v2"
+PRESET = "cmunet_small_general_v3"
 # The CIMAT pairs the few-label fine-tune trains on; every other pair is scored.
 FEW_LABELS = ("1", "6", "7")
 # Sizes of the demo and of the smoke test (`quick`). The fine-tune keeps the

@@ -29,6 +29,7 @@ The v2 and v3 presets (issue 31), built by name only:
     python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train ...   # the chosen run
     python recipes/build_presets.py --only general_v2 --protocol-run runs/arcade_protocol/<run>
     python recipes/build_presets.py --only arcade_v2 --protocol-run runs/arcade_protocol/<run>   # --sources arcade
+    python recipes/build_presets.py --only general_v3 --protocol-run runs/arcade_protocol/<run>
     python recipes/build_presets.py --only arcade_v3 --protocol-run runs/arcade_protocol/<run>   # --sources arcade
 
 - `cmunet_small_pretrained_v2`: the U-Net of a pretraining run whose pool
@@ -42,10 +43,10 @@ The v2 and v3 presets (issue 31), built by name only:
 - `cmunet_small_arcade_v2`: a protocol run on ARCADE's pairs alone
   (`--sources arcade`), so one convention, `syntax`: the main SYNTAX
   segments, side branches and catheter background, as ARCADE labels them.
-- `cmunet_small_arcade_v3`: the same network, protocol and sources as
-  `cmunet_small_arcade_v2`, trained longer on larger batches; publishing it
-  names it on v2's card (`superseded_by`, first limitation), leaving v2's
-  model file as it is.
+- `cmunet_small_general_v3`, `cmunet_small_arcade_v3`: the same network,
+  protocol and sources as their v2, trained longer on larger batches;
+  publishing one names it on its v2's card (`superseded_by`, first
+  limitation), leaving v2's model file as it is.
 
 Each preset folder holds `model.keras` (float32, loads with
 `safe_mode=True`), `card.json` (intended use, limitations, data and what
@@ -451,6 +452,7 @@ def build_general(data_root, runs, root, overwrite, log=print):
 # --- The v2 presets (issue 31): ARCADE by its own protocol, a pool without a test split ---
 PRETRAINED_V2 = "cmunet_small_pretrained_v2"
 GENERAL_V2 = "cmunet_small_general_v2"
+GENERAL_V3 = "cmunet_small_general_v3"
 ARCADE_V2 = "cmunet_small_arcade_v2"
 ARCADE_V3 = "cmunet_small_arcade_v3"
 XCA_V2 = "cmunet_small_xca_v2"
@@ -594,9 +596,11 @@ def protocol_command(row):
 # The sources each protocol preset is trained on (the protocol's `--sources`),
 # and the one convention its output follows.
 PROTOCOL_PRESETS = {GENERAL_V2: ("both", "tree_catheter"), ARCADE_V2: ("arcade", "syntax"),
-                    ARCADE_V3: ("arcade", "syntax")}
+                    GENERAL_V3: ("both", "tree_catheter"), ARCADE_V3: ("arcade", "syntax")}
 # The protocol preset each one replaces: publishing it names it on the old card (`mark_superseded`).
-PREDECESSORS = {ARCADE_V3: ARCADE_V2}
+PREDECESSORS = {GENERAL_V3: GENERAL_V2, ARCADE_V3: ARCADE_V2}
+# The whole-tree preset that ARCADE's syntax presets point to.
+GENERAL_NOW = GENERAL_V3
 
 
 SETTING = ("sources", "base_filters", "depth", "patch_size", "batch_size", "steps", "conventions")
@@ -663,7 +667,7 @@ def protocol_preset_text(name, row, start, mean, seeds=None):
         "intended_use": (
             "Research on the main coronary segments of X-ray angiograms as ARCADE labels them: comparisons with "
             "results published on ARCADE's syntax task, and a start for SYNTAX-segment work on 512x512 cine frames. "
-            f"It is not a whole-tree segmenter: for every visible vessel use {GENERAL_V2}."),
+            f"It is not a whole-tree segmenter: for every visible vessel use {GENERAL_NOW}."),
         "limitations": [
             "Trained on one public source only: 1,000 ARCADE syntax-train pairs (512x512); other scanners, centres, "
             "projections and patient groups are untested.",
@@ -717,7 +721,7 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
                      "mean": {k: round(float(v), 4) for k, v in row["mean"][part].items()},
                      "std": {k: round(float(v), 4) for k, v in row["std"][part].items()}}
               for part in ("arcade_val", "cimat", "xcad")}
-    mean = {part: scored[part]["mean"]["dice"] for part in scored}
+    mean = {part: float(row["mean"][part]["dice"]) for part in scored}  # unrounded: the card's text rounds once
     start = ("a random start" if row.get("init") is None
              else f"{PRETRAINED_V2} (the shipped preset)" if Path(row["init"]).name == PRETRAINED_V2
              else f"{PRETRAINED_V2} (pretraining run {Path(row['init']).name})")
@@ -726,6 +730,16 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
         "The probabilities are not calibrated; the mask thresholds them at 0.5 and is cleared outside the detected "
         "field of view.",
     ]
+    old, before = PREDECESSORS.get(name), predecessor_dice(name, root)
+    parts = ("arcade_val", "cimat", "xcad") if sources == "both" else ("arcade_val",)  # syntax: ARCADE's alone
+    lost = [part for part in parts if before and mean[part] < before[part] - 0.01]
+    if lost:
+        limitations.append(
+            f"Below {old}, which it replaces, on " + ", ".join(
+                f"{PART_WORDS[part]} ({mean[part]:.3f} against {before[part]:.3f}, {len(row['per_image'][part])} "
+                "images)" for part in lost)
+            + ": its gains elsewhere did not carry to every source; check it on frames of your own before "
+              "switching.")
     limitations = with_failure_modes(limitations + SHARED_LIMITATIONS, failure_modes)
     card = {
         "name": name,
@@ -763,13 +777,25 @@ def build_protocol_preset(name, protocol_run, root, overwrite, results=PROTOCOL_
     }
     card_path = presets.write_preset(name, [model_path], card, root, overwrite)
     log(f"wrote {card_path}: " + ", ".join(f"{part} Dice {value:.3f}" for part, value in mean.items()))
-    old = PREDECESSORS.get(name)
-    if old is not None and (Path(root) / old / "card.json").is_file():
-        before = presets.preset_card(old, root)["validation_metrics"]["sources"]["arcade_val"]["mean"]["dice"]
+    if before:
         reason = (f"{name} is trained by the same protocol on the same sources for {schedule_words(row)} and "
-                  f"scores ARCADE validation Dice {mean['arcade_val']:.3f} against its {before:.3f}.")
+                  "scores validation Dice " + ", ".join(f"{PART_WORDS[part]} {mean[part]:.3f} against its "
+                                                        f"{before[part]:.3f}" for part in parts) + ".")
         log(f"marked {mark_superseded(old, name, root, reason)} superseded by {name}")
     return card_path
+
+
+PART_WORDS = {"arcade_val": "ARCADE", "cimat": "CIMAT", "xcad": "XCAD"}
+
+
+def predecessor_dice(name, root):
+    """`{part: validation Dice}` of the published preset that `name` replaces
+    (`PREDECESSORS`), or None when there is none in `root`."""
+    old = PREDECESSORS.get(name)
+    if old is None or not (Path(root) / old / "card.json").is_file():
+        return None
+    sources = presets.preset_card(old, root)["validation_metrics"]["sources"]
+    return {part: m["mean"]["dice"] for part, m in sources.items()}
 
 
 def schedule_words(row):
@@ -806,10 +832,10 @@ def main(argv=None):
     parser.add_argument("--general-runs", default=str(ROOT / "runs/presets/cmunet_small_general"),
                         help="fine-tuning run folder of the general preset")
     parser.add_argument("--only", choices=["pretrained", "xca", "general", "pretrained_v2", "xca_v2", "general_v2",
-                                                "arcade_v2", "arcade_v3"],
+                                                "arcade_v2", "general_v3", "arcade_v3"],
                         help="build one preset (default the first three, in order; the v2 and v3 presets by name)")
-    parser.add_argument("--protocol-run", help="general_v2, arcade_v2, arcade_v3: the ARCADE protocol run folder to "
-                        "publish")
+    parser.add_argument("--protocol-run", help="general_v2, arcade_v2, general_v3, arcade_v3: the ARCADE protocol run "
+                        "folder to publish")
     parser.add_argument("--failure-modes", help="xca_v2 and the protocol presets: a file with the line on what it "
                         "still gets wrong (benchmarks/failure_modes/<label>_card.txt)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing presets")

@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "saved_models"
 SPLIT = ROOT / "recipes" / "xca_split.json"
 NAMES = ("cmunet_small_pretrained", "cmunet_small_xca", "cmunet_small_general", "cmunet_small_pretrained_v2",
-         "cmunet_small_xca_v2", "cmunet_small_general_v2", "cmunet_small_arcade_v2", "cmunet_small_arcade_v3")
+         "cmunet_small_xca_v2", "cmunet_small_general_v2", "cmunet_small_arcade_v2", "cmunet_small_general_v3",
+         "cmunet_small_arcade_v3")
 # The presets published from ARCADE protocol runs, and the convention of each one's output.
 PROTOCOL_PRESETS = {"cmunet_small_general_v2": "tree_catheter", "cmunet_small_arcade_v2": "syntax",
-                    "cmunet_small_arcade_v3": "syntax"}
+                    "cmunet_small_general_v3": "tree_catheter", "cmunet_small_arcade_v3": "syntax"}
 PROTOCOL_RESULTS = ROOT / "benchmarks" / "arcade_protocol" / "results.jsonl"
 CARD_KEYS = {"name", "kind", "file", "sha256", "description", "intended_use", "not_intended_for", "limitations",
              "licences", "architecture", "data", "training", "validation_metrics", "input", "rebuild"}
@@ -325,7 +326,7 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     assert old["superseded_by"] == build.ARCADE_V3
     assert old["limitations"][0] == (
         "Superseded by cmunet_small_arcade_v3 (issue 31): cmunet_small_arcade_v3 is trained by the same protocol "
-        "on the same sources for 8,000 steps of 4 x 384 px patches and scores ARCADE validation Dice 0.900 against "
+        "on the same sources for 8,000 steps of 4 x 384 px patches and scores validation Dice ARCADE 0.900 against "
         f"its {ours:.3f}. It stays only so that results made with it can be reproduced.")
     assert sum(line.startswith("Superseded by") for line in old["limitations"]) == 1
     assert (root / build.ARCADE_V2 / "README.md").read_text() == presets.render_card(old)
@@ -334,6 +335,30 @@ def test_a_protocol_run_is_published_as_the_general_v2_preset_with_its_scored_nu
     build.build_protocol_preset(build.ARCADE_V3, longer, root, True, results=results)
     old = presets.preset_card(build.ARCADE_V2, root)
     assert sum(line.startswith("Superseded by") for line in old["limitations"]) == 1
+    # The general successor names every source's Dice on its predecessor's card, and points the syntax
+    # presets' users to itself.
+    # A source where it falls below its predecessor is named on its own card.
+    general = run.with_name("w16_s8000_p384b4_pretrained")
+    general.mkdir()
+    for file in ("model.keras", "config.yaml"):
+        (general / file).write_bytes((run / file).read_bytes())
+    cimat, xcad = reports["cimat"]["mean"]["dice"], reports["xcad"]["mean"]["dice"]
+    worse = {**row["mean"], "xcad": {**row["mean"]["xcad"], "dice": xcad - 0.05}}
+    append_jsonl(results, {**row, "run": general.name, "steps": 8000, "batch_size": 4, "mean": worse})
+    card = json.loads(build.build_protocol_preset(build.GENERAL_V3, general, root, False, results=results).read_text())
+    assert "--only general_v3 --protocol-run" in card["rebuild"] and card["conventions"] == ["tree_catheter"]
+    assert f"Below cmunet_small_general_v2, which it replaces, on XCAD ({xcad - 0.05:.3f} against {xcad:.3f}, 2 " \
+           "images): " in "\n".join(card["limitations"])
+    arcade = presets.preset_card(build.ARCADE_V3, root)
+    assert not any(line.startswith("Below cmunet") for line in arcade["limitations"])
+    old = presets.preset_card(build.GENERAL_V2, root)
+    assert old["superseded_by"] == build.GENERAL_V3 and old["limitations"][0].startswith(
+        f"Superseded by cmunet_small_general_v3 (issue 31): cmunet_small_general_v3 is trained by the same protocol "
+        f"on the same sources for 8,000 steps of 4 x 384 px patches and scores validation Dice ARCADE {ours:.3f} "
+        f"against its {ours:.3f}, CIMAT {cimat:.3f} against its {cimat:.3f}, XCAD {xcad - 0.05:.3f} against its "
+        f"{xcad:.3f}.")
+    arcade = presets.preset_card(build.ARCADE_V3, root)
+    assert arcade["intended_use"].endswith("for every visible vessel use cmunet_small_general_v3.")
 
 
 def test_the_pretrained_v2_card_pairs_its_starts_with_random_ones_of_the_same_shape_and_seed(recipe_module):

@@ -20,7 +20,7 @@ import numpy as np
 
 from cm_unet_keras.core.errors import InvalidInputError
 
-DEFAULT_MODEL = "cmunet_small_general_v2"
+DEFAULT_MODEL = "cmunet_small_general_v3"
 NO_MODEL = "none"
 # `cm-unet predict`'s default: the machine's fastest precision.
 PRECISION = "auto"
