@@ -4,6 +4,9 @@
     python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train --base-filters 16 --steps 4000
     python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train --base-filters 32 --steps 4000
     python recipes/arcade_protocol.py --report
+    # the runs of cmunet_small_general_v3 and, with --sources arcade, cmunet_small_arcade_v3 (about 0.8 h each)
+    python recipes/arcade_protocol.py --arcade-train data/arcade_syntax_train --base-filters 16 --depth 4 \
+        --patch-size 384 --batch-size 4 --steps 8000 --init cmunet_small_pretrained_v2 [--sources arcade]
 
 ARCADE's syntax task (Popov et al., Scientific Data 2024; CC BY 4.0) trains
 on its 1,000 train angiograms and is judged on its 200 validation ones
