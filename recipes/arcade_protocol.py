@@ -242,7 +242,9 @@ def train_and_score(args, log):
             "load_average_at_end": round(os.getloadavg()[0], 1), "note": args.note,
             "mean": {part: report["mean"] for part, report in reports.items()},
             "std": {part: report["std"] for part, report in reports.items()},
-            "per_image": {part: report["per_image"] for part, report in reports.items()}}
+            # 6 decimals a frame: 200 frames a run, and no comparison reads finer differences
+            "per_image": {part: [{k: round(v, 6) if isinstance(v, float) else v for k, v in image.items()}
+                                 for image in report["per_image"]] for part, report in reports.items()}}
 
 
 def finished(out=OUT):
